@@ -1,0 +1,57 @@
+"""The one contract every backend implements (in the spirit of lm-evaluation-harness's ``loglikelihood``).
+
+Given token ids and the index where the response starts, return the log-probability of each response
+token under the model. Rendering, tokenization and finding the response start happen once, outside the
+backends (``cdr.span``), so every backend scores exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cdr.models import ModelSource
+
+
+@dataclass(frozen=True)
+class LogprobRequest:
+    token_ids: tuple[int, ...]
+    response_start: int
+
+
+@dataclass
+class BackendOptions:
+    """Options shared by backends; each backend reads the ones it understands."""
+
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', 'cuda:1', ..."})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16', 'float16'"})
+    batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all cores)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (off unless asked)"})
+
+
+class Backend(ABC):
+    """One loaded model that scores response tokens."""
+
+    name: str = "base"
+
+    def __init__(self, source: ModelSource, options: BackendOptions):
+        self.source = source
+        self.options = options
+
+    @property
+    @abstractmethod
+    def max_length(self) -> int | None:
+        """The longest sequence the model accepts, or None if unbounded."""
+
+    @abstractmethod
+    def response_logprobs(
+        self, requests: Sequence[LogprobRequest], on_progress: Callable[[int], None] | None = None
+    ) -> list[np.ndarray]:
+        """Per request, float64 log-probs of ``token_ids[response_start:]``, in the order given.
+
+        ``on_progress(n)`` is called as requests finish, with the number just finished.
+        """

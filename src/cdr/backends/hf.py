@@ -1,0 +1,188 @@
+"""Hugging Face transformers backend: a local model dir, a hub id, or a GGUF file (de-quantized, cached).
+
+The LM head is applied only at the positions that predict response tokens, and the log-softmax is a
+chunked logsumexp over the vocabulary, so memory stays bounded even for gemma's 262,144-word vocabulary
+(DESIGN.md section 2): the full-vocabulary log-softmax over every position is never materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cdr.backends.base import Backend, BackendOptions, LogprobRequest
+from cdr.errors import ModelNotAvailable
+from cdr.models import ModelSource, converted_dir
+
+# Logits held at once: chunk_positions x vocabulary floats (128 x 262,144 x 4 bytes = 128 MiB for gemma).
+LOGIT_BUDGET = 1 << 25
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+
+
+class TransformersBackend(Backend):
+    name = "hf"
+
+    def __init__(self, source: ModelSource, options: BackendOptions):
+        super().__init__(source, options)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        kwargs = {"dtype": self.dtype, "trust_remote_code": options.trust_remote_code}
+        if source.kind == "gguf":
+            path = str(converted_dir(source, "model"))
+        else:
+            path = source.path
+            if source.revision:
+                kwargs["revision"] = source.revision
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise ModelNotAvailable(f"could not load model '{source.name}' with transformers: {exc}") from None
+        self.model = model.to(self.device).eval()
+        self.decoder = self.model.get_decoder()
+        self.head = self.model.get_output_embeddings()
+        config = self.model.config
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        # Cohere multiplies logits by logit_scale, Granite divides by logits_scaling.
+        self.scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+        self.vocab_size = self.head.weight.shape[0]
+        self.pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
+        self.response_head_only = self._head_path_matches_full_forward()
+
+    @property
+    def max_length(self) -> int | None:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def response_logprobs(
+        self, requests: Sequence[LogprobRequest], on_progress: Callable[[int], None] | None = None
+    ) -> list[np.ndarray]:
+        out: list[np.ndarray | None] = [None] * len(requests)
+        for batch in self._batches(requests):
+            scored = self._score_batch([requests[i] for i in batch])
+            for i, lp in zip(batch, scored):
+                out[i] = lp
+            if on_progress:
+                on_progress(len(batch))
+        return out  # type: ignore[return-value]
+
+    def _batches(self, requests: Sequence[LogprobRequest]) -> list[list[int]]:
+        """Longest first (an out-of-memory shows up at once), each batch within the padded-token budget."""
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].token_ids), reverse=True)
+        batches: list[list[int]] = []
+        for i in order:
+            if batches:
+                longest = len(requests[batches[-1][0]].token_ids)
+                if (len(batches[-1]) + 1) * longest <= self.options.batch_tokens:
+                    batches[-1].append(i)
+                    continue
+            batches.append([i])
+        return batches
+
+    def _score_batch(self, batch: list[LogprobRequest]) -> list[np.ndarray]:
+        import torch
+
+        width = max(len(r.token_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, cols, targets, sizes = [], [], [], []
+        for b, r in enumerate(batch):
+            n = len(r.token_ids)
+            ids[b, :n] = torch.tensor(r.token_ids)
+            mask[b, :n] = 1
+            # position t predicts token t + 1: the response tokens start..n-1 are predicted at start-1..n-2
+            rows.extend([b] * (n - r.response_start))
+            cols.extend(range(r.response_start - 1, n - 1))
+            targets.extend(r.token_ids[r.response_start:])
+            sizes.append(n - r.response_start)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        target = torch.tensor(targets, device=self.device)
+        with torch.inference_mode():
+            if self.response_head_only:
+                hidden = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                picked = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+                logprobs = self._token_logprobs(picked, target)
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                picked = logits[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)].float()
+                logprobs = picked.gather(1, target[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
+        flat = logprobs.double().cpu().numpy()
+        return list(np.split(flat, np.cumsum(sizes)[:-1]))
+
+    def _logits(self, hidden):
+        import torch
+
+        logits = self.head(hidden).float()
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _token_logprobs(self, hidden, target):
+        import torch
+
+        chunk = max(1, LOGIT_BUDGET // self.vocab_size)
+        parts = []
+        for s in range(0, hidden.shape[0], chunk):
+            logits = self._logits(hidden[s : s + chunk])
+            tgt = logits.gather(1, target[s : s + chunk, None])[:, 0]
+            parts.append(tgt - torch.logsumexp(logits, dim=-1))
+        return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
+
+    def _head_path_matches_full_forward(self) -> bool:
+        """Check once that decoder + head reproduces the model's own logits.
+
+        Architectures may post-process logits in ways we do not know about; for those we fall back to
+        the model's full forward (correct, slower) rather than return wrong numbers.
+        """
+        import torch
+
+        n = 12
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_size, (1, n), generator=generator).to(self.device)
+        with torch.inference_mode():
+            full = self.model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+            hidden = self.decoder(input_ids=ids).last_hidden_state[0, :-1]
+            target = ids[0, 1:]
+            ours = self._token_logprobs(hidden, target)
+        ref = full.gather(1, target[:, None])[:, 0]
+        tol = 1e-3 if self.dtype == torch.float32 else 5e-2
+        ok = bool(torch.allclose(ours, ref, atol=tol, rtol=0))
+        if not ok:
+            import warnings
+
+            warnings.warn(
+                f"{self.source.name}: the response-only LM head does not reproduce the model's logits "
+                f"(max diff {float((ours - ref).abs().max()):.2e}); using the full forward pass instead",
+                stacklevel=2,
+            )
+        return ok and not math.isnan(float(ours.sum()))

@@ -1,0 +1,124 @@
+"""The ``cdr`` command: a thin layer over the pipelines. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cdr import __version__
+from cdr.config import VARIANTS, RewardConfig
+from cdr.errors import CdrError
+from cdr.rendering import RENDERINGS
+
+REWARD_FLAGS = ("strong", "weak", "backend", "strong_backend", "weak_backend", "variant", "rendering",
+                "max_length", "device", "dtype", "batch_tokens", "threads")
+
+
+def add_reward_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reward (defaults come from --config, then from cdr's defaults)")
+    g.add_argument("--config", help="YAML file with reward options (keys as below, with underscores)")
+    types = {"max_length": int, "batch_tokens": int, "threads": int}
+    choices = {"variant": VARIANTS, "rendering": RENDERINGS}
+    for name in REWARD_FLAGS:
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=types.get(name, str), choices=choices.get(name),
+                       help=RewardConfig.help(name))
+    g.add_argument("--exclude-eot", action="store_true", help="do not score the end-of-turn token(s) after the response")
+    g.add_argument("--trust-remote-code", action="store_true", help=RewardConfig.help("trust_remote_code"))
+
+
+def reward_config(args: argparse.Namespace) -> RewardConfig:
+    overrides = {name: getattr(args, name) for name in REWARD_FLAGS if getattr(args, name) is not None}
+    if args.exclude_eot:
+        overrides["include_eot"] = False
+    if args.trust_remote_code:
+        overrides["trust_remote_code"] = True
+    if args.config:
+        return RewardConfig.from_yaml(args.config, **overrides)
+    return RewardConfig(**overrides)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from cdr.data import Fields
+    from cdr.pipelines.score import score_file
+    from cdr.reward import DensityRatio
+
+    config = reward_config(args)
+    reward = DensityRatio(config=config)
+    fields = Fields(messages=args.messages_field, prompt=args.prompt_field, response=args.response_field)
+    summary = score_file(
+        args.input, args.output, reward, fields=fields, input_format=args.input_format,
+        output_format=args.output_format, on_error=args.on_error, chunk_rows=args.chunk_rows,
+        overwrite=args.overwrite, progress=not args.quiet,
+    )
+    print(summary.render())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cdr.pipelines.demo import run_demo
+
+    print(run_demo(args.output_dir, reward_config(args), overwrite=args.overwrite, progress=not args.quiet))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cdr.models import DEFAULT_STRONG, DEFAULT_WEAK, PACKAGED_MODELS
+    from cdr.errors import ModelNotAvailable
+
+    for m in PACKAGED_MODELS.values():
+        role = " (default strong)" if m.name == DEFAULT_STRONG else " (default weak)" if m.name == DEFAULT_WEAK else ""
+        try:
+            where = str(m.locate())
+        except ModelNotAvailable:
+            where = f"not installed: {m.install}"
+        print(f"{m.name}{role}\n  {m.description}\n  licence: {m.licence}\n  {where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdr", description="Training-free rewards from a density ratio of two LLMs: "
+                                     "log p_strong(y|x) - log p_weak(y|x).")
+    parser.add_argument("--version", action="version", version=f"cdr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score (prompt, response) rows or conversations")
+    p.add_argument("input", help="JSONL, Parquet or CSV file")
+    p.add_argument("-o", "--output", required=True, help="output file (.jsonl, .parquet or .csv)")
+    p.add_argument("--input-format", choices=("jsonl", "parquet", "csv"), help="override the format guessed from the extension")
+    p.add_argument("--output-format", choices=("jsonl", "parquet", "csv"), help="override the format guessed from the extension")
+    p.add_argument("--messages-field", default="messages", help="column with the whole conversation (last turn = response)")
+    p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
+    p.add_argument("--response-field", default="response", help="column with the response text")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="what to do with a malformed row (always reported)")
+    p.add_argument("--chunk-rows", type=int, default=64, help="rows scored and saved together")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_reward_options(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="score the packaged demo set (good vs bad answers) and show how often the reward prefers the good one")
+    p.add_argument("--output-dir", default="cdr-demo", help="where the scores go")
+    p.add_argument("--overwrite", action="store_true", help="score again instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_reward_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the packaged models, their licences and whether they are installed")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CdrError as exc:
+        print(f"cdr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cdr: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Configuration as a dataclass with a help string per field, loadable from YAML (as TRL's configs are)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdr.errors import CdrError
+from cdr.rendering import RENDERINGS, PlainFormat
+
+VARIANTS = ("sum", "mean", "mean_diff")
+# Chosen by measurement on the mini RewardBench set with the embedded pair: see docs/benchmarks.md.
+DEFAULT_VARIANT = "mean"
+DEFAULT_RENDERING = "own"
+
+
+@dataclass
+class RewardConfig:
+    strong: str = field(default="default", metadata={"help": "strong (better aligned) model: 'default', a packaged name, a path (dir or .gguf) or a hub id"})
+    weak: str = field(default="default", metadata={"help": "weak (less aligned) model, same forms as strong"})
+    backend: str = field(default="default", metadata={"help": "backend for both models: default, hf"})
+    strong_backend: str | None = field(default=None, metadata={"help": "backend for the strong model only (overrides backend)"})
+    weak_backend: str | None = field(default=None, metadata={"help": "backend for the weak model only (overrides backend)"})
+    variant: str = field(default=DEFAULT_VARIANT, metadata={"help": "sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; mean_diff: strong mean log-prob - weak mean log-prob"})
+    rendering: str = field(default=DEFAULT_RENDERING, metadata={"help": "own: each model uses its own chat template (plain format without one); shared: the strong model's rendering goes to both"})
+    include_eot: bool = field(default=True, metadata={"help": "score the end-of-turn token(s) that close the response"})
+    plain_format: PlainFormat = field(default_factory=PlainFormat, metadata={"help": "format for models without a chat template: system/user/assistant with {content}, end_of_turn ({eos} = EOS token)"})
+    max_length: int | None = field(default=None, metadata={"help": "truncate sequences longer than this (default: the model's context); truncated rows are flagged"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"})
+    batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads per model (default: all cores)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.plain_format, dict):
+            try:
+                self.plain_format = PlainFormat(**self.plain_format)
+            except TypeError as exc:
+                raise CdrError(f"plain_format: {exc}") from None
+        if self.variant not in VARIANTS:
+            raise CdrError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.rendering not in RENDERINGS:
+            raise CdrError(f"rendering must be one of {', '.join(RENDERINGS)}, got {self.rendering!r}")
+        if self.batch_tokens < 1:
+            raise CdrError(f"batch_tokens must be positive, got {self.batch_tokens}")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "RewardConfig":
+        import yaml
+
+        text = Path(path).read_text()
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise CdrError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise CdrError(f"{path}: expected a mapping of option: value at the top level")
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key_node, _ in node.value:
+            if key_node.value not in names:
+                raise CdrError(
+                    f"{path}, line {key_node.start_mark.line + 1}: unknown key '{key_node.value}'; "
+                    f"known keys: {', '.join(sorted(names))}"
+                )
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CdrError(f"{path}: {exc}") from None

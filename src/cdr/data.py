@@ -1,0 +1,164 @@
+"""Input rows: JSONL, Parquet or CSV, streamed, each row tagged with where it came from.
+
+JSONL is read line by line so that one bad line (invalid JSON, non-UTF-8 bytes) is reported with its
+line number instead of failing the whole file; Parquet and CSV go through pyarrow in batches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from cdr.conversation import Conversation, ConversationError
+from cdr.errors import CdrError, RowError
+
+FORMATS = ("jsonl", "parquet", "csv")
+
+
+def detect_format(path: str | Path, explicit: str | None = None) -> str:
+    if explicit:
+        if explicit not in FORMATS:
+            raise CdrError(f"format must be one of {', '.join(FORMATS)}, got {explicit!r}")
+        return explicit
+    suffix = Path(path).suffix.lower()
+    fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
+    if fmt is None:
+        raise CdrError(f"cannot tell the format of '{path}' from its extension; use .jsonl, .parquet or .csv (or --format)")
+    return fmt
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """``data`` is the parsed row, or None with ``error`` set when the row could not be parsed at all."""
+
+    index: int  # 0-based position among the file's rows (blank JSONL lines are not rows)
+    location: str  # 'line 7' or 'row 7', for messages
+    data: dict[str, Any] | None
+    error: RowError | None = None
+
+
+def count_rows(path: str | Path, fmt: str | None = None) -> int | None:
+    fmt = detect_format(path, fmt)
+    if fmt == "jsonl":
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return None
+
+
+def iter_rows(path: str | Path, fmt: str | None = None, batch_rows: int = 1024) -> Iterator[RawRow]:
+    fmt = detect_format(path, fmt)
+    if not Path(path).exists():
+        raise CdrError(f"input file '{path}' does not exist")
+    if fmt == "jsonl":
+        yield from _iter_jsonl(path)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        index = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            for row in batch.to_pylist():
+                yield RawRow(index, f"row {index + 1}", row)
+                index += 1
+    else:
+        yield from _iter_csv(path, batch_rows)
+
+
+def _iter_jsonl(path: str | Path) -> Iterator[RawRow]:
+    index = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"line {lineno}"
+            data, error = None, None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                error = RowError(where, None, f"not valid UTF-8 (byte {exc.start} of the line)")
+            else:
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    error = RowError(where, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
+                else:
+                    if not isinstance(data, dict):
+                        error = RowError(where, None, f"expected a JSON object, got {type(data).__name__}")
+                        data = None
+            yield RawRow(index, where, data, error)
+            index += 1
+
+
+def _iter_csv(path: str | Path, batch_rows: int) -> Iterator[RawRow]:
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        return
+    # Every column as a string: a prompt that looks like a number stays text.
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in header}, strings_can_be_null=False)
+    try:
+        reader = pacsv.open_csv(path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=1 << 22))
+    except pa.ArrowInvalid as exc:
+        raise CdrError(f"{path}: cannot read as CSV: {exc}") from None
+    index = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as exc:
+            raise CdrError(f"{path}: CSV error after row {index}: {exc}") from None
+        for row in batch.to_pylist():
+            yield RawRow(index, f"row {index + 1}", row)
+            index += 1
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Column names for conversations: ``messages`` (whole conversation) or ``prompt`` + ``response``."""
+
+    messages: str = "messages"
+    prompt: str = "prompt"
+    response: str = "response"
+
+
+def conversation_from_row(row: RawRow, fields: Fields) -> Conversation:
+    """The row's conversation, or a RowError naming the row and field."""
+    if row.error is not None:
+        raise row.error
+    data = row.data or {}
+    try:
+        if data.get(fields.messages) is not None:
+            return Conversation.from_messages(_maybe_json(data[fields.messages]), field=fields.messages)
+        if data.get(fields.prompt) is None and data.get(fields.response) is None:
+            raise ConversationError(
+                fields.messages, f"missing: expected '{fields.messages}', or '{fields.prompt}' and '{fields.response}'"
+            )
+        for name in (fields.prompt, fields.response):
+            if data.get(name) is None:
+                raise ConversationError(name, "missing")
+        return Conversation.from_prompt_response(
+            _maybe_json(data[fields.prompt]), data[fields.response], fields.prompt, fields.response
+        )
+    except ConversationError as exc:
+        raise RowError(row.location, exc.field, exc.message) from None
+
+
+def _maybe_json(value: Any) -> Any:
+    """CSV cells hold message lists as JSON text."""
+    if isinstance(value, str) and value.lstrip().startswith("[{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

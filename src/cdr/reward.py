@@ -1,0 +1,243 @@
+"""The density-ratio reward: r(x, y) = log p_strong(y | x) - log p_weak(y | x) over the response tokens.
+
+``ModelScorer`` holds one model (tokenizer, renderer, backend) and returns response log-probs;
+``DensityRatio`` pairs two of them and combines their log-probs into a reward variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from cdr import __version__
+from cdr.backends import BackendOptions, LogprobRequest, load_backend
+from cdr.config import RewardConfig
+from cdr.conversation import Conversation, ConversationError
+from cdr.errors import ModelNotAvailable
+from cdr.models import ModelSource, converted_dir, quiet_transformers, resolve_model
+from cdr.rendering import Renderer
+from cdr.span import ResponseSpan, Tokenization, Unscorable, locate_response
+
+
+def combine(variant: str, strong_sum, strong_n, weak_sum, weak_n):
+    """Combine per-model summed log-probs and token counts into a reward (works on floats or arrays)."""
+    if variant == "sum":
+        return strong_sum - weak_sum
+    if variant == "mean":
+        return (strong_sum - weak_sum) / strong_n
+    if variant == "mean_diff":
+        return strong_sum / strong_n - weak_sum / weak_n
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+@dataclass(frozen=True)
+class ResponseLogprobs:
+    """One model's log-probs of one response's tokens."""
+
+    token_ids: tuple[int, ...]
+    logprobs: np.ndarray
+    truncated: bool
+    boundary: str
+
+    @property
+    def total(self) -> float:
+        return float(self.logprobs.sum())
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.logprobs)
+
+
+@dataclass
+class RewardResult:
+    reward: float | None
+    strong_logprob: float | None
+    weak_logprob: float | None
+    strong_tokens: int | None
+    weak_tokens: int | None
+    truncated: bool = False
+    error: str | None = None
+    details: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["details"] is None:
+            del out["details"]
+        return out
+
+
+class ModelScorer:
+    """One side of the pair: renders, tokenizes, locates the response and asks its backend for log-probs."""
+
+    def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig):
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        self.source = source
+        source.show_notice_once()
+        self.fingerprint = source.fingerprint()
+        if source.kind == "gguf":
+            tok_path, kwargs = str(converted_dir(source, "tokenizer")), {}
+        else:
+            tok_path, kwargs = source.path, ({"revision": source.revision} if source.revision else {})
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=config.trust_remote_code, **kwargs)
+        except OSError as exc:
+            raise ModelNotAvailable(f"could not load the tokenizer of '{source.name}': {exc}") from None
+        self.tokenization = Tokenization(self.tokenizer)
+        self.renderer = Renderer(self.tokenizer, config.plain_format)
+        options = BackendOptions(
+            device=config.device,
+            dtype=config.dtype,
+            batch_tokens=config.batch_tokens,
+            threads=config.threads,
+            trust_remote_code=config.trust_remote_code,
+        )
+        self.backend = load_backend(backend_name, source, options)
+        limits = [x for x in (config.max_length, self.backend.max_length) if x]
+        self.max_length = min(limits) if limits else None
+
+    def span(self, conversation: Conversation, renderer: Renderer, include_eot: bool) -> ResponseSpan:
+        return locate_response(self.tokenization, renderer.render(conversation), include_eot, self.max_length)
+
+    def logprobs(
+        self,
+        conversations: Sequence[Conversation],
+        renderer: Renderer,
+        include_eot: bool,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[ResponseLogprobs | Unscorable]:
+        out: list[ResponseLogprobs | Unscorable] = []
+        spans: list[tuple[int, ResponseSpan]] = []
+        for i, conv in enumerate(conversations):
+            try:
+                spans.append((i, self.span(conv, renderer, include_eot)))
+                out.append(None)  # type: ignore[arg-type]
+            except Unscorable as exc:
+                out.append(exc)
+        requests = [LogprobRequest(s.token_ids, s.start) for _, s in spans]
+        if on_progress and len(requests) < len(conversations):
+            on_progress(len(conversations) - len(requests))
+        scored = self.backend.response_logprobs(requests, on_progress=on_progress)
+        for (i, s), lp in zip(spans, scored):
+            out[i] = ResponseLogprobs(s.token_ids[s.start :], lp, s.truncated, s.method)
+        return out
+
+    def token_strings(self, token_ids: Iterable[int]) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in token_ids]
+
+
+def as_conversations(items: Iterable[Any]) -> list[Conversation]:
+    """Accept Conversation objects or OpenAI-style message lists; name the bad item in errors."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Conversation):
+            out.append(item)
+            continue
+        try:
+            out.append(Conversation.from_messages(item, field=f"conversations[{i}]"))
+        except ConversationError as exc:
+            raise ConversationError(exc.field, exc.message) from None
+    return out
+
+
+class DensityRatio:
+    """A training-free reward from two language models.
+
+    >>> reward = DensityRatio(strong="default", weak="default")
+    >>> [r.reward for r in reward.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])]
+    """
+
+    def __init__(self, strong: str = "default", weak: str = "default", *, config: RewardConfig | None = None, **options: Any):
+        if config is None:
+            config = RewardConfig(strong=strong, weak=weak, **options)
+        elif options:
+            config = dataclasses.replace(config, **options)
+        self.config = config
+        self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.strong_backend or config.backend, config)
+        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config)
+        # shared: the paper's release code renders once with the strong model's template, for both models.
+        self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What produced a score: recorded in every output so a score can always be traced to its pair."""
+        c = self.config
+        return {
+            "strong": c.strong if c.strong != "default" else self.strong.source.name,
+            "strong_sha256": self.strong.fingerprint,
+            "strong_backend": self.strong.backend.name,
+            "weak": c.weak if c.weak != "default" else self.weak.source.name,
+            "weak_sha256": self.weak.fingerprint,
+            "weak_backend": self.weak.backend.name,
+            "rendering": c.rendering,
+            "strong_template": self.strong.renderer.description,
+            "strong_template_sha256": self.strong.renderer.sha256(),
+            "weak_template": self.weak_renderer.description,
+            "weak_template_sha256": self.weak_renderer.sha256(),
+            "include_eot": c.include_eot,
+            "variant": c.variant,
+            "cdr_version": __version__,
+        }
+
+    def model_logprobs(
+        self, conversations: Sequence[Conversation], on_progress: Callable[[int], None] | None = None
+    ) -> tuple[list[ResponseLogprobs | Unscorable], list[ResponseLogprobs | Unscorable]]:
+        """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
+        strong = self.strong.logprobs(conversations, self.strong.renderer, self.config.include_eot, on_progress)
+        weak = self.weak.logprobs(conversations, self.weak_renderer, self.config.include_eot, on_progress)
+        return strong, weak
+
+    def score(
+        self,
+        conversations: Iterable[Any],
+        *,
+        return_tokens: bool = False,
+        progress: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[RewardResult]:
+        """Score conversations whose last message is the assistant response. One result per conversation, in order.
+
+        ``progress`` shows a bar over model passes (2 per conversation); ``return_tokens`` adds per-token
+        log-probs for each model in ``result.details``.
+        """
+        convs = as_conversations(conversations)
+        bar = None
+        if progress and on_progress is None:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=2 * len(convs), unit="resp", desc="scoring")
+            on_progress = bar.update
+        try:
+            strong, weak = self.model_logprobs(convs, on_progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [self._result(s, w, return_tokens) for s, w in zip(strong, weak)]
+
+    def _result(self, s, w, return_tokens: bool) -> RewardResult:
+        errors = [f"{role}: {x}" for role, x in (("strong", s), ("weak", w)) if isinstance(x, Unscorable)]
+        if errors:
+            return RewardResult(None, None, None, None, None, error="unscorable: " + "; ".join(errors))
+        reward = combine(self.config.variant, s.total, s.n_tokens, w.total, w.n_tokens)
+        details = None
+        if return_tokens:
+            details = {
+                role: [
+                    {"token": text, "id": tid, "logprob": float(lp)}
+                    for text, tid, lp in zip(scorer.token_strings(x.token_ids), x.token_ids, x.logprobs)
+                ]
+                for role, scorer, x in (("strong", self.strong, s), ("weak", self.weak, w))
+            }
+        return RewardResult(
+            reward=float(reward),
+            strong_logprob=s.total,
+            weak_logprob=w.total,
+            strong_tokens=s.n_tokens,
+            weak_tokens=w.n_tokens,
+            truncated=s.truncated or w.truncated,
+            details=details,
+        )
