@@ -90,8 +90,9 @@ class Renderer:
         parts = [getattr(fmt, m.role).replace("{content}", m.content) for m in conversation.prompt]
         head, _, _ = fmt.assistant.partition("{content}")
         eos = self.tokenizer.eos_token or ""
-        prompt = "".join(parts) + head
-        content_start = len(prompt)
-        content_end = content_start + len(conversation.response)
-        full = prompt + conversation.response + fmt.end_of_turn.replace("{eos}", eos)
-        return RenderedText(prompt, full, content_start, content_end)
+        before = "".join(parts) + head
+        content_end = len(before) + len(conversation.response)
+        full = before + conversation.response + fmt.end_of_turn.replace("{eos}", eos)
+        # The separator space after "Assistant:" goes with the response, as BPE tokenizers merge it into the
+        # first word (" The"); a prompt ending in a space would not tokenize as a prefix of the whole.
+        return RenderedText(before.rstrip(" "), full, len(before), content_end)

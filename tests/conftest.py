@@ -1,0 +1,113 @@
+"""Shared fixtures: real tokenizers from the packaged GGUF files, and tiny random causal LMs built here.
+
+The tiny models have random weights (no download) but real tokenizers and chat templates, so every
+rendering and boundary case is exercised with real tokenization; their numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdr.models import converted_dir, resolve_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(converted_dir(resolve_model(name), "tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer: BPE, ChatML template that injects a default system prompt, no BOS."""
+    return _tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """gemma-3-270m base's tokenizer: SentencePiece-style, adds BOS, no chat template."""
+    return _tokenizer("gemma-3-270m")
+
+
+GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def gemma_templated_tokenizer(gemma_tokenizer):
+    """gemma's tokenizer with a template that writes BOS into the text: the doubled-BOS trap."""
+    tok = copy.deepcopy(gemma_tokenizer)
+    tok.chat_template = GEMMA_STYLE_TEMPLATE
+    return tok
+
+
+def build_tiny_llama(tokenizer, path: Path, seed: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_gemma3(tokenizer, path: Path, seed: int) -> Path:
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        sliding_window=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
+    )
+    model = Gemma3ForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_strong(tmp_path_factory, smol_tokenizer) -> Path:
+    return build_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny_strong"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_weak(tmp_path_factory, gemma_tokenizer) -> Path:
+    return build_tiny_gemma3(gemma_tokenizer, tmp_path_factory.mktemp("tiny_weak"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_strong, tiny_weak):
+    from cdr import DensityRatio
+
+    return DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak))
+
+
+def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "cdr.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,95 @@
+"""The transformers backend on tiny random models: exact against a naive full-softmax scorer."""
+
+import numpy as np
+import pytest
+import torch
+
+from cdr.backends import BackendOptions, LogprobRequest
+from cdr.backends.hf import TransformersBackend
+from cdr.models import resolve_model
+
+
+def naive_logprobs(model, request):
+    """The textbook scorer: full forward, full-vocabulary log-softmax at every position."""
+    ids = torch.tensor([request.token_ids])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
+    targets = ids[0, request.response_start:]
+    return logp[request.response_start - 1 : -1].gather(1, targets[:, None])[:, 0].double().numpy()
+
+
+def requests_for(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for n, start in lengths:
+        out.append(LogprobRequest(tuple(int(t) for t in rng.integers(3, vocab, n)), start))
+    return out
+
+
+LENGTHS = [(40, 10), (7, 3), (25, 24), (60, 2), (13, 5)]
+
+
+@pytest.mark.parametrize("which", ["tiny_strong", "tiny_weak"])
+def test_response_only_head_matches_naive_full_softmax(which, request):
+    backend = TransformersBackend(resolve_model(str(request.getfixturevalue(which))), BackendOptions())
+    assert backend.response_head_only
+    reqs = requests_for(backend.vocab_size, LENGTHS)
+    got = backend.response_logprobs(reqs)
+    for r, lp in zip(reqs, got):
+        assert lp.shape == (len(r.token_ids) - r.response_start,)
+        np.testing.assert_allclose(lp, naive_logprobs(backend.model, r), atol=1e-5)
+
+
+def test_batched_equals_one_by_one(tiny_weak):
+    big = TransformersBackend(resolve_model(str(tiny_weak)), BackendOptions(batch_tokens=100_000))
+    reqs = requests_for(big.vocab_size, LENGTHS, seed=3)
+    assert len(big._batches(reqs)) == 1
+    batched = big.response_logprobs(reqs)
+    single = [big.response_logprobs([r])[0] for r in reqs]
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_token_budget_batches_sorted_by_length(tiny_strong):
+    backend = TransformersBackend(resolve_model(str(tiny_strong)), BackendOptions(batch_tokens=80))
+    reqs = requests_for(backend.vocab_size, LENGTHS)
+    batches = backend._batches(reqs)
+    lengths = [[len(reqs[i].token_ids) for i in b] for b in batches]
+    assert lengths[0][0] == 60  # longest first
+    for b in lengths:
+        assert len(b) * max(b) <= 80 or len(b) == 1
+    flat = [n for b in lengths for n in b]
+    assert flat == sorted(flat, reverse=True)
+    progress = []
+    backend.response_logprobs(reqs, on_progress=progress.append)
+    assert sum(progress) == len(reqs)
+
+
+def test_lm_head_sees_response_positions_only(tiny_weak):
+    """The memory pitfall: never a full-vocabulary projection of every position."""
+    backend = TransformersBackend(resolve_model(str(tiny_weak)), BackendOptions(batch_tokens=100_000))
+    seen = []
+    hook = backend.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    reqs = requests_for(backend.vocab_size, LENGTHS)
+    try:
+        backend.response_logprobs(reqs)
+    finally:
+        hook.remove()
+    assert sum(seen) == sum(len(r.token_ids) - r.response_start for r in reqs)
+    assert max(seen) <= max(1, (1 << 25) // backend.vocab_size)  # chunked over positions
+
+
+def test_unknown_logit_postprocessing_falls_back_to_full_forward(tiny_strong):
+    backend = TransformersBackend(resolve_model(str(tiny_strong)), BackendOptions())
+    backend.softcap = 0.5  # pretend we misread the architecture: our head no longer matches the model's logits
+    with pytest.warns(UserWarning, match="full forward"):
+        assert not backend._head_path_matches_full_forward()
+    backend.response_head_only = False
+    reqs = requests_for(backend.vocab_size, LENGTHS[:2])
+    for r, lp in zip(reqs, backend.response_logprobs(reqs)):
+        np.testing.assert_allclose(lp, naive_logprobs(backend.model, r), atol=1e-5)
+
+
+def test_max_length_from_config(tiny_strong):
+    backend = TransformersBackend(resolve_model(str(tiny_strong)), BackendOptions())
+    assert backend.max_length == 1024

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+
+from cdr import ConversationError, DensityRatio
+from cdr.reward import combine
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def conv(answer):
+    return PROMPT + [{"role": "assistant", "content": answer}]
+
+
+def test_variants_on_hand_computed_numbers():
+    # strong: -6 over 3 tokens, weak: -10 over 4 tokens
+    assert combine("sum", -6.0, 3, -10.0, 4) == pytest.approx(4.0)
+    assert combine("mean", -6.0, 3, -10.0, 4) == pytest.approx(4.0 / 3)
+    assert combine("mean_diff", -6.0, 3, -10.0, 4) == pytest.approx(-2.0 - -2.5)
+    arr = combine("sum", np.array([-1.0, -2.0]), np.array([1, 2]), np.array([-3.0, -1.0]), np.array([1, 1]))
+    np.testing.assert_allclose(arr, [2.0, -1.0])
+    with pytest.raises(ValueError):
+        combine("median", 1, 1, 1, 1)
+
+
+def test_reward_is_strong_minus_weak(tiny_pair):
+    results = tiny_pair.score([conv("Paris."), conv("It is Berlin, I think.")], return_tokens=True)
+    for r in results:
+        assert r.error is None
+        strong = sum(t["logprob"] for t in r.details["strong"])
+        weak = sum(t["logprob"] for t in r.details["weak"])
+        assert r.strong_logprob == pytest.approx(strong)
+        assert r.weak_logprob == pytest.approx(weak)
+        assert r.strong_tokens == len(r.details["strong"]) and r.weak_tokens == len(r.details["weak"])
+        assert r.reward == pytest.approx((strong - weak) / r.strong_tokens)  # default variant: mean
+    assert "".join(t["token"] for t in results[0].details["strong"]) == "Paris.<|im_end|>\n"
+    assert "".join(t["token"] for t in results[0].details["weak"]) == " Paris.<eos>"
+
+
+@pytest.mark.parametrize("variant", ["sum", "mean", "mean_diff"])
+def test_variant_option(tiny_strong, tiny_weak, tiny_pair, variant):
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), variant=variant)
+    (r,) = reward.score([conv("Paris.")])
+    assert r.reward == pytest.approx(combine(variant, r.strong_logprob, r.strong_tokens, r.weak_logprob, r.weak_tokens))
+    assert reward.provenance["variant"] == variant
+
+
+def test_shared_rendering_changes_weak_side_only(tiny_strong, tiny_weak, tiny_pair):
+    shared = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), rendering="shared")
+    (own,) = tiny_pair.score([conv("Paris.")], return_tokens=True)
+    (sh,) = shared.score([conv("Paris.")], return_tokens=True)
+    assert sh.strong_logprob == pytest.approx(own.strong_logprob)
+    assert "".join(t["token"] for t in sh.details["weak"]) == "Paris.<|im_end|>\n"
+    assert shared.provenance["weak_template"] == "chat_template"
+    assert shared.provenance["weak_template_sha256"] == shared.provenance["strong_template_sha256"]
+    assert tiny_pair.provenance["weak_template"] == "plain"
+
+
+def test_scores_do_not_depend_on_batch_company(tiny_pair):
+    answers = ["Paris.", "Berlin is the capital of France. " * 5, "Paris, of course.", "I am not sure."]
+    together = tiny_pair.score([conv(a) for a in answers])
+    alone = [tiny_pair.score([conv(a)])[0] for a in answers]
+    for a, b in zip(together, alone):
+        assert a.reward == pytest.approx(b.reward, abs=1e-4)
+
+
+def test_provenance_names_the_exact_pair(tiny_pair, tiny_strong):
+    p = tiny_pair.provenance
+    assert p["strong"] == str(tiny_strong)
+    assert len(p["strong_sha256"]) == 64 and len(p["weak_sha256"]) == 64
+    assert p["strong_sha256"] != p["weak_sha256"]
+    assert {"rendering", "strong_template_sha256", "weak_template_sha256", "variant", "cdr_version", "include_eot"} <= set(p)
+    json.dumps(p)
+
+
+def test_exclude_eot(tiny_strong, tiny_weak):
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), include_eot=False)
+    (r,) = reward.score([conv("Paris.")], return_tokens=True)
+    assert "".join(t["token"] for t in r.details["strong"]) == "Paris."
+    assert reward.provenance["include_eot"] is False
+
+
+def test_unscorable_row_is_reported_not_guessed(tiny_strong, tiny_weak):
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), max_length=20)
+    results = reward.score([conv("Paris."), conv("word " * 100)])
+    assert results[0].error is not None and "fills the model's context" in results[0].error  # the prompt alone
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), max_length=60)
+    ok, long = reward.score([conv("Paris."), conv("word " * 100)])
+    assert ok.error is None and not ok.truncated
+    assert long.error is None and long.truncated and long.reward is not None
+
+
+def test_bad_conversation_names_its_index(tiny_pair):
+    with pytest.raises(ConversationError) as info:
+        tiny_pair.score([conv("Paris."), [{"role": "user", "content": "hi"}]])
+    assert info.value.field == "conversations[1][0].role"
