@@ -39,9 +39,10 @@ def reward_config(args: argparse.Namespace) -> RewardConfig:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cdr.data import Fields
-    from cdr.pipelines.score import score_file
+    from cdr.pipelines.score import check_paths, score_file
     from cdr.reward import DensityRatio
 
+    check_paths(args.input, args.output, args.input_format, args.output_format)
     config = reward_config(args)
     reward = DensityRatio(config=config)
     fields = Fields(messages=args.messages_field, prompt=args.prompt_field, response=args.response_field)

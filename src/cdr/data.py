@@ -138,9 +138,9 @@ def conversation_from_row(row: RawRow, fields: Fields) -> Conversation:
         raise row.error
     data = row.data or {}
     try:
-        if data.get(fields.messages) is not None:
+        if data.get(fields.messages) not in (None, ""):  # an empty CSV cell is no conversation
             return Conversation.from_messages(_maybe_json(data[fields.messages]), field=fields.messages)
-        if data.get(fields.prompt) is None and data.get(fields.response) is None:
+        if data.get(fields.prompt) in (None, "") and data.get(fields.response) in (None, ""):
             raise ConversationError(
                 fields.messages, f"missing: expected '{fields.messages}', or '{fields.prompt}' and '{fields.response}'"
             )

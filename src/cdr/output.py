@@ -122,12 +122,17 @@ def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:
 
     with open(src, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
+    # Rows may differ in their columns; from_pylist would take the first row's keys only.
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
-        rows = [{k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows]
-        pacsv.write_csv(pa.Table.from_pylist(rows), dst)
+        def cell(v):
+            return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+
+        data = {c: [cell(r.get(c)) for r in rows] for c in columns}
+        pacsv.write_csv(pa.table(data) if columns else pa.table({}), dst)
     else:
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), dst)
+        pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), dst)

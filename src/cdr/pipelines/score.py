@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cdr.data import Fields, RawRow, conversation_from_row, count_rows, iter_rows
-from cdr.errors import RowError
+from cdr.data import Fields, RawRow, conversation_from_row, count_rows, detect_format, iter_rows
+from cdr.errors import CdrError, RowError
 from cdr.output import ResumableOutput
 from cdr.reward import DensityRatio
 
@@ -40,6 +40,14 @@ class ScoreSummary:
         if self.errors_file:
             lines.append(f"row reports: {self.errors_file}")
         return "\n".join(lines)
+
+
+def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
+    """Fail fast, before any model is loaded, on paths that cannot work."""
+    detect_format(input_path, input_format)
+    detect_format(output_path, output_format)
+    if not Path(input_path).is_file():
+        raise CdrError(f"input file '{input_path}' does not exist")
 
 
 def output_row(data: dict[str, Any], result, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +82,7 @@ def score_file(
     """Score every row of ``input_path`` into ``output_path``, resuming an interrupted run of the same command."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     start = time.time()
+    check_paths(input_path, output_path, input_format, output_format)
     st = os.stat(input_path)
     key = {
         "input": str(Path(input_path).resolve()),
@@ -100,13 +109,19 @@ def score_file(
                    dynamic_ncols=True, file=sys.stderr)
     shown = 0
 
+    def say(msg: str) -> None:
+        if bar:
+            bar.write(msg, file=sys.stderr)
+        else:
+            log(msg)
+
     def report(err: RowError) -> None:
         nonlocal shown
         shown += 1
         if shown <= SHOWN_ERRORS:
-            (bar.write if bar else log)(f"skipped {err}")
+            say(f"skipped {err}")
         elif shown == SHOWN_ERRORS + 1:
-            (bar.write if bar else log)(f"... more row reports in {out.errors}")
+            say(f"... more row reports in {out.errors}")
 
     chunk: list[RawRow] = []
     done = resumed_from

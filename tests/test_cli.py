@@ -1,0 +1,177 @@
+"""The real ``cdr`` command in subprocesses, on tiny random models: outputs, resume after kill -9, bad rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cdr, write_jsonl
+
+TOPICS = ["France", "Japan", "Peru", "Kenya", "Norway", "Chile", "Egypt", "India"]
+
+
+def rows(n):
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        if i % 3 == 0:
+            out.append({"id": i, "messages": [{"role": "user", "content": f"Tell me about {topic}."},
+                                              {"role": "assistant", "content": f"{topic} is a country. " * (1 + i % 5)}]})
+        else:
+            out.append({"id": i, "prompt": f"What is the capital of {topic}? ({i})", "response": "I believe it is the city on the river. " * (1 + i % 4)})
+    return out
+
+
+def pair_args(tiny_strong, tiny_weak):
+    return ["--strong", str(tiny_strong), "--weak", str(tiny_weak)]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_score_jsonl_adds_reward_and_provenance(tmp_path, tiny_strong, tiny_weak):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(6))
+    proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    assert proc.returncode == 0, proc.stderr
+    assert "rows: 6  scored: 6  skipped (malformed): 0  unscorable: 0" in proc.stdout
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["id"] for r in out] == list(range(6))
+    for inp, r in zip(rows(6), out):
+        assert {k: r[k] for k in inp} == inp  # the input row, untouched
+        assert isinstance(r["reward"], float) and r["strong_tokens"] > 0 and r["weak_tokens"] > 0
+        assert r["cdr_strong"] == str(tiny_strong) and len(r["cdr_weak_sha256"]) == 64
+        assert r["cdr_rendering"] == "own" and r["cdr_variant"] == "mean" and r["cdr_error"] is None
+    # a finished run is not redone
+    again = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    assert again.returncode == 0 and "already complete" in again.stderr
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_score_other_formats(tmp_path, tiny_strong, tiny_weak, fmt):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(4))
+    ref = tmp_path / "ref.jsonl"
+    assert run_cdr("score", str(src), "-o", str(ref), *pair_args(tiny_strong, tiny_weak)).returncode == 0
+    out = tmp_path / f"out.{fmt}"
+    proc = run_cdr("score", str(src), "-o", str(out), "--variant", "sum", *pair_args(tiny_strong, tiny_weak))
+    assert proc.returncode == 0, proc.stderr
+    if fmt == "parquet":
+        table = pq.read_table(out).to_pylist()
+        # and Parquet in: score the Parquet output again as input
+        again = run_cdr("score", str(out), "-o", str(tmp_path / "again.jsonl"), *pair_args(tiny_strong, tiny_weak))
+        assert again.returncode == 0, again.stderr
+        assert len(read_jsonl(tmp_path / "again.jsonl")) == 4
+    else:
+        import csv
+
+        table = list(csv.DictReader(open(out, encoding="utf-8")))
+    for r, ref_row in zip(table, read_jsonl(ref)):
+        assert float(r["reward"]) == pytest.approx(ref_row["strong_logprob"] - ref_row["weak_logprob"], abs=1e-4)
+
+
+def test_kill_9_then_resume_gives_identical_output(tmp_path, tiny_strong, tiny_weak):
+    data = rows(90)
+    lines = [json.dumps(r) for r in data]
+    lines.insert(30, '{"prompt": "broken')  # a malformed row whose report must survive the kills too
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    common = [str(src), *pair_args(tiny_strong, tiny_weak), "--chunk-rows", "1"]
+
+    reference = tmp_path / "reference.jsonl"
+    assert run_cdr("score", *common, "-o", str(reference)).returncode == 0
+
+    out = tmp_path / "out.jsonl"
+    state = tmp_path / "out.jsonl.cdr-state.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cdr.cli", "score", *common, "-o", str(out)]
+    kills = []
+    for kill_after in (2, 35, 60):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                done = json.loads(state.read_text())["rows_done"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                done = 0
+            if done >= kill_after:
+                break
+            time.sleep(0.005)
+        time.sleep(0.013 * kill_after % 0.05)  # land at different points inside a chunk
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(json.loads(state.read_text())["rows_done"])
+    assert kills[0] < 91 and not out.exists()  # killed mid-run, nothing published yet
+
+    final = run_cdr("score", *common, "-o", str(out))
+    assert final.returncode == 0, final.stderr
+    assert "resuming" in final.stderr
+    assert out.read_bytes() == reference.read_bytes()
+    assert (tmp_path / "out.jsonl.errors.jsonl").read_bytes() == (tmp_path / "reference.jsonl.errors.jsonl").read_bytes()
+    assert "rows: 91  scored: 90  skipped (malformed): 1" in final.stdout
+
+
+def test_malformed_rows_reported_with_line_numbers(tmp_path, tiny_strong, tiny_weak):
+    lines = [
+        json.dumps({"prompt": "Hi?", "response": "Hello."}),
+        '{"prompt": "Hi?", "response": ',
+        json.dumps({"prompt": "Hi?"}),
+        json.dumps({"prompt": "Hi?", "response": ["not", "text"]}),
+        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "x"}]}),
+        json.dumps({"prompt": "Hi?", "response": ""}),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(("\n".join(lines) + "\n").encode() + b'{"prompt": "caf\xe9", "response": "x"}\n')
+    proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    assert proc.returncode == 0, proc.stderr
+    expected = [
+        "line 2: not valid JSON",
+        "line 3, field 'response': missing",
+        "line 4, field 'response': expected a string, got list",
+        "line 5, field 'messages[0].role': expected one of system, user, assistant, got 'robot'",
+        "line 6, field 'messages[0].role': the last message is the scored response and must be 'assistant'",
+        "line 7, field 'response': expected non-empty text",
+        "line 8: not valid UTF-8",
+    ]
+    for fragment in expected:
+        assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "rows: 8  scored: 1  skipped (malformed): 7" in proc.stdout
+    reports = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
+    assert [r["location"] for r in reports] == [f"line {i}" for i in range(2, 9)]
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 1
+
+
+def test_on_error_fail_stops_with_the_row(tmp_path, tiny_strong, tiny_weak):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Hi?", "response": "Hello."}, {"prompt": "Hi?", "response": 3}])
+    proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
+    assert proc.returncode == 2
+    assert "cdr: error: line 2, field 'response': expected a string, got int" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_user_errors_are_one_line(tmp_path, tiny_strong, tiny_weak):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--strong", "no-such-model")
+    assert proc.returncode == 2 and "neither a packaged model" in proc.stderr and "Traceback" not in proc.stderr
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvarient: sum\n")
+    proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg))
+    assert proc.returncode == 2 and "line 3: unknown key 'varient'" in proc.stderr
+    proc = run_cdr("score", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_file_and_flags(tmp_path, tiny_strong, tiny_weak):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvariant: sum\nrendering: shared\n")
+    proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--variant", "mean_diff")
+    assert proc.returncode == 0, proc.stderr
+    r = read_jsonl(tmp_path / "o.jsonl")[0]
+    assert r["cdr_variant"] == "mean_diff" and r["cdr_rendering"] == "shared"  # the flag wins over the file
+    assert r["reward"] == pytest.approx(r["strong_logprob"] / r["strong_tokens"] - r["weak_logprob"] / r["weak_tokens"])
