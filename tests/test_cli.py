@@ -175,3 +175,15 @@ def test_config_file_and_flags(tmp_path, tiny_strong, tiny_weak):
     r = read_jsonl(tmp_path / "o.jsonl")[0]
     assert r["cdr_variant"] == "mean_diff" and r["cdr_rendering"] == "shared"  # the flag wins over the file
     assert r["reward"] == pytest.approx(r["strong_logprob"] / r["strong_tokens"] - r["weak_logprob"] / r["weak_tokens"])
+
+
+def test_hub_model_offline_is_a_clear_error(tmp_path, tiny_weak):
+    """The hub loading path is real code; offline it must fail with a message, not a traceback."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(1))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cdr.cli", "score", str(src), "-o", str(tmp_path / "o.jsonl"),
+                           "--strong", "cdr-test-org/no-such-model", "--weak", str(tiny_weak)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert "could not load the tokenizer of 'cdr-test-org/no-such-model'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -68,8 +68,8 @@ def decision_table(scored: list[dict], provenance: dict) -> str:
             w[1] += strong_ok
             w[2] += longer_ok
             w[3] += 1
-        lines.append(f"{rid:<9} {pair['domain']:<7} {good['reward']:>8.3f} {bad['reward']:>8.3f}  "
-                     f"{'the good answer' if ok else 'the bad answer  <- wrong'}")
+        verdict = "the good answer" if ok else "a tie (counts as wrong)" if good["reward"] == bad["reward"] else "the bad answer  <- wrong"
+        lines.append(f"{rid:<9} {pair['domain']:<7} {good['reward']:>8.3f} {bad['reward']:>8.3f}  {verdict}")
     lines += ["", f"How often the good answer wins ({provenance['variant']} reward, {provenance['strong']} over "
               f"{provenance['weak']}, rendering '{provenance['rendering']}'):",
               f"{'domain':<8} {'pairs':>5} {'cdr reward':>11} {'strong alone':>13} {'longer answer':>14}"]

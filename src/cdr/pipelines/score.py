@@ -138,8 +138,15 @@ def score_file(
                 counts["skipped"] += 1
                 errors.append({"location": err.location, "field": err.field, "error": err.message})
                 report(err)
-        on_progress = (lambda n: bar.update(n / 2)) if bar else None
-        results = reward.score([c for _, c in valid], on_progress=on_progress) if valid else []
+        passes = 0  # each row is two model passes (strong, weak); the bar counts whole rows
+
+        def on_progress(n: int) -> None:
+            nonlocal passes
+            before = passes // 2
+            passes += n
+            bar.update(min(passes // 2, len(valid)) - before)
+
+        results = reward.score([c for _, c in valid], on_progress=on_progress if bar else None) if valid else []
         rows = []
         for (raw, _), result in zip(valid, results):
             if result.error:
