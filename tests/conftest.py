@@ -98,7 +98,7 @@ def tiny_weak(tmp_path_factory, gemma_tokenizer) -> Path:
 def tiny_pair(tiny_strong, tiny_weak):
     from cdr import DensityRatio
 
-    return DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak))
+    return DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none")
 
 
 def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

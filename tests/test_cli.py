@@ -28,7 +28,8 @@ def rows(n):
 
 
 def pair_args(tiny_strong, tiny_weak):
-    return ["--strong", str(tiny_strong), "--weak", str(tiny_weak)]
+    # no log-prob cache: each run must compute its numbers, or comparisons between runs prove nothing
+    return ["--strong", str(tiny_strong), "--weak", str(tiny_weak), "--cache", "none"]
 
 
 def read_jsonl(path):
@@ -169,7 +170,7 @@ def test_user_errors_are_one_line(tmp_path, tiny_strong, tiny_weak):
 def test_config_file_and_flags(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvariant: sum\nrendering: shared\n")
+    cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvariant: sum\nrendering: shared\ncache: none\n")
     proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--variant", "mean_diff")
     assert proc.returncode == 0, proc.stderr
     r = read_jsonl(tmp_path / "o.jsonl")[0]

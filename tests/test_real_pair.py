@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def default_pair():
     from cdr import DensityRatio
 
-    return DensityRatio()
+    return DensityRatio(cache="none")  # computed, never read back from a cache
 
 
 def ask(question, answer):

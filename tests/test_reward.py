@@ -40,14 +40,14 @@ def test_reward_is_strong_minus_weak(tiny_pair):
 
 @pytest.mark.parametrize("variant", ["sum", "mean", "mean_diff"])
 def test_variant_option(tiny_strong, tiny_weak, tiny_pair, variant):
-    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), variant=variant)
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", variant=variant)
     (r,) = reward.score([conv("Paris.")])
     assert r.reward == pytest.approx(combine(variant, r.strong_logprob, r.strong_tokens, r.weak_logprob, r.weak_tokens))
     assert reward.provenance["variant"] == variant
 
 
 def test_shared_rendering_changes_weak_side_only(tiny_strong, tiny_weak, tiny_pair):
-    shared = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), rendering="shared")
+    shared = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", rendering="shared")
     (own,) = tiny_pair.score([conv("Paris.")], return_tokens=True)
     (sh,) = shared.score([conv("Paris.")], return_tokens=True)
     assert sh.strong_logprob == pytest.approx(own.strong_logprob)
@@ -75,17 +75,17 @@ def test_provenance_names_the_exact_pair(tiny_pair, tiny_strong):
 
 
 def test_exclude_eot(tiny_strong, tiny_weak):
-    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), include_eot=False)
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", include_eot=False)
     (r,) = reward.score([conv("Paris.")], return_tokens=True)
     assert "".join(t["token"] for t in r.details["strong"]) == "Paris."
     assert reward.provenance["include_eot"] is False
 
 
 def test_unscorable_row_is_reported_not_guessed(tiny_strong, tiny_weak):
-    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), max_length=20)
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", max_length=20)
     results = reward.score([conv("Paris."), conv("word " * 100)])
     assert results[0].error is not None and "fills the model's context" in results[0].error  # the prompt alone
-    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), max_length=60)
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", max_length=60)
     ok, long = reward.score([conv("Paris."), conv("word " * 100)])
     assert ok.error is None and not ok.truncated
     assert long.error is None and long.truncated and long.reward is not None

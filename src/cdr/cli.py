@@ -11,7 +11,7 @@ from cdr.errors import CdrError
 from cdr.rendering import RENDERINGS
 
 REWARD_FLAGS = ("strong", "weak", "backend", "strong_backend", "weak_backend", "variant", "rendering",
-                "max_length", "device", "dtype", "batch_tokens", "threads")
+                "max_length", "device", "dtype", "batch_tokens", "threads", "cache")
 
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ class RewardConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"})
     batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads per model (default: all cores)"})
+    cache: str | None = field(default="default", metadata={"help": "log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
 
     def __post_init__(self) -> None:

@@ -17,7 +17,8 @@ from cdr.backends import BackendOptions, LogprobRequest, load_backend
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation, ConversationError
 from cdr.errors import ModelNotAvailable
-from cdr.models import ModelSource, converted_dir, quiet_transformers, resolve_model
+from cdr.cache import LogprobCache
+from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
 from cdr.rendering import Renderer
 from cdr.span import ResponseSpan, Tokenization, Unscorable, locate_response
 
@@ -72,7 +73,7 @@ class RewardResult:
 class ModelScorer:
     """One side of the pair: renders, tokenizes, locates the response and asks its backend for log-probs."""
 
-    def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig):
+    def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig, cache: LogprobCache | None = None):
         from transformers import AutoTokenizer
 
         quiet_transformers()
@@ -97,6 +98,9 @@ class ModelScorer:
             trust_remote_code=config.trust_remote_code,
         )
         self.backend = load_backend(backend_name, source, options)
+        self.cache = cache
+        # what makes two log-prob computations interchangeable: the weights, the backend and its precision
+        self.cache_key = f"{self.fingerprint}|{self.backend.name}|{self.backend.precision}"
         limits = [x for x in (config.max_length, self.backend.max_length) if x]
         self.max_length = min(limits) if limits else None
 
@@ -119,15 +123,36 @@ class ModelScorer:
             except Unscorable as exc:
                 out.append(exc)
         requests = [LogprobRequest(s.token_ids, s.start) for _, s in spans]
+        scored = self._cached_logprobs(requests, on_progress)
         if on_progress and len(requests) < len(conversations):
             on_progress(len(conversations) - len(requests))
-        scored = self.backend.response_logprobs(requests, on_progress=on_progress)
         for (i, s), lp in zip(spans, scored):
             out[i] = ResponseLogprobs(s.token_ids[s.start :], lp, s.truncated, s.method)
         return out
 
+    def _cached_logprobs(self, requests: list[LogprobRequest], on_progress) -> list[np.ndarray]:
+        """Each distinct request is computed once: from the cache if it has it, else by the backend."""
+        unique = list(dict.fromkeys(requests))
+        found = self.cache.get_many(self.cache_key, unique) if self.cache is not None else [None] * len(unique)
+        known = {r: lp for r, lp in zip(unique, found) if lp is not None}
+        todo = [r for r in unique if r not in known]
+        if on_progress and len(todo) < len(requests):
+            on_progress(len(requests) - len(todo))
+        if todo:
+            computed = self.backend.response_logprobs(todo, on_progress=on_progress)
+            if self.cache is not None:
+                self.cache.put_many(self.cache_key, todo, computed)
+            known.update(zip(todo, computed))
+        return [known[r] for r in requests]
+
     def token_strings(self, token_ids: Iterable[int]) -> list[str]:
         return [self.tokenizer.decode([t]) for t in token_ids]
+
+
+def open_cache(setting: str | None) -> LogprobCache | None:
+    if setting in (None, "none", ""):
+        return None
+    return LogprobCache(cache_dir() / "logprobs.sqlite" if setting == "default" else setting)
 
 
 def as_conversations(items: Iterable[Any]) -> list[Conversation]:
@@ -157,8 +182,9 @@ class DensityRatio:
         elif options:
             config = dataclasses.replace(config, **options)
         self.config = config
-        self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.strong_backend or config.backend, config)
-        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config)
+        self.cache = open_cache(config.cache)
+        self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.strong_backend or config.backend, config, self.cache)
+        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config, self.cache)
         # shared: the paper's release code renders once with the strong model's template, for both models.
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
 

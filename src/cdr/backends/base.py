@@ -37,6 +37,7 @@ class Backend(ABC):
     """One loaded model that scores response tokens."""
 
     name: str = "base"
+    precision: str = "float32"  # part of the log-prob cache key: numbers from other precisions are not reused
 
     def __init__(self, source: ModelSource, options: BackendOptions):
         self.source = source

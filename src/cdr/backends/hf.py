@@ -51,6 +51,7 @@ class TransformersBackend(Backend):
             torch.set_num_threads(options.threads)
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
+        self.precision = str(self.dtype).removeprefix("torch.")
         kwargs = {"dtype": self.dtype, "trust_remote_code": options.trust_remote_code}
         if source.kind == "gguf":
             path = str(converted_dir(source, "model"))
