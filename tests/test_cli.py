@@ -40,7 +40,7 @@ def test_score_jsonl_adds_reward_and_provenance(tmp_path, tiny_strong, tiny_weak
     src = write_jsonl(tmp_path / "in.jsonl", rows(6))
     proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
-    assert "rows: 6  scored: 6  skipped (malformed): 0  unscorable: 0" in proc.stdout
+    assert "rows: 6  scored: 6  skipped: 0  unscorable: 0" in proc.stdout
     out = read_jsonl(tmp_path / "out.jsonl")
     assert [r["id"] for r in out] == list(range(6))
     for inp, r in zip(rows(6), out):
@@ -112,7 +112,7 @@ def test_kill_9_then_resume_gives_identical_output(tmp_path, tiny_strong, tiny_w
     assert "resuming" in final.stderr
     assert out.read_bytes() == reference.read_bytes()
     assert (tmp_path / "out.jsonl.errors.jsonl").read_bytes() == (tmp_path / "reference.jsonl.errors.jsonl").read_bytes()
-    assert "rows: 91  scored: 90  skipped (malformed): 1" in final.stdout
+    assert "rows: 91  scored: 90  skipped: 1" in final.stdout
 
 
 def test_malformed_rows_reported_with_line_numbers(tmp_path, tiny_strong, tiny_weak):
@@ -141,7 +141,8 @@ def test_malformed_rows_reported_with_line_numbers(tmp_path, tiny_strong, tiny_w
     for fragment in expected:
         assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "rows: 8  scored: 1  skipped (malformed): 7" in proc.stdout
+    assert "rows: 8  scored: 1  skipped: 7" in proc.stdout
+    assert "skipped by kind: bad JSON 1, bad role 2, empty text 1, missing field 1, not UTF-8 1, wrong type 1" in proc.stdout
     reports = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert [r["location"] for r in reports] == [f"line {i}" for i in range(2, 9)]
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 1

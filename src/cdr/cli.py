@@ -39,7 +39,8 @@ def reward_config(args: argparse.Namespace) -> RewardConfig:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cdr.data import Fields
-    from cdr.pipelines.score import check_paths, score_file
+    from cdr.pipelines.runner import check_paths
+    from cdr.pipelines.score import score_file
     from cdr.reward import DensityRatio
 
     check_paths(args.input, args.output, args.input_format, args.output_format)

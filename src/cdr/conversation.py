@@ -16,9 +16,10 @@ ROLES = ("system", "user", "assistant")
 class ConversationError(ValueError):
     """A conversation that cannot be scored as given. ``field`` names the offending field."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, kind: str = "invalid conversation"):
         self.field = field
         self.message = message
+        self.kind = kind  # a short label, counted per kind in run summaries
         super().__init__(f"field '{field}': {message}")
 
 
@@ -58,7 +59,7 @@ class Conversation:
     ) -> "Conversation":
         if isinstance(prompt, str):
             if not prompt.strip():
-                raise ConversationError(prompt_field, "expected a non-empty string or a message list, got an empty string")
+                raise ConversationError(prompt_field, "expected a non-empty string or a message list, got an empty string", "empty text")
             turns = [Message("user", prompt)]
         else:
             turns = validate_messages(prompt, prompt_field, require_response=False)
@@ -66,6 +67,7 @@ class Conversation:
                 raise ConversationError(
                     f"{prompt_field}[{len(turns) - 1}].role",
                     "a prompt must not end with an assistant turn (the response goes in its own field)",
+                    "bad role",
                 )
         _check_content(response, response_field)
         return cls(tuple(turns) + (Message("assistant", response),))
@@ -73,36 +75,37 @@ class Conversation:
 
 def _check_content(content: Any, field: str) -> None:
     if not isinstance(content, str):
-        raise ConversationError(field, f"expected a string, got {type(content).__name__}")
+        raise ConversationError(field, f"expected a string, got {type(content).__name__}", "wrong type")
     if not content.strip():
-        raise ConversationError(field, "expected non-empty text, got an empty string")
+        raise ConversationError(field, "expected non-empty text, got an empty string", "empty text")
 
 
 def validate_messages(messages: Any, field: str, require_response: bool) -> list[Message]:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise ConversationError(field, f"expected a list of messages, got {type(messages).__name__}")
+        raise ConversationError(field, f"expected a list of messages, got {type(messages).__name__}", "wrong type")
     if not messages:
-        raise ConversationError(field, "expected at least one message, got an empty list")
+        raise ConversationError(field, "expected at least one message, got an empty list", "empty text")
     out: list[Message] = []
     for i, raw in enumerate(messages):
         where = f"{field}[{i}]"
         if not isinstance(raw, Mapping):
-            raise ConversationError(where, f"expected a message object with 'role' and 'content', got {type(raw).__name__}")
+            raise ConversationError(where, f"expected a message object with 'role' and 'content', got {type(raw).__name__}", "wrong type")
         role = raw.get("role")
         if role not in ROLES:
-            raise ConversationError(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+            raise ConversationError(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}", "bad role")
         if "content" not in raw:
-            raise ConversationError(f"{where}.content", "missing")
+            raise ConversationError(f"{where}.content", "missing", "missing field")
         _check_content(raw["content"], f"{where}.content")
         if role == "system" and i != 0:
-            raise ConversationError(f"{where}.role", "a system message is only allowed as the first message")
+            raise ConversationError(f"{where}.role", "a system message is only allowed as the first message", "bad role")
         out.append(Message(role, raw["content"]))
     if require_response:
         if out[-1].role != "assistant":
             raise ConversationError(
                 f"{field}[{len(out) - 1}].role",
                 f"the last message is the scored response and must be 'assistant', got {out[-1].role!r}",
+                "bad role",
             )
         if not any(m.role == "user" for m in out[:-1]):
-            raise ConversationError(field, "expected a user turn before the scored assistant response")
+            raise ConversationError(field, "expected a user turn before the scored assistant response", "no user turn")
     return out

@@ -80,15 +80,15 @@ def _iter_jsonl(path: str | Path) -> Iterator[RawRow]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                error = RowError(where, None, f"not valid UTF-8 (byte {exc.start} of the line)")
+                error = RowError(where, None, f"not valid UTF-8 (byte {exc.start} of the line)", "not UTF-8")
             else:
                 try:
                     data = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    error = RowError(where, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
+                    error = RowError(where, None, f"not valid JSON: {exc.msg} at column {exc.colno}", "bad JSON")
                 else:
                     if not isinstance(data, dict):
-                        error = RowError(where, None, f"expected a JSON object, got {type(data).__name__}")
+                        error = RowError(where, None, f"expected a JSON object, got {type(data).__name__}", "bad JSON")
                         data = None
             yield RawRow(index, where, data, error)
             index += 1
@@ -142,16 +142,17 @@ def conversation_from_row(row: RawRow, fields: Fields) -> Conversation:
             return Conversation.from_messages(_maybe_json(data[fields.messages]), field=fields.messages)
         if data.get(fields.prompt) in (None, "") and data.get(fields.response) in (None, ""):
             raise ConversationError(
-                fields.messages, f"missing: expected '{fields.messages}', or '{fields.prompt}' and '{fields.response}'"
+                fields.messages, f"missing: expected '{fields.messages}', or '{fields.prompt}' and '{fields.response}'",
+                "missing field",
             )
         for name in (fields.prompt, fields.response):
             if data.get(name) is None:
-                raise ConversationError(name, "missing")
+                raise ConversationError(name, "missing", "missing field")
         return Conversation.from_prompt_response(
             _maybe_json(data[fields.prompt]), data[fields.response], fields.prompt, fields.response
         )
     except ConversationError as exc:
-        raise RowError(row.location, exc.field, exc.message) from None
+        raise RowError(row.location, exc.field, exc.message, exc.kind) from None
 
 
 def _maybe_json(value: Any) -> Any:

@@ -12,9 +12,10 @@ class ModelNotAvailable(CdrError):
 class RowError(CdrError):
     """A malformed input row. ``location`` is 'line 7' (JSONL) or 'row 7' (Parquet/CSV)."""
 
-    def __init__(self, location: str, field: str | None, message: str):
+    def __init__(self, location: str, field: str | None, message: str, kind: str = "malformed row"):
         self.location = location
         self.field = field
         self.message = message
+        self.kind = kind  # a short label, counted per kind in run summaries
         where = f"{location}, field '{field}'" if field else location
         super().__init__(f"{where}: {message}")

@@ -15,7 +15,7 @@ import numpy as np
 from cdr import __version__
 from cdr.backends import BackendOptions, LogprobRequest, load_backend
 from cdr.config import RewardConfig
-from cdr.conversation import Conversation, ConversationError
+from cdr.conversation import Conversation
 from cdr.errors import ModelNotAvailable
 from cdr.cache import LogprobCache
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
@@ -162,10 +162,7 @@ def as_conversations(items: Iterable[Any]) -> list[Conversation]:
         if isinstance(item, Conversation):
             out.append(item)
             continue
-        try:
-            out.append(Conversation.from_messages(item, field=f"conversations[{i}]"))
-        except ConversationError as exc:
-            raise ConversationError(exc.field, exc.message) from None
+        out.append(Conversation.from_messages(item, field=f"conversations[{i}]"))
     return out
 
 

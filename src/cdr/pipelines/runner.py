@@ -1,0 +1,174 @@
+"""The resumable row loop shared by the pipelines: read rows in chunks, process, journal, report.
+
+A pipeline supplies ``process(chunk, ctx)`` that turns a chunk of input rows into output rows; the
+runner owns everything around it: resume (``cdr.output``), the progress bar, malformed-row reports
+(skipped or fatal per ``on_error``, counted per kind) and the final summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cdr.data import RawRow, count_rows, detect_format, iter_rows
+from cdr.errors import CdrError, RowError
+from cdr.output import ResumableOutput
+
+SHOWN_ERRORS = 20
+
+
+def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
+    """Fail fast, before any model is loaded, on paths that cannot work."""
+    detect_format(input_path, input_format)
+    detect_format(output_path, output_format)
+    if not Path(input_path).is_file():
+        raise CdrError(f"input file '{input_path}' does not exist")
+
+
+@dataclass
+class ChunkContext:
+    """Handed to ``process``: skip a bad row (``report``), note a scored row's problem without skipping it
+    (``note``, e.g. unscorable), count outcomes, advance the progress bar by (fractions of) rows."""
+
+    report: Callable[[RowError], None]
+    note: Callable[[str, str, str], None]
+    counts: Counter
+    advance: Callable[[float], None]
+
+
+@dataclass
+class RunSummary:
+    output: Path
+    rows: int
+    counts: Counter
+    seconds: float
+    errors_file: Path | None
+    resumed_from: int = 0
+    order: tuple[str, ...] = ()
+    skipped_kinds: dict[str, int] = field(default_factory=dict)
+
+    def render(self) -> str:
+        parts = [f"rows: {self.rows}"] + [f"{name}: {self.counts.get(name, 0)}" for name in self.order]
+        lines = ["  ".join(parts)]
+        if self.skipped_kinds:
+            lines.append("skipped by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_kinds.items())))
+        lines.append(f"output: {self.output}")
+        if self.resumed_from:
+            lines.append(f"resumed after row {self.resumed_from}")
+        if self.errors_file:
+            lines.append(f"row reports: {self.errors_file}")
+        return "\n".join(lines)
+
+
+def run_rows(
+    input_path: str | Path,
+    output_path: str | Path,
+    process: Callable[[list[RawRow], ChunkContext], list[dict[str, Any]]],
+    *,
+    key: dict[str, Any],
+    summary_order: tuple[str, ...],
+    input_format: str | None = None,
+    output_format: str | None = None,
+    on_error: str = "skip",
+    chunk_rows: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+    desc: str = "rows",
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    start = time.time()
+    check_paths(input_path, output_path, input_format, output_format)
+    if on_error not in ("skip", "fail"):
+        raise CdrError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    st = os.stat(input_path)
+    key = {"input": str(Path(input_path).resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
+           "on_error": on_error, **key}
+    out = ResumableOutput(output_path, key, output_format, overwrite)
+    counts: Counter = Counter(out.state.counts)
+    resumed_from = out.rows_done
+
+    def summary() -> RunSummary:
+        kinds = {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ")}
+        return RunSummary(out.path, out.rows_done, counts, time.time() - start,
+                          out.errors if out.errors.exists() else None, resumed_from, summary_order, kinds)
+
+    if out.complete:
+        log(f"{output_path} is already complete; pass --overwrite to run again")
+        return summary()
+    if resumed_from:
+        log(f"resuming {output_path} after row {resumed_from}")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=count_rows(input_path, input_format), initial=resumed_from, unit="row", desc=desc,
+                   dynamic_ncols=True, file=sys.stderr)
+    shown = 0
+
+    def say(msg: str) -> None:
+        if bar:
+            bar.write(msg, file=sys.stderr)
+        else:
+            log(msg)
+
+    done = resumed_from
+    chunk: list[RawRow] = []
+
+    def flush() -> None:
+        nonlocal done, chunk, shown
+        errors: list[dict[str, Any]] = []
+
+        def report(err: RowError) -> None:
+            nonlocal shown
+            if on_error == "fail":
+                raise err
+            counts["skipped"] += 1
+            counts[f"skipped: {err.kind}"] += 1
+            errors.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
+            shown += 1
+            if shown <= SHOWN_ERRORS:
+                say(f"skipped {err}")
+            elif shown == SHOWN_ERRORS + 1:
+                say(f"... more row reports in {out.errors}")
+
+        progressed = 0.0
+
+        def advance(rows: float) -> None:
+            nonlocal progressed
+            if bar:
+                before = int(progressed)
+                progressed = min(progressed + rows, len(chunk))
+                bar.update(int(progressed) - before)
+
+        def note(location: str, kind: str, message: str) -> None:
+            errors.append({"location": location, "field": None, "kind": kind, "error": message})
+
+        rows = process(chunk, ChunkContext(report, note, counts, advance))
+        done += len(chunk)
+        out.append(rows, errors, done, dict(counts))
+        chunk = []
+        if bar:
+            bar.n = done
+            bar.refresh()
+
+    try:
+        for raw in iter_rows(input_path, input_format):
+            if raw.index < resumed_from:
+                continue
+            chunk.append(raw)
+            if len(chunk) >= chunk_rows:
+                flush()
+        if chunk:
+            flush()
+    finally:
+        if bar:
+            bar.close()
+    out.finish()
+    return summary()
