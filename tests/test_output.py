@@ -58,3 +58,25 @@ def test_finish_converts(tmp_path, fmt):
         text = (tmp_path / "out.csv").read_text()
         assert text.splitlines()[0] == '"prompt","reward","messages"'
         assert '""role"": ""user""' in text
+
+
+def test_kill_between_publish_and_state_update_keeps_the_output(tmp_path):
+    out = ResumableOutput(tmp_path / "out.jsonl", KEY)
+    out.append([{"i": 0}], [], 1, {})
+    import os
+
+    os.replace(out.journal, out.path)  # finish() got this far, then the process died
+    again = ResumableOutput(tmp_path / "out.jsonl", KEY)
+    assert again.complete
+    assert (tmp_path / "out.jsonl").read_text() == '{"i": 0}\n'
+
+
+def test_dataset_directory_output(tmp_path):
+    import datasets
+
+    out = ResumableOutput(tmp_path / "pairs", KEY)
+    assert out.format == "dataset"
+    out.append([{"prompt": [{"role": "user", "content": "q"}], "score": 1.0}], [], 1, {})
+    out.finish()
+    ds = datasets.load_from_disk(str(tmp_path / "pairs"))
+    assert ds[0] == {"prompt": [{"role": "user", "content": "q"}], "score": 1.0}

@@ -37,6 +37,22 @@ def reward_config(args: argparse.Namespace) -> RewardConfig:
     return RewardConfig(**overrides)
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True,
+                   help="output: .jsonl, .parquet, .csv, or a path without extension for a datasets dataset directory")
+    p.add_argument("--input-format", choices=("jsonl", "parquet", "csv"), help="override the format guessed from the extension")
+    p.add_argument("--output-format", choices=("jsonl", "parquet", "csv", "dataset"), help="override the format guessed from the extension")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="what to do with a malformed row (always reported)")
+    p.add_argument("--chunk-rows", type=int, default=64, help="rows scored and saved together")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    return dict(input_format=args.input_format, output_format=args.output_format, on_error=args.on_error,
+                chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=not args.quiet)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from cdr.data import Fields
     from cdr.pipelines.runner import check_paths
@@ -47,12 +63,29 @@ def cmd_score(args: argparse.Namespace) -> int:
     config = reward_config(args)
     reward = DensityRatio(config=config)
     fields = Fields(messages=args.messages_field, prompt=args.prompt_field, response=args.response_field)
-    summary = score_file(
-        args.input, args.output, reward, fields=fields, input_format=args.input_format,
-        output_format=args.output_format, on_error=args.on_error, chunk_rows=args.chunk_rows,
-        overwrite=args.overwrite, progress=not args.quiet,
-    )
+    print(score_file(args.input, args.output, reward, fields=fields, **run_options(args)).render())
+    print_cache_use(reward)
+    return 0
+
+
+def print_cache_use(reward) -> None:
+    if reward.cache is not None:
+        c = reward.cache
+        print(f"log-prob cache: {c.hits} reused, {c.misses} computed ({c.path})")
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from cdr.pipelines.annotate import AnnotateOptions, annotate_file
+    from cdr.pipelines.runner import check_paths
+    from cdr.reward import DensityRatio
+
+    check_paths(args.input, args.output, args.input_format, args.output_format)
+    options = AnnotateOptions(strategy=args.strategy, min_margin=args.min_margin, seed=args.seed, keep_ties=args.keep_ties)
+    reward = DensityRatio(config=reward_config(args))
+    summary = annotate_file(args.input, args.output, reward, options=options, prompt_field=args.prompt_field,
+                            responses_field=args.responses_field, **run_options(args))
     print(summary.render())
+    print_cache_use(reward)
     return 0
 
 
@@ -85,18 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score (prompt, response) rows or conversations")
     p.add_argument("input", help="JSONL, Parquet or CSV file")
-    p.add_argument("-o", "--output", required=True, help="output file (.jsonl, .parquet or .csv)")
-    p.add_argument("--input-format", choices=("jsonl", "parquet", "csv"), help="override the format guessed from the extension")
-    p.add_argument("--output-format", choices=("jsonl", "parquet", "csv"), help="override the format guessed from the extension")
+    add_run_options(p)
     p.add_argument("--messages-field", default="messages", help="column with the whole conversation (last turn = response)")
     p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
     p.add_argument("--response-field", default="response", help="column with the response text")
-    p.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="what to do with a malformed row (always reported)")
-    p.add_argument("--chunk-rows", type=int, default=64, help="rows scored and saved together")
-    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_reward_options(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("annotate", help="turn prompts with candidate responses into preference pairs (TRL format)")
+    p.add_argument("input", help="JSONL, Parquet or CSV: a prompt and 'responses' (2 or more), or 'response_a'/'response_b'")
+    add_run_options(p)
+    p.add_argument("--strategy", choices=("best-worst", "best-random", "all-pairs"), default="best-worst",
+                   help="best vs worst (SimPO recipe), best vs a seeded random other (paper's release code), or all pairs above the margin")
+    p.add_argument("--min-margin", type=float, default=0.0, help="write a pair only if r(chosen) - r(rejected) >= this")
+    p.add_argument("--seed", type=int, default=0, help="seed of best-random's choice (per prompt, stable across resumes)")
+    p.add_argument("--keep-ties", action="store_true", help="also write pairs whose rewards are equal (skipped by default)")
+    p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
+    p.add_argument("--responses-field", default="responses", help="column with the list of candidate responses")
+    add_reward_options(p)
+    p.set_defaults(func=cmd_annotate)
 
     p = sub.add_parser("demo", help="score the packaged demo set (good vs bad answers) and show how often the reward prefers the good one")
     p.add_argument("--output-dir", default="cdr-demo", help="where the scores go")

@@ -17,12 +17,17 @@ from cdr.errors import CdrError, RowError
 FORMATS = ("jsonl", "parquet", "csv")
 
 
-def detect_format(path: str | Path, explicit: str | None = None) -> str:
+def detect_format(path: str | Path, explicit: str | None = None, output: bool = False) -> str:
+    """The file format from ``explicit`` or the extension. An output path without one is a ``datasets``
+    dataset directory (``save_to_disk``)."""
+    allowed = FORMATS + (("dataset",) if output else ())
     if explicit:
-        if explicit not in FORMATS:
-            raise CdrError(f"format must be one of {', '.join(FORMATS)}, got {explicit!r}")
+        if explicit not in allowed:
+            raise CdrError(f"format must be one of {', '.join(allowed)}, got {explicit!r}")
         return explicit
     suffix = Path(path).suffix.lower()
+    if output and suffix == "":
+        return "dataset"
     fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
     if fmt is None:
         raise CdrError(f"cannot tell the format of '{path}' from its extension; use .jsonl, .parquet or .csv (or --format)")

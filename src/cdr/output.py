@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,22 @@ class RunState:
 class ResumableOutput:
     def __init__(self, output: str | Path, key: dict[str, Any], fmt: str | None = None, overwrite: bool = False):
         self.path = Path(output)
-        self.format = detect_format(self.path, fmt)
+        self.format = detect_format(self.path, fmt, output=True)
         self.journal = self.path.with_name(self.path.name + ".cdr-partial.jsonl")
         self.errors = self.path.with_name(self.path.name + ".errors.jsonl")
         self.state_path = self.path.with_name(self.path.name + ".cdr-state.json")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         key = json.loads(json.dumps(key, default=str))
         if overwrite:
+            if self.path.is_dir():
+                shutil.rmtree(self.path)
             for p in (self.path, self.journal, self.errors, self.state_path):
                 p.unlink(missing_ok=True)
         self.state = self._load_state(key)
+        if not self.state.complete and self.state.journal_bytes and not self.journal.exists() and self.path.exists():
+            # killed between publishing the output and recording that: the output is the whole journal
+            self.state.complete = True
+            self._save_state()
         self._truncate(self.journal, self.state.journal_bytes)
         self._truncate(self.errors, self.state.errors_bytes)
 
@@ -110,7 +117,11 @@ class ResumableOutput:
             os.replace(self.journal, self.path)
         else:
             tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
             _convert_jsonl(self.journal, tmp, self.format)
+            if self.path.is_dir():  # a dataset directory from an interrupted earlier publish
+                shutil.rmtree(self.path)
             os.replace(tmp, self.path)
             self.journal.unlink()
         self.state.complete = True
@@ -124,7 +135,12 @@ def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:
         rows = [json.loads(line) for line in f]
     # Rows may differ in their columns; from_pylist would take the first row's keys only.
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    if fmt == "csv":
+    if fmt == "dataset":
+        import datasets
+
+        table = pa.table({c: [r.get(c) for r in rows] for c in columns})
+        datasets.Dataset(table).save_to_disk(str(dst))
+    elif fmt == "csv":
         import pyarrow.csv as pacsv
 
         def cell(v):
@@ -136,3 +152,32 @@ def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), dst)
+
+
+def read_output(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
+    """Read a finished output back as rows (nested columns decoded from CSV's JSON text)."""
+    path = Path(path)
+    fmt = detect_format(path, fmt, output=True)
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if fmt == "dataset":
+        import datasets
+
+        return datasets.load_from_disk(str(path)).to_list()
+    import csv
+
+    def cell(v: str) -> Any:
+        if v[:1] in "[{":
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                return v
+        return v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(f)]

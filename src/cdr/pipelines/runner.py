@@ -25,17 +25,18 @@ SHOWN_ERRORS = 20
 def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
     """Fail fast, before any model is loaded, on paths that cannot work."""
     detect_format(input_path, input_format)
-    detect_format(output_path, output_format)
+    detect_format(output_path, output_format, output=True)
     if not Path(input_path).is_file():
         raise CdrError(f"input file '{input_path}' does not exist")
 
 
 @dataclass
 class ChunkContext:
-    """Handed to ``process``: skip a bad row (``report``), note a scored row's problem without skipping it
-    (``note``, e.g. unscorable), count outcomes, advance the progress bar by (fractions of) rows."""
+    """Handed to ``process``: report a bad row (``report``: skipped, or with ``skip_row=False`` a problem the
+    row survives, such as a dropped duplicate; either raises under --on-error fail), note a scored row's
+    problem (``note``, e.g. unscorable), count outcomes, advance the progress bar by (fractions of) rows."""
 
-    report: Callable[[RowError], None]
+    report: Callable[..., None]
     note: Callable[[str, str, str], None]
     counts: Counter
     advance: Callable[[float], None]
@@ -51,6 +52,7 @@ class RunSummary:
     resumed_from: int = 0
     order: tuple[str, ...] = ()
     skipped_kinds: dict[str, int] = field(default_factory=dict)
+    extra: str = ""  # a pipeline's own report (e.g. annotate's length report)
 
     def render(self) -> str:
         parts = [f"rows: {self.rows}"] + [f"{name}: {self.counts.get(name, 0)}" for name in self.order]
@@ -62,6 +64,8 @@ class RunSummary:
             lines.append(f"resumed after row {self.resumed_from}")
         if self.errors_file:
             lines.append(f"row reports: {self.errors_file}")
+        if self.extra:
+            lines += ["", self.extra]
         return "\n".join(lines)
 
 
@@ -125,16 +129,17 @@ def run_rows(
         nonlocal done, chunk, shown
         errors: list[dict[str, Any]] = []
 
-        def report(err: RowError) -> None:
+        def report(err: RowError, skip_row: bool = True) -> None:
             nonlocal shown
             if on_error == "fail":
                 raise err
-            counts["skipped"] += 1
-            counts[f"skipped: {err.kind}"] += 1
+            if skip_row:
+                counts["skipped"] += 1
+                counts[f"skipped: {err.kind}"] += 1
             errors.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
             shown += 1
             if shown <= SHOWN_ERRORS:
-                say(f"skipped {err}")
+                say(f"skipped {err}" if skip_row else str(err))
             elif shown == SHOWN_ERRORS + 1:
                 say(f"... more row reports in {out.errors}")
 

@@ -1,0 +1,222 @@
+"""``cdr annotate``: prompts with candidate responses -> preference pairs (TRL's conversational format).
+
+Every candidate is scored with the density ratio (through the log-prob cache, so another strategy or
+margin costs nothing), then pairs are picked per prompt:
+
+- ``best-worst`` (default, the SimPO recipe): highest vs lowest reward;
+- ``best-random`` (the paper's release code): highest vs a random other, seeded per prompt so a resumed
+  or re-chunked run picks the same one;
+- ``all-pairs``: every pair whose reward difference is at least the margin.
+
+A pair is written only if chosen scores strictly higher than rejected (ties are skipped, as
+RewardBench counts them wrong) and by at least ``min_margin``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdr.conversation import Conversation, ConversationError, Message, validate_messages
+from cdr.data import RawRow
+from cdr.errors import CdrError, RowError
+from cdr.pipelines.runner import ChunkContext, RunSummary, run_rows
+from cdr.pipelines.score import provenance_columns
+from cdr.reward import DensityRatio
+
+STRATEGIES = ("best-worst", "best-random", "all-pairs")
+SUMMARY = ("pairs", "skipped", "tied", "below_margin", "unscorable", "duplicates_dropped")
+CANDIDATE_FIELDS = ("responses", "response_a", "response_b")
+
+
+@dataclass(frozen=True)
+class AnnotateOptions:
+    strategy: str = "best-worst"
+    min_margin: float = 0.0
+    seed: int = 0
+    keep_ties: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise CdrError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.min_margin < 0:
+            raise CdrError(f"min_margin must be >= 0, got {self.min_margin}")
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    prompt: tuple[Message, ...]
+    candidates: tuple[str, ...]
+    indices: tuple[int, ...]  # each candidate's position in the input row (after dropping duplicates)
+    extra: dict[str, Any]
+
+    @property
+    def prompt_dicts(self) -> list[dict[str, str]]:
+        return [m.as_dict() for m in self.prompt]
+
+
+def prompt_id(prompt: list[dict[str, str]]) -> str:
+    """sha256 of the prompt's canonical JSON: equal prompts get equal ids across files and runs."""
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: ChunkContext) -> CandidateRow:
+    """Validate one input row; duplicates are dropped and reported (``ctx.report`` raises under --on-error fail)."""
+    if raw.error is not None:
+        raise raw.error
+    data = raw.data or {}
+    where = raw.location
+    prompt = data.get(prompt_field)
+    if prompt in (None, ""):
+        raise RowError(where, prompt_field, "missing: expected a prompt (a string or a message list)", "missing field")
+    try:
+        if isinstance(prompt, str):
+            turns = (Message("user", prompt),) if prompt.strip() else ()
+            if not turns:
+                raise ConversationError(prompt_field, "expected non-empty text, got an empty string", "empty text")
+        else:
+            turns = tuple(validate_messages(prompt, prompt_field, require_response=False))
+            if turns[-1].role == "assistant":
+                raise ConversationError(f"{prompt_field}[{len(turns) - 1}].role",
+                                        "a prompt must end with a user turn, not an assistant turn", "bad role")
+        if not any(m.role == "user" for m in turns):
+            raise ConversationError(prompt_field, "the prompt has no user turn", "no user turn")
+    except ConversationError as exc:
+        raise RowError(where, exc.field, exc.message, exc.kind) from None
+
+    if data.get(responses_field) is not None:
+        field, values = responses_field, data[responses_field]
+        if not isinstance(values, list):
+            raise RowError(where, field, f"expected a list of candidate responses, got {type(values).__name__}", "wrong type")
+        names = [f"{field}[{i}]" for i in range(len(values))]
+    elif data.get("response_a") is not None or data.get("response_b") is not None:
+        names, values = ["response_a", "response_b"], [data.get("response_a"), data.get("response_b")]
+    else:
+        raise RowError(where, responses_field, f"missing: expected '{responses_field}' (a list) or 'response_a' and "
+                       "'response_b'", "missing field")
+    texts: list[str] = []
+    for name, value in zip(names, values):
+        if isinstance(value, dict) and value.get("role") == "assistant":  # {"role": "assistant", "content": ...}
+            value = value.get("content")
+        if value is None and name.startswith("response_"):
+            raise RowError(where, name, "missing", "missing field")
+        if not isinstance(value, str):
+            raise RowError(where, name, f"expected a string, got {type(value).__name__}", "wrong type")
+        if not value.strip():
+            raise RowError(where, name, "expected non-empty text, got an empty string", "empty text")
+        texts.append(value)
+    if len(texts) < 2:
+        raise RowError(where, names[0] if names else responses_field,
+                       f"expected 2 or more candidate responses, got {len(texts)}", "too few candidates")
+    kept: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        if text.strip() in kept:
+            ctx.report(RowError(where, names[i], f"duplicates {names[kept[text.strip()]]}; dropped", "duplicate candidates"),
+                       skip_row=False)
+            ctx.counts["duplicates_dropped"] += 1
+        else:
+            kept[text.strip()] = i
+    if len(kept) < 2:
+        raise RowError(where, responses_field, "fewer than 2 distinct candidate responses", "too few candidates")
+    extra = {k: v for k, v in data.items() if k not in (prompt_field, responses_field, *CANDIDATE_FIELDS)}
+    indices = tuple(kept.values())
+    return CandidateRow(turns, tuple(texts[i] for i in indices), indices, extra)
+
+
+def choose_pairs(scores: list[float | None], options: AnnotateOptions, pid: str) -> tuple[list[tuple[int, int]], str | None]:
+    """(chosen, rejected) index pairs into ``scores``, or ([], reason) when the prompt yields none."""
+    scored = [i for i, s in enumerate(scores) if s is not None]
+    if len(scored) < 2:
+        return [], "unscorable"
+    ranked = sorted(scored, key=lambda i: (-scores[i], i))  # stable: ties keep input order
+    if options.strategy == "all-pairs":
+        pairs = [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1:]]
+    elif options.strategy == "best-worst":
+        pairs = [(ranked[0], ranked[-1])]
+    else:
+        rng = random.Random(f"{options.seed}:{pid}")
+        pairs = [(ranked[0], rng.choice(ranked[1:]))]
+    kept, reason = [], None
+    for a, b in pairs:
+        margin = scores[a] - scores[b]
+        if margin == 0 and not options.keep_ties:
+            reason = reason or "tied"
+        elif margin < options.min_margin:
+            reason = "below_margin"
+        else:
+            kept.append((a, b))
+    return kept, (None if kept else reason)
+
+
+def annotate_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    reward: DensityRatio,
+    *,
+    options: AnnotateOptions = AnnotateOptions(),
+    prompt_field: str = "prompt",
+    responses_field: str = "responses",
+    length_report: bool = True,
+    **run_options: Any,
+) -> RunSummary:
+    provenance = reward.provenance
+    annotation = {"strategy": options.strategy, "min_margin": options.min_margin, "seed": options.seed,
+                  "keep_ties": options.keep_ties}
+
+    def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict[str, Any]]:
+        rows: list[tuple[RawRow, CandidateRow]] = []
+        for raw in chunk:
+            try:
+                rows.append((raw, parse_candidates(raw, prompt_field, responses_field, ctx)))
+            except RowError as err:
+                ctx.report(err)
+        convs = [Conversation(row.prompt + (Message("assistant", text),)) for _, row in rows for text in row.candidates]
+        per_pass = len(chunk) / max(1, 2 * len(convs))
+        results = reward.score(convs, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
+        out, at = [], 0
+        for raw, row in rows:
+            res = results[at : at + len(row.candidates)]
+            at += len(row.candidates)
+            scores = [r.reward for r in res]
+            pid = prompt_id(row.prompt_dicts)
+            for r in res:
+                if r.error:
+                    ctx.note(raw.location, "unscorable", r.error)
+            pairs, reason = choose_pairs(scores, options, pid)
+            if reason:
+                ctx.counts[reason] += 1
+            all_scores = [None] * (max(row.indices) + 1)
+            for i, s in zip(row.indices, scores):
+                all_scores[i] = s
+            for a, b in pairs:
+                ctx.counts["pairs"] += 1
+                out.append({
+                    "prompt": row.prompt_dicts,
+                    "chosen": [{"role": "assistant", "content": row.candidates[a]}],
+                    "rejected": [{"role": "assistant", "content": row.candidates[b]}],
+                    "prompt_id": pid,
+                    "score_chosen": scores[a],
+                    "score_rejected": scores[b],
+                    "chosen_index": row.indices[a],
+                    "rejected_index": row.indices[b],
+                    "chosen_tokens": res[a].strong_tokens,
+                    "rejected_tokens": res[b].strong_tokens,
+                    "scores": all_scores,
+                    **row.extra,
+                    **provenance_columns(provenance),
+                    **{f"cdr_{k}": v for k, v in annotation.items()},
+                })
+        return out
+
+    key = {"command": "annotate", "prompt_field": prompt_field, "responses_field": responses_field,
+           "annotation": annotation, "provenance": provenance}
+    summary = run_rows(input_path, output_path, process, key=key, summary_order=SUMMARY, desc="annotating", **run_options)
+    if length_report:
+        from cdr.length_report import write_length_report
+
+        summary.extra = write_length_report(summary.output)
+    return summary
