@@ -47,7 +47,7 @@ def test_score_jsonl_adds_reward_and_provenance(tmp_path, tiny_strong, tiny_weak
         assert {k: r[k] for k in inp} == inp  # the input row, untouched
         assert isinstance(r["reward"], float) and r["strong_tokens"] > 0 and r["weak_tokens"] > 0
         assert r["cdr_strong"] == str(tiny_strong) and len(r["cdr_weak_sha256"]) == 64
-        assert r["cdr_rendering"] == "own" and r["cdr_variant"] == "mean" and r["cdr_error"] is None
+        assert r["cdr_rendering"] == "own" and r["cdr_variant"] == "mean_diff" and r["cdr_error"] is None
     # a finished run is not redone
     again = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert again.returncode == 0 and "already complete" in again.stderr

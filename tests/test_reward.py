@@ -33,7 +33,7 @@ def test_reward_is_strong_minus_weak(tiny_pair):
         assert r.strong_logprob == pytest.approx(strong)
         assert r.weak_logprob == pytest.approx(weak)
         assert r.strong_tokens == len(r.details["strong"]) and r.weak_tokens == len(r.details["weak"])
-        assert r.reward == pytest.approx((strong - weak) / r.strong_tokens)  # default variant: mean
+        assert r.reward == pytest.approx(strong / r.strong_tokens - weak / r.weak_tokens)  # default: mean_diff
     assert "".join(t["token"] for t in results[0].details["strong"]) == "Paris.<|im_end|>\n"
     assert "".join(t["token"] for t in results[0].details["weak"]) == " Paris.<eos>"
 
