@@ -77,6 +77,7 @@ def test_csv_rows_keep_text_and_parse_message_cells(tmp_path):
     msgs = json.dumps([{"role": "user", "content": "Q, with comma"}, {"role": "assistant", "content": "A"}])
     path.write_text('prompt,response,messages\n"12",Hello,\n,,"' + msgs.replace('"', '""') + '"\n', encoding="utf-8")
     rows = list(iter_rows(path))
+    assert count_rows(path) == len(rows) == 2
     assert rows[0].data["prompt"] == "12"  # a numeric-looking prompt stays a string
     assert conversation_from_row(rows[0], Fields()).response == "Hello"
     assert conversation_from_row(rows[1], Fields()).prompt[0].content == "Q, with comma"

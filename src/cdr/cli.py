@@ -57,15 +57,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     from cdr.data import Fields
     from cdr.pipelines.runner import check_paths
     from cdr.pipelines.score import score_file
-    from cdr.reward import DensityRatio
 
     check_paths(args.input, args.output, args.input_format, args.output_format)
-    config = reward_config(args)
-    reward = DensityRatio(config=config)
+    reward = load_reward(args)
     fields = Fields(messages=args.messages_field, prompt=args.prompt_field, response=args.response_field)
     print(score_file(args.input, args.output, reward, fields=fields, **run_options(args)).render())
     print_cache_use(reward)
     return 0
+
+
+def load_reward(args: argparse.Namespace):
+    import time
+
+    from cdr.reward import DensityRatio
+
+    start = time.time()
+    reward = DensityRatio(config=reward_config(args))
+    print(f"cdr: loaded {reward.provenance['strong']} over {reward.provenance['weak']} in {time.time() - start:.1f} s",
+          file=sys.stderr)
+    return reward
 
 
 def print_cache_use(reward) -> None:
@@ -77,11 +87,10 @@ def print_cache_use(reward) -> None:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from cdr.pipelines.annotate import AnnotateOptions, annotate_file
     from cdr.pipelines.runner import check_paths
-    from cdr.reward import DensityRatio
 
     check_paths(args.input, args.output, args.input_format, args.output_format)
     options = AnnotateOptions(strategy=args.strategy, min_margin=args.min_margin, seed=args.seed, keep_ties=args.keep_ties)
-    reward = DensityRatio(config=reward_config(args))
+    reward = load_reward(args)
     summary = annotate_file(args.input, args.output, reward, options=options, prompt_field=args.prompt_field,
                             responses_field=args.responses_field, **run_options(args))
     print(summary.render())

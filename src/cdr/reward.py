@@ -98,6 +98,9 @@ class ModelScorer:
             trust_remote_code=config.trust_remote_code,
         )
         self.backend = load_backend(backend_name, source, options)
+        if source.kind == "hub" and getattr(self.backend, "commit_hash", None):
+            # 'main' moves; the commit the weights came from does not
+            self.fingerprint = f"{source.path}@{self.backend.commit_hash}"
         self.cache = cache
         # what makes two log-prob computations interchangeable: the weights, the backend and its precision
         self.cache_key = f"{self.fingerprint}|{self.backend.name}|{self.backend.precision}"

@@ -64,6 +64,7 @@ class TransformersBackend(Backend):
         except OSError as exc:
             raise ModelNotAvailable(f"could not load model '{source.name}' with transformers: {exc}") from None
         self.model = model.to(self.device).eval()
+        self.commit_hash = getattr(model.config, "_commit_hash", None)  # set for hub downloads
         self.decoder = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
         config = self.model.config
