@@ -3,7 +3,7 @@
     python benchmarks/make_alpaca_candidates.py      # 50 AlpacaEval prompts x (GPT-4 answer + 3 SmolLM2 samples)
     python benchmarks/annotate_bench.py
 
-1. cold: every response scored by both models;
+1. cold: every response scored by both models (one model pass per response and model);
 2. the same command again into a new output: everything comes from the cache (output byte-identical);
 3. a different weak model: the strong side comes from the cache, only the weak side is computed.
 Prints a markdown table; the length report of run 1 is printed by cdr itself.
@@ -44,7 +44,7 @@ def main() -> None:
             ("2. same command again", ["-o", f"{tmp}/run2.jsonl"]),
             (f"3. weak = {args.changed_weak}", ["-o", f"{tmp}/run3.jsonl", "--weak", args.changed_weak]),
         ]
-        print("| run | wall s | model load s | rows/s (incl. load) | responses reused | responses computed |")
+        print("| run | wall s | model load s | rows/s (incl. load) | model passes reused | model passes computed |")
         print("|---|---|---|---|---|---|")
         outputs = []
         for label, extra in runs:
