@@ -98,6 +98,40 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cdr.generation import SamplingOptions, TransformersPolicy
+    from cdr.models import resolve_model
+    from cdr.pipelines.runner import check_paths
+    from cdr.pipelines.sample import sample_file
+
+    check_paths(args.input, args.output, args.input_format, args.output_format)
+    options = SamplingOptions(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if options.n < 1 or options.max_new_tokens < 1 or options.temperature <= 0 or not 0 < options.top_p <= 1:
+        raise CdrError("need -n >= 1, --max-new-tokens >= 1, --temperature > 0 and 0 < --top-p <= 1")
+    policy = TransformersPolicy(resolve_model(args.policy, "strong"), device=args.device or "auto",
+                                dtype=args.dtype or "auto", trust_remote_code=args.trust_remote_code)
+    candidates = Path(f"{args.output}.candidates.jsonl") if args.annotate else Path(args.output)
+    opts = run_options(args)
+    if args.annotate:
+        opts["output_format"] = "jsonl"
+    print(sample_file(args.input, candidates, policy, options, limit=args.limit, **opts).render())
+    if not args.annotate:
+        return 0
+    del policy
+    from cdr.pipelines.annotate import AnnotateOptions, annotate_file
+
+    reward = load_reward(args)
+    summary = annotate_file(candidates, args.output, reward,
+                            options=AnnotateOptions(strategy=args.strategy, min_margin=args.min_margin, seed=args.seed),
+                            **{**run_options(args), "input_format": "jsonl"})
+    print(summary.render())
+    print_cache_use(reward)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cdr.pipelines.demo import run_demo
 
@@ -146,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses-field", default="responses", help="column with the list of candidate responses")
     add_reward_options(p)
     p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("sample", help="sample N responses per prompt from a policy model (and optionally annotate them)")
+    p.add_argument("input", help="prompts: JSONL/Parquet/CSV with 'prompt', 'messages', 'turns' (MT-Bench, Arena-Hard) or 'instruction' (AlpacaEval)")
+    add_run_options(p)
+    p.add_argument("--policy", required=True, help="the model to sample from: a packaged name, a path or a hub id")
+    p.add_argument("-n", type=int, default=4, help="responses per prompt")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0, help="base seed (the same seed and --chunk-rows reproduce the samples)")
+    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--annotate", action="store_true",
+                   help="also score the samples and write preference pairs to OUTPUT (candidates go to OUTPUT.candidates.jsonl)")
+    p.add_argument("--strategy", choices=("best-worst", "best-random", "all-pairs"), default="best-worst", help="with --annotate")
+    p.add_argument("--min-margin", type=float, default=0.0, help="with --annotate")
+    add_reward_options(p)
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("demo", help="score the packaged demo set (good vs bad answers) and show how often the reward prefers the good one")
     p.add_argument("--output-dir", default="cdr-demo", help="where the scores go")

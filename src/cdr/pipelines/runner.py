@@ -83,6 +83,7 @@ def run_rows(
     overwrite: bool = False,
     progress: bool = True,
     desc: str = "rows",
+    limit: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunSummary:
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -92,7 +93,7 @@ def run_rows(
         raise CdrError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     st = os.stat(input_path)
     key = {"input": str(Path(input_path).resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
-           "on_error": on_error, **key}
+           "on_error": on_error, "limit": limit, **key}
     out = ResumableOutput(output_path, key, output_format, overwrite)
     counts: Counter = Counter(out.state.counts)
     resumed_from = out.rows_done
@@ -112,7 +113,8 @@ def run_rows(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=count_rows(input_path, input_format), initial=resumed_from, unit="row", desc=desc,
+        total = count_rows(input_path, input_format)
+        bar = tqdm(total=min(total, limit) if limit is not None else total, initial=resumed_from, unit="row", desc=desc,
                    dynamic_ncols=True, file=sys.stderr)
     shown = 0
 
@@ -165,6 +167,8 @@ def run_rows(
 
     try:
         for raw in iter_rows(input_path, input_format):
+            if limit is not None and raw.index >= limit:
+                break
             if raw.index < resumed_from:
                 continue
             chunk.append(raw)
