@@ -108,6 +108,29 @@ def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
                           timeout=timeout, env=env, **kwargs)
 
 
+def kill_9_after(args: list[str], state: Path, rows_done: int, timeout: float = 300) -> int:
+    """Start ``cdr ARGS``, SIGKILL it once its state file records ``rows_done`` finished rows (or more),
+    a few milliseconds later so the kill lands at varying points of the next chunk; returns rows done then."""
+    import json
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["rows_done"] >= rows_done:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.005)
+    time.sleep(0.013 * rows_done % 0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(state.read_text())["rows_done"]
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -1,15 +1,10 @@
 """``cdr annotate`` end to end in subprocesses on tiny random models."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import run_cdr, write_jsonl
+from conftest import kill_9_after, run_cdr, write_jsonl
 
 
 def candidate_rows(n):
@@ -77,20 +72,8 @@ def test_kill_9_then_resume_identical(tmp_path, tiny_strong, tiny_weak, strategy
     common = [str(src), "--strategy", strategy, "--chunk-rows", "2", *pair_args(tiny_strong, tiny_weak)]
     assert run_cdr("annotate", *common, "-o", str(tmp_path / "ref.jsonl")).returncode == 0
     out, state = tmp_path / "out.jsonl", tmp_path / "out.jsonl.cdr-state.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for kill_after in (4, 23, 47):
-        proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", "annotate", *common, "-o", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if json.loads(state.read_text())["rows_done"] >= kill_after:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_9_after(["annotate", *common, "-o", str(out)], state, kill_after)
     assert not out.exists()
     final = run_cdr("annotate", *common, "-o", str(out))
     assert final.returncode == 0, final.stderr

@@ -2,15 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cdr, write_jsonl
+from conftest import kill_9_after, run_cdr, write_jsonl
 
 TOPICS = ["France", "Japan", "Peru", "Kenya", "Norway", "Chile", "Egypt", "India"]
 
@@ -87,24 +85,7 @@ def test_kill_9_then_resume_gives_identical_output(tmp_path, tiny_strong, tiny_w
 
     out = tmp_path / "out.jsonl"
     state = tmp_path / "out.jsonl.cdr-state.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cdr.cli", "score", *common, "-o", str(out)]
-    kills = []
-    for kill_after in (2, 35, 60):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                done = json.loads(state.read_text())["rows_done"]
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                done = 0
-            if done >= kill_after:
-                break
-            time.sleep(0.005)
-        time.sleep(0.013 * kill_after % 0.05)  # land at different points inside a chunk
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills.append(json.loads(state.read_text())["rows_done"])
+    kills = [kill_9_after(["score", *common, "-o", str(out)], state, k) for k in (2, 35, 60)]
     assert kills[0] < 91 and not out.exists()  # killed mid-run, nothing published yet
 
     final = run_cdr("score", *common, "-o", str(out))

@@ -1,11 +1,6 @@
 """``cdr sample`` on a tiny random policy: prompt formats, seeding, resume after kill -9, --annotate."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -13,7 +8,7 @@ from cdr.data import RawRow
 from cdr.errors import RowError
 from cdr.pipelines.sample import prompt_messages
 
-from conftest import ROOT, run_cdr, write_jsonl
+from conftest import ROOT, kill_9_after, run_cdr, write_jsonl
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -72,6 +67,7 @@ def test_sample_writes_candidates_reproducibly(tmp_path, tiny_strong):
     assert b.returncode == 0
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()  # same seed, same samples
     c = run_cdr(*sample_args(tiny_strong, tmp_path / "c.jsonl")[:-1], "6", str(src))
+    assert c.returncode == 0, c.stderr
     assert read_jsonl(tmp_path / "c.jsonl")[0]["responses"] != rows[0]["responses"]  # another seed differs
 
 
@@ -81,18 +77,7 @@ def test_killed_sampling_run_resumes_identically(tmp_path, tiny_strong):
     assert ref.returncode == 0, ref.stderr
     out, state = tmp_path / "out.jsonl", tmp_path / "out.jsonl.cdr-state.json"
     for kill_after in (2, 18):
-        proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", *sample_args(tiny_strong, out, "--chunk-rows", "2"), str(src)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if json.loads(state.read_text())["rows_done"] >= kill_after:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_9_after([*sample_args(tiny_strong, out, "--chunk-rows", "2"), str(src)], state, kill_after)
     final = run_cdr(*sample_args(tiny_strong, out, "--chunk-rows", "2"), str(src))
     assert final.returncode == 0 and "resuming" in final.stderr
     assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()

@@ -3,7 +3,6 @@
 Tiny random policy (built in conftest), so this checks the data format and the wiring, not learning.
 """
 
-import json
 
 import pytest
 

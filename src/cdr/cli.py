@@ -48,6 +48,20 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def add_annotate_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pairs")
+    g.add_argument("--strategy", choices=("best-worst", "best-random", "all-pairs"), default="best-worst",
+                   help="best vs worst (SimPO recipe), best vs a seeded random other (paper's release code), or all pairs above the margin")
+    g.add_argument("--min-margin", type=float, default=0.0, help="write a pair only if r(chosen) - r(rejected) >= this")
+    g.add_argument("--keep-ties", action="store_true", help="also write pairs whose rewards are equal (skipped by default)")
+
+
+def annotate_options(args: argparse.Namespace):
+    from cdr.pipelines.annotate import AnnotateOptions
+
+    return AnnotateOptions(strategy=args.strategy, min_margin=args.min_margin, seed=args.seed, keep_ties=args.keep_ties)
+
+
 def run_options(args: argparse.Namespace) -> dict:
     return dict(input_format=args.input_format, output_format=args.output_format, on_error=args.on_error,
                 chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=not args.quiet)
@@ -85,13 +99,12 @@ def print_cache_use(reward) -> None:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from cdr.pipelines.annotate import AnnotateOptions, annotate_file
+    from cdr.pipelines.annotate import annotate_file
     from cdr.pipelines.runner import check_paths
 
     check_paths(args.input, args.output, args.input_format, args.output_format)
-    options = AnnotateOptions(strategy=args.strategy, min_margin=args.min_margin, seed=args.seed, keep_ties=args.keep_ties)
     reward = load_reward(args)
-    summary = annotate_file(args.input, args.output, reward, options=options, prompt_field=args.prompt_field,
+    summary = annotate_file(args.input, args.output, reward, options=annotate_options(args), prompt_field=args.prompt_field,
                             responses_field=args.responses_field, **run_options(args))
     print(summary.render())
     print_cache_use(reward)
@@ -121,11 +134,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not args.annotate:
         return 0
     del policy
-    from cdr.pipelines.annotate import AnnotateOptions, annotate_file
+    from cdr.pipelines.annotate import annotate_file
 
     reward = load_reward(args)
-    summary = annotate_file(candidates, args.output, reward,
-                            options=AnnotateOptions(strategy=args.strategy, min_margin=args.min_margin, seed=args.seed),
+    summary = annotate_file(candidates, args.output, reward, options=annotate_options(args),
                             **{**run_options(args), "input_format": "jsonl"})
     print(summary.render())
     print_cache_use(reward)
@@ -171,11 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("annotate", help="turn prompts with candidate responses into preference pairs (TRL format)")
     p.add_argument("input", help="JSONL, Parquet or CSV: a prompt and 'responses' (2 or more), or 'response_a'/'response_b'")
     add_run_options(p)
-    p.add_argument("--strategy", choices=("best-worst", "best-random", "all-pairs"), default="best-worst",
-                   help="best vs worst (SimPO recipe), best vs a seeded random other (paper's release code), or all pairs above the margin")
-    p.add_argument("--min-margin", type=float, default=0.0, help="write a pair only if r(chosen) - r(rejected) >= this")
+    add_annotate_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of best-random's choice (per prompt, stable across resumes)")
-    p.add_argument("--keep-ties", action="store_true", help="also write pairs whose rewards are equal (skipped by default)")
     p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
     p.add_argument("--responses-field", default="responses", help="column with the list of candidate responses")
     add_reward_options(p)
@@ -193,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--annotate", action="store_true",
                    help="also score the samples and write preference pairs to OUTPUT (candidates go to OUTPUT.candidates.jsonl)")
-    p.add_argument("--strategy", choices=("best-worst", "best-random", "all-pairs"), default="best-worst", help="with --annotate")
-    p.add_argument("--min-margin", type=float, default=0.0, help="with --annotate")
+    add_annotate_options(p)
     add_reward_options(p)
     p.set_defaults(func=cmd_sample)
 
