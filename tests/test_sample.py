@@ -18,6 +18,22 @@ def first_row(path):
         return json.loads(f.readline())
 
 
+# The shapes of the benchmark prompt files users already have (texts here are ours).
+SHAPES = [
+    ({"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it rhyme."]},
+     "Write a haiku about rain."),  # MT-Bench: strings, first turn used
+    ({"question_id": "ab12", "category": "arena-hard-v0.1", "turns": [{"content": "Explain ABC notation."}]},
+     "Explain ABC notation."),  # Arena-Hard: {"content": ...}
+    ({"dataset": "helpful_base", "instruction": "Name three rivers.", "output": "x", "generator": "y"},
+     "Name three rivers."),  # AlpacaEval
+]
+
+
+@pytest.mark.parametrize("row, expected", SHAPES)
+def test_benchmark_prompt_shapes(row, expected):
+    assert prompt_messages(RawRow(0, "line 1", row)) == [{"role": "user", "content": expected}]
+
+
 @pytest.mark.parametrize(
     "path, expected_start",
     [
@@ -26,7 +42,9 @@ def first_row(path):
         ("alpaca_eval/alpaca_eval_gpt4_1106_preview_outputs.jsonl", "What are the names of some famous actors"),
     ],
 )
-def test_real_prompt_formats(path, expected_start):
+def test_real_prompt_files(path, expected_start):
+    if not (SHARED / path).exists():
+        pytest.skip(f"{SHARED / path} is not beside this checkout (the shapes are tested above)")
     messages = prompt_messages(RawRow(0, "line 1", first_row(SHARED / path)))
     assert len(messages) == 1 and messages[0]["role"] == "user"
     assert messages[0]["content"].startswith(expected_start)
