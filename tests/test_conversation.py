@@ -57,3 +57,6 @@ def test_prompt_response_errors():
     with pytest.raises(ConversationError) as info:
         Conversation.from_prompt_response([user("q"), assistant("a")], "b")
     assert info.value.field == "prompt[1].role"
+    with pytest.raises(ConversationError) as info:
+        Conversation.from_prompt_response([{"role": "system", "content": "Be nice."}], "b")
+    assert (info.value.field, info.value.kind) == ("prompt", "no user turn")

@@ -57,20 +57,27 @@ class Conversation:
     def from_prompt_response(
         cls, prompt: Any, response: Any, prompt_field: str = "prompt", response_field: str = "response"
     ) -> "Conversation":
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ConversationError(prompt_field, "expected a non-empty string or a message list, got an empty string", "empty text")
-            turns = [Message("user", prompt)]
-        else:
-            turns = validate_messages(prompt, prompt_field, require_response=False)
-            if turns and turns[-1].role == "assistant":
-                raise ConversationError(
-                    f"{prompt_field}[{len(turns) - 1}].role",
-                    "a prompt must not end with an assistant turn (the response goes in its own field)",
-                    "bad role",
-                )
+        turns = validate_prompt(prompt, prompt_field)
         _check_content(response, response_field)
         return cls(tuple(turns) + (Message("assistant", response),))
+
+
+def validate_prompt(prompt: Any, field: str = "prompt") -> list[Message]:
+    """A prompt: a non-empty string (one user turn) or a message list with a user turn, ending with a user turn."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConversationError(field, "expected non-empty text or a message list, got an empty string", "empty text")
+        return [Message("user", prompt)]
+    turns = validate_messages(prompt, field, require_response=False)
+    if not any(m.role == "user" for m in turns):
+        raise ConversationError(field, "the prompt has no user turn", "no user turn")
+    if turns[-1].role != "user":
+        raise ConversationError(
+            f"{field}[{len(turns) - 1}].role",
+            "a prompt must end with a user turn (the response goes in its own field)",
+            "bad role",
+        )
+    return turns
 
 
 def _check_content(content: Any, field: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdr.conversation import Conversation, ConversationError, Message, validate_messages
+from cdr.conversation import Conversation, ConversationError, Message, validate_prompt
 from cdr.data import RawRow
 from cdr.errors import CdrError, RowError
 from cdr.pipelines.runner import ChunkContext, RunSummary, run_rows
@@ -74,17 +74,7 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     if prompt in (None, ""):
         raise RowError(where, prompt_field, "missing: expected a prompt (a string or a message list)", "missing field")
     try:
-        if isinstance(prompt, str):
-            turns = (Message("user", prompt),) if prompt.strip() else ()
-            if not turns:
-                raise ConversationError(prompt_field, "expected non-empty text, got an empty string", "empty text")
-        else:
-            turns = tuple(validate_messages(prompt, prompt_field, require_response=False))
-            if turns[-1].role == "assistant":
-                raise ConversationError(f"{prompt_field}[{len(turns) - 1}].role",
-                                        "a prompt must end with a user turn, not an assistant turn", "bad role")
-        if not any(m.role == "user" for m in turns):
-            raise ConversationError(prompt_field, "the prompt has no user turn", "no user turn")
+        turns = tuple(validate_prompt(prompt, prompt_field))
     except ConversationError as exc:
         raise RowError(where, exc.field, exc.message, exc.kind) from None
 

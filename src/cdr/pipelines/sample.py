@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from cdr.conversation import ConversationError, validate_messages
+from cdr.conversation import ConversationError, validate_prompt
 from cdr.data import RawRow
 from cdr.errors import RowError
 from cdr.generation import SamplingOptions, TransformersPolicy
@@ -33,16 +33,10 @@ def prompt_messages(raw: RawRow) -> list[dict[str, str]]:
         first = value[0] if isinstance(value, list) else value
         value = first.get("content") if isinstance(first, dict) else first
         name = "turns[0]"
-    if isinstance(value, str):
-        if not value.strip():
-            raise RowError(raw.location, name, "expected non-empty text", "empty text")
-        return [{"role": "user", "content": value}]
     try:
-        turns = validate_messages(value, name, require_response=False)
+        turns = validate_prompt(value, name)
     except ConversationError as exc:
         raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
-    if turns[-1].role != "user":
-        raise RowError(raw.location, f"{name}[{len(turns) - 1}].role", "the prompt must end with a user turn", "bad role")
     return [m.as_dict() for m in turns]
 
 
