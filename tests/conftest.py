@@ -103,7 +103,7 @@ def tiny_pair(tiny_strong, tiny_weak):
 
 def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """The real console entry point in a subprocess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**kwargs.pop("env", os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "cdr.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cdr import __version__
 from cdr.config import VARIANTS, RewardConfig
@@ -151,9 +152,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_selection_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rows")
+    g.add_argument("--subsets", help="comma-separated subsets to keep (e.g. hep-go,math-prm)")
+    g.add_argument("--sample", type=int, help="a stratified sample of about N rows (each subset in proportion, at least 1)")
+    g.add_argument("--limit", type=int, help="only the first N rows (after --subsets and --sample)")
+    g.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
+
+
+def selection(args: argparse.Namespace):
+    from cdr.pipelines.evaluate import Selection
+
+    subsets = tuple(s.strip() for s in args.subsets.split(",") if s.strip()) if args.subsets else None
+    return Selection(subsets=subsets, sample=args.sample, limit=args.limit, seed=args.seed)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from cdr.pipelines.evaluate import evaluate, load_rewardbench
+
+    chosen = selection(args)
+    loaded = load_rewardbench(args.data, chosen, args.on_error)  # bad data fails before any model loads
+    start = time.time()
+    reward = load_reward(args)
+    load_s = time.time() - start
+    results = evaluate(args.data, args.output_dir, reward, selection=chosen, on_error=args.on_error,
+                       chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=not args.quiet,
+                       n_bootstrap=args.bootstrap, load_seconds=load_s, loaded=loaded)
+    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+    print(f"written: {args.output_dir}/results.json, scores.jsonl, results.md, sections.png")
+    if results["unscorable"]:
+        print(f"{results['unscorable']} row(s) could not be scored (counted wrong); see {args.output_dir}/scores.jsonl.errors.jsonl")
+    print_cache_use(reward)
+    return 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from cdr.pipelines.pairs import compare_pairs
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    quality = None
+    if args.quality:
+        quality = {}
+        for item in args.quality.split(","):
+            name, sep, value = item.partition("=")
+            try:
+                quality[name.strip()] = float(value)
+            except ValueError:
+                raise CdrError(f"--quality expects name=number pairs, got {item!r}") from None
+            if not sep:
+                raise CdrError(f"--quality expects name=number pairs, got {item!r}")
+    compare_pairs(args.data, models, args.output_dir, reward_config(args), selection=selection(args),
+                  quality=quality, progress=not args.quiet, n_bootstrap=args.bootstrap)
+    print((Path(args.output_dir) / "pairs.md").read_text(encoding="utf-8"))
+    print(f"written: {args.output_dir}/results.json, pairs.md, heatmap.png, gap.png, logprobs.jsonl")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from cdr.models import DEFAULT_STRONG, DEFAULT_WEAK, PACKAGED_MODELS
     from cdr.errors import ModelNotAvailable
+    from cdr.models import DEFAULT_STRONG, DEFAULT_WEAK, PACKAGED_MODELS
 
     for m in PACKAGED_MODELS.values():
         role = " (default strong)" if m.name == DEFAULT_STRONG else " (default weak)" if m.name == DEFAULT_WEAK else ""
@@ -212,6 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_reward_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="evaluate the reward on RewardBench (official protocol), with every variant and baseline")
+    p.add_argument("data", help="RewardBench rows (prompt, chosen, rejected, subset, id): a JSONL/Parquet file, "
+                   "'mini' (the packaged 230-row sample) or a hub id such as allenai/reward-bench (online only)")
+    p.add_argument("--output-dir", required=True, help="results.json, scores.jsonl, results.md, sections.png go here")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip", help="what to do with a malformed row (always reported)")
+    p.add_argument("--chunk-rows", type=int, default=64, help="rows scored and saved together")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_selection_options(p)
+    add_reward_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pairs", help="score N models once each on RewardBench rows and compare every (strong, weak) pair")
+    p.add_argument("data", nargs="?", default="mini", help="RewardBench rows, as for 'cdr eval' (default: mini)")
+    p.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m,qwen2.5-coder-0.5b-instruct",
+                   help="comma-separated models (packaged names, paths or hub ids)")
+    p.add_argument("--output-dir", required=True, help="results.json, pairs.md, heatmap.png, gap.png go here")
+    p.add_argument("--quality", help="your own quality number per model (name=value,...) for the gap; "
+                   "default: each model's single-model score on the same rows")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_selection_options(p)
+    add_reward_options(p)
+    p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("models", help="list the packaged models, their licences and whether they are installed")
     p.set_defaults(func=cmd_models)

@@ -14,13 +14,15 @@ import numpy as np
 
 from cdr import __version__
 from cdr.backends import BackendOptions, LogprobRequest, load_backend
+from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation
 from cdr.errors import ModelNotAvailable
-from cdr.cache import LogprobCache
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
 from cdr.rendering import Renderer
 from cdr.span import ResponseSpan, Tokenization, Unscorable, locate_response
+
+CACHE_SLICE = 256  # responses per backend call when filling the cache
 
 
 def combine(variant: str, strong_sum, strong_n, weak_sum, weak_n):
@@ -141,11 +143,13 @@ class ModelScorer:
         todo = [r for r in unique if r not in known]
         if on_progress and len(todo) < len(requests):
             on_progress(len(requests) - len(todo))
-        if todo:
-            computed = self.backend.response_logprobs(todo, on_progress=on_progress)
+        # in slices, each saved as soon as it is done: an interrupted long call loses at most one slice
+        for s in range(0, len(todo), CACHE_SLICE):
+            part = todo[s : s + CACHE_SLICE]
+            computed = self.backend.response_logprobs(part, on_progress=on_progress)
             if self.cache is not None:
-                self.cache.put_many(self.cache_key, todo, computed)
-            known.update(zip(todo, computed))
+                self.cache.put_many(self.cache_key, part, computed)
+            known.update(zip(part, computed))
         return [known[r] for r in requests]
 
     def token_strings(self, token_ids: Iterable[int]) -> list[str]:

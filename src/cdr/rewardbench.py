@@ -8,7 +8,7 @@ against the six hep-* subsets (so it is half of the section); the score is the m
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -69,3 +69,51 @@ def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0, level:
         samples["score"].append(score(sec))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in samples.items()}
+
+
+# Every figure an evaluation reports, each a per-response score computed from the two models' summed
+# log-probs, their token counts and the response length. They all come from one pass per model.
+RATIO_VARIANTS = ("sum", "mean", "mean_diff")
+BASELINES = ("strong_sum", "strong_mean", "weak_sum", "weak_mean", "shorter", "longer")
+ALL_VARIANTS = RATIO_VARIANTS + BASELINES
+LABELS = {
+    "sum": "ratio, sum", "mean": "ratio, mean", "mean_diff": "ratio, mean_diff",
+    "strong_sum": "strong alone, sum", "strong_mean": "strong alone, mean",
+    "weak_sum": "weak alone, sum", "weak_mean": "weak alone, mean",
+    "shorter": "prefer shorter", "longer": "prefer longer",
+}
+
+
+def response_score(name: str, side: Mapping) -> float | None:
+    """``side``: strong_logprob, strong_tokens, weak_logprob, weak_tokens (None when unscorable) and chars."""
+    if name == "shorter":
+        return -float(side["chars"])
+    if name == "longer":
+        return float(side["chars"])
+    if side.get("strong_logprob") is None or side.get("weak_logprob") is None:
+        return None
+    s, sn, w, wn = side["strong_logprob"], side["strong_tokens"], side["weak_logprob"], side["weak_tokens"]
+    if name in RATIO_VARIANTS:
+        from cdr.reward import combine
+
+        return float(combine(name, s, sn, w, wn))
+    return {"strong_sum": s, "strong_mean": s / sn, "weak_sum": w, "weak_mean": w / wn}[name]
+
+
+def is_correct(chosen: float | None, rejected: float | None) -> bool:
+    """Official rule: chosen must score strictly higher; a tie, or a side that could not be scored, is wrong."""
+    return chosen is not None and rejected is not None and chosen > rejected
+
+
+def summarize(rows: list[tuple[str, bool]], n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """(subset, correct) pairs -> reward-bench's figures: accuracy (the 4-section mean), sections, per-subset
+    accuracy (``extra_results``) and 95% bootstrap intervals for the sections and the score."""
+    per_subset = subset_accuracy(rows)
+    sections = section_scores(per_subset)
+    intervals = bootstrap(rows, n=n_bootstrap, seed=seed) if rows and n_bootstrap else {}
+    return {
+        "accuracy": score(sections) if sections else None,
+        "sections": sections,
+        "intervals": {k: list(v) for k, v in intervals.items()},
+        "extra_results": dict(sorted(per_subset.items())),
+    }

@@ -1,0 +1,320 @@
+"""``cdr eval``: a reward on RewardBench with the official protocol, every variant and baseline in one run.
+
+Rows (``prompt, chosen, rejected, subset, id``) come from a local JSONL/Parquet file, the packaged mini set
+(``mini``) or the hub (``allenai/reward-bench``, online users only). They are validated, filtered
+(``subsets``), sampled (stratified ``sample``) and cut (``limit``) up front, and the selection is written
+to ``DIR/rows.jsonl``; scoring then goes through the resumable row loop into ``DIR/scores.jsonl``. Each
+model scores each response once; the ratio variants, the single-model scores and the length heuristics
+are all derived from those numbers, so they are compared on exactly the same log-probs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cdr.conversation import Conversation, ConversationError, validate_prompt
+from cdr.data import RawRow, iter_rows
+from cdr.errors import CdrError, RowError
+from cdr.models import atomic_write_text
+from cdr.pipelines.runner import ChunkContext, run_rows
+from cdr.reward import DensityRatio, ResponseLogprobs
+from cdr.rewardbench import (
+    ALL_VARIANTS,
+    LABELS,
+    SECTIONS,
+    SUBSET_MAPPING,
+    is_correct,
+    response_score,
+    summarize,
+)
+
+MINI = "mini"  # the packaged 230-row stratified sample (10 rows per subset)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REQUIRED = ("prompt", "chosen", "rejected", "subset", "id")
+KNOWN_SUBSETS = {s for subsets in SUBSET_MAPPING.values() for s in subsets}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows to evaluate: ``subsets`` filter first, then a stratified ``sample``, then the first ``limit``."""
+
+    subsets: tuple[str, ...] | None = None
+    sample: int | None = None
+    limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("sample", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CdrError(f"{name} must be at least 1, got {value}")
+
+
+def mini_path() -> Path:
+    return Path(str(resources.files("cdr") / "data" / "rewardbench_mini.jsonl"))
+
+
+def _raw_rows(source: str) -> Iterator[RawRow]:
+    if source == MINI:
+        yield from iter_rows(mini_path())
+    elif Path(source).exists():
+        yield from iter_rows(source)
+    elif HUB_ID.match(source):
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(source, split="filtered")
+        except Exception as exc:  # the hub's own errors are many; all mean "could not get it"
+            raise CdrError(f"could not load '{source}' from the Hugging Face hub ({type(exc).__name__}: {exc}); "
+                           "offline, pass a local JSONL/Parquet file or 'mini'") from None
+        for i, row in enumerate(ds):
+            yield RawRow(i, f"row {i + 1}", dict(row))
+    else:
+        raise CdrError(f"'{source}' is neither a file nor 'mini' nor a hub dataset id (owner/name)")
+
+
+def check_row(raw: RawRow) -> dict[str, Any]:
+    """A RewardBench row with its fields checked, or a RowError naming the field."""
+    if raw.error is not None:
+        raise raw.error
+    data = raw.data or {}
+    for name in REQUIRED:
+        if data.get(name) is None or data.get(name) == "":
+            raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}", "missing field")
+    try:
+        prompt = [m.as_dict() for m in validate_prompt(data["prompt"], "prompt")]
+    except ConversationError as exc:
+        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
+    try:
+        for name in ("chosen", "rejected"):
+            Conversation.from_prompt_response(prompt, data[name], "prompt", name)
+    except ConversationError as exc:
+        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
+    if not isinstance(data["subset"], str):
+        raise RowError(raw.location, "subset", f"expected a subset name (a string), got {type(data['subset']).__name__}",
+                       "wrong type")
+    return {"subset": data["subset"], "id": str(data["id"]), "prompt": prompt, "chosen": data["chosen"],
+            "rejected": data["rejected"], "source": raw.location}
+
+
+def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """About ``n`` rows, each subset in proportion to its size (at least one each), in file order."""
+    if n >= len(rows):
+        return rows
+    by_subset: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_subset[row["subset"]].append(i)
+    exact = {s: n * len(ix) / len(rows) for s, ix in by_subset.items()}
+    quota = {s: max(1, int(q)) for s, q in exact.items()}
+    for s in sorted(exact, key=lambda s: exact[s] - int(exact[s]), reverse=True):  # largest remainders
+        if sum(quota.values()) >= n:
+            break
+        quota[s] = min(len(by_subset[s]), quota[s] + 1)
+    keep: set[int] = set()
+    for s, ix in sorted(by_subset.items()):
+        keep.update(random.Random(f"{seed}:{s}").sample(ix, min(len(ix), quota[s])))
+    return [rows[i] for i in sorted(keep)]
+
+
+def load_rewardbench(source: str, selection: Selection = Selection(), on_error: str = "skip",
+                     log=lambda msg: print(msg, file=sys.stderr)) -> tuple[list[dict], list[dict]]:
+    """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
+
+    Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
+    rows, problems, seen = [], [], {}
+    for raw in _raw_rows(source):
+        try:
+            row = check_row(raw)
+            key = (row["subset"], row["id"])
+            if key in seen:
+                raise RowError(raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}", "duplicate key")
+            seen[key] = raw.location
+        except RowError as err:
+            if on_error == "fail":
+                raise
+            problems.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
+            if len(problems) <= 20:
+                log(f"skipped {err}")
+            continue
+        rows.append(row)
+    if selection.subsets:
+        unknown = sorted(set(selection.subsets) - {r["subset"] for r in rows})
+        if unknown:
+            raise CdrError(f"subset(s) not in the data: {', '.join(unknown)}")
+        rows = [r for r in rows if r["subset"] in selection.subsets]
+    if selection.sample:
+        rows = stratified_sample(rows, selection.sample, selection.seed)
+    if selection.limit:
+        rows = rows[: selection.limit]
+    if not rows:
+        raise CdrError(f"no rows to evaluate in '{source}'")
+    outside = sorted({r["subset"] for r in rows} - KNOWN_SUBSETS)
+    if outside:
+        log(f"note: subsets outside RewardBench's sections are reported per subset only: {', '.join(outside)}")
+    return rows, problems
+
+
+def conversations(row: dict) -> tuple[Conversation, Conversation]:
+    return (Conversation.from_prompt_response(row["prompt"], row["chosen"]),
+            Conversation.from_prompt_response(row["prompt"], row["rejected"]))
+
+
+def side_record(text: str, strong: ResponseLogprobs | Exception, weak: ResponseLogprobs | Exception) -> dict:
+    ok = not isinstance(strong, Exception) and not isinstance(weak, Exception)
+    return {
+        "chars": len(text),
+        "strong_logprob": strong.total if ok else None,
+        "strong_tokens": strong.n_tokens if ok else None,
+        "weak_logprob": weak.total if ok else None,
+        "weak_tokens": weak.n_tokens if ok else None,
+        "truncated": bool(ok and (strong.truncated or weak.truncated)),
+    }
+
+
+def score_record(row: dict, chosen: dict, rejected: dict, error: str | None) -> dict:
+    rewards = {name: [response_score(name, chosen), response_score(name, rejected)] for name in ALL_VARIANTS}
+    return {"subset": row["subset"], "id": row["id"], "chosen": chosen, "rejected": rejected, "error": error,
+            "rewards": rewards, "correct": {name: is_correct(*pair) for name, pair in rewards.items()}}
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Leave an identical file alone: its mtime is part of the resume key."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def evaluate(
+    source: str,
+    output_dir: str | Path,
+    reward: DensityRatio,
+    *,
+    selection: Selection = Selection(),
+    on_error: str = "skip",
+    chunk_rows: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+    n_bootstrap: int = 1000,
+    load_seconds: float | None = None,
+    loaded: tuple[list[dict], list[dict]] | None = None,
+) -> dict:
+    """Score the selected rows (resuming an interrupted run of the same command) and write
+    results.json, scores.jsonl, results.md and sections.png into ``output_dir``. Returns the results."""
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, problems = loaded or load_rewardbench(source, selection, on_error)
+    rows_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_if_changed(out_dir / "rows.jsonl", rows_text)
+    provenance = reward.provenance
+
+    def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
+        picked = [raw.data for raw in chunk]
+        convs = [c for row in picked for c in conversations(row)]
+        strong, weak = reward.model_logprobs(convs, on_progress=lambda n: ctx.advance(n / 4))
+        records = []
+        for i, row in enumerate(picked):
+            errors = [f"{role} {side}: {x}" for role, xs in (("strong", strong), ("weak", weak))
+                      for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1])) if isinstance(x, Exception)]
+            if errors:
+                ctx.counts["unscorable"] += 1
+                ctx.note(row["source"], "unscorable", "; ".join(errors))
+            else:
+                ctx.counts["scored"] += 1
+            chosen = side_record(row["chosen"], strong[2 * i], weak[2 * i])
+            rejected = side_record(row["rejected"], strong[2 * i + 1], weak[2 * i + 1])
+            records.append(score_record(row, chosen, rejected, "; ".join(errors) or None))
+        return records
+
+    start = time.time()
+    key = {"command": "eval", "provenance": provenance}
+    summary = run_rows(out_dir / "rows.jsonl", out_dir / "scores.jsonl", process, key=key,
+                       summary_order=("scored", "unscorable"), chunk_rows=chunk_rows, overwrite=overwrite,
+                       progress=progress, desc="evaluating")
+    seconds = time.time() - start
+    records = [json.loads(line) for line in open(out_dir / "scores.jsonl", encoding="utf-8")]
+    results = build_results(records, provenance, n_bootstrap)
+    results["data"] = {"source": source, "sha256": _sha256_text(rows_text), "rows": len(rows),
+                       "selection": selection.__dict__, "skipped_rows": problems}
+    results["timing"] = {"load_s": load_seconds, "scoring_s_this_run": round(seconds, 2),
+                         "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
+    if reward.cache is not None:
+        results["timing"]["cache"] = {"reused": reward.cache.hits, "computed": reward.cache.misses}
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out_dir / "results.md", markdown(results))
+    from cdr.plots import section_bars
+
+    section_bars(results["variants"], LABELS, out_dir / "sections.png",
+                 f"{results['model']} over {results['ref_model']}: {len(records)} RewardBench rows")
+    return results
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000) -> dict:
+    """reward-bench's results shape for the default variant, plus the same figures for every variant."""
+    variants = {name: summarize([(r["subset"], r["correct"][name]) for r in records], n_bootstrap)
+                for name in ALL_VARIANTS}
+    default = variants[provenance["variant"]]
+    return {
+        "accuracy": default["accuracy"],
+        "num_prompts": len(records),
+        "model": provenance["strong"],
+        "ref_model": provenance["weak"],
+        "variant": provenance["variant"],
+        "sections": default["sections"],
+        "intervals": default["intervals"],
+        "extra_results": default["extra_results"],
+        "subset_rows": dict(sorted(Counter(r["subset"] for r in records).items())),
+        "variants": variants,
+        "unscorable": sum(1 for r in records if r["error"]),
+        "truncated": sum(1 for r in records if r["chosen"]["truncated"] or r["rejected"]["truncated"]),
+        "bootstrap": {"resamples": n_bootstrap, "level": 0.95, "within": "subset"},
+        "provenance": provenance,
+    }
+
+
+def _cell(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def markdown(results: dict) -> str:
+    cols = [s for s in SECTIONS if s in results["sections"]]
+    lines = [
+        f"# RewardBench: {results['model']} over {results['ref_model']}",
+        "",
+        f"{results['num_prompts']} rows from `{results['data']['source']}`; default variant `{results['variant']}`, "
+        f"score {_cell(results['accuracy'], results['intervals'].get('score'))}. Ties count as wrong; sections are "
+        "example-count weighted (Reasoning = math-prm and hep-* half each); intervals are 95% bootstrap, rows resampled "
+        f"within each subset. Unscorable rows: {results['unscorable']}; truncated: {results['truncated']}.",
+        "",
+        "| variant | " + " | ".join(cols) + " | score |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
+    for name, f in results["variants"].items():
+        cells = [_cell(f["sections"].get(c), f["intervals"].get(c)) for c in cols]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {_cell(f['accuracy'], f['intervals'].get('score'))} |")
+    names = list(results["variants"])
+    lines += ["", "Per subset (accuracy):", "", "| subset | rows | " + " | ".join(LABELS.get(n, n) for n in names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    counts = results.get("subset_rows", {})
+    for subset in results["extra_results"]:
+        cells = [f"{results['variants'][n]['extra_results'].get(subset, float('nan')):.3f}" for n in names]
+        lines.append(f"| {subset} | {counts.get(subset, '')} | " + " | ".join(cells) + " |")
+    t = results.get("timing", {})
+    lines += ["", f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
+              f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')})."]
+    return "\n".join(lines) + "\n"

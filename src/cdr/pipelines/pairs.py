@@ -1,0 +1,222 @@
+"""``cdr pairs``: which (strong, weak) pair makes the best reward? N models cost N passes, not N^2.
+
+Under the ``own`` rendering a model's log-prob of a response does not depend on the model it is paired
+with, so each model scores every response once and every ordered pair's reward is a difference of two
+stored numbers. Each model's pass goes through the log-prob cache slice by slice, so an interrupted run
+resumes where it stopped.
+
+The report: the pair x section accuracy matrix, each model alone, the correlation between a pair's
+"gap" (strong's quality minus weak's: their single-model scores, or quality numbers the user gives) and
+the pair's score, and the recommended pair.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdr.config import RewardConfig
+from cdr.errors import CdrError
+from cdr.models import atomic_write_text, resolve_model
+from cdr.pipelines.evaluate import Selection, conversations, load_rewardbench
+from cdr.reward import ModelScorer, combine, open_cache
+from cdr.rewardbench import SECTIONS, is_correct, summarize
+
+
+def model_pass(name: str, config: RewardConfig, convs, cache, progress: bool) -> dict[str, Any]:
+    """One model's summed log-prob and token count for every response (None where it cannot score it)."""
+    start = time.time()
+    scorer = ModelScorer(resolve_model(name), config.backend, config, cache)
+    load_s = time.time() - start
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(convs), unit="resp", desc=name, dynamic_ncols=True, file=sys.stderr)
+    start = time.time()
+    try:
+        results = scorer.logprobs(convs, scorer.renderer, config.include_eot, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    info = {
+        "fingerprint": scorer.fingerprint,
+        "backend": scorer.backend.name,
+        "precision": scorer.backend.precision,
+        "template": scorer.renderer.description,
+        "load_s": round(load_s, 2),
+        "scoring_s": round(time.time() - start, 2),
+        "logprob": [None if isinstance(r, Exception) else r.total for r in results],
+        "tokens": [None if isinstance(r, Exception) else r.n_tokens for r in results],
+    }
+    del scorer
+    gc.collect()
+    return info
+
+
+def single_model_name(variant: str) -> str:
+    """The single-model score that matches a ratio variant's units: per-token for mean/mean_diff."""
+    return "sum" if variant == "sum" else "mean"
+
+
+def compare_pairs(
+    source: str,
+    models: Sequence[str],
+    output_dir: str | Path,
+    config: RewardConfig = RewardConfig(),
+    *,
+    selection: Selection = Selection(),
+    quality: dict[str, float] | None = None,
+    progress: bool = True,
+    n_bootstrap: int = 1000,
+) -> dict[str, Any]:
+    if len(models) < 2 or len(set(models)) != len(models):
+        raise CdrError(f"need at least two different models, got {', '.join(models) or 'none'}")
+    if config.rendering != "own":
+        raise CdrError("cdr pairs derives pairs by differencing, which needs rendering 'own' "
+                       "(under 'shared' a model's log-probs depend on its partner's template)")
+    missing = sorted(set(quality or {}) - set(models))
+    if missing:
+        raise CdrError(f"--quality names model(s) not in --models: {', '.join(missing)}")
+    if quality and set(quality) != set(models):
+        raise CdrError(f"--quality must give a number for every model ({', '.join(models)})")
+    for name in models:
+        resolve_model(name)  # fail before any scoring on a model that is not there
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, problems = load_rewardbench(source, selection)
+    convs = [c for row in rows for c in conversations(row)]
+    cache = open_cache(config.cache)
+    if cache is None:
+        print("note: with the log-prob cache off an interrupted run starts again from the first model", file=sys.stderr)
+    passes = {name: model_pass(name, config, convs, cache, progress) for name in models}
+
+    def side(name: str, k: int) -> tuple[float | None, int | None]:
+        return passes[name]["logprob"][k], passes[name]["tokens"][k]
+
+    def correct_rows(reward_of) -> list[tuple[str, bool]]:
+        return [(row["subset"], is_correct(reward_of(2 * i), reward_of(2 * i + 1))) for i, row in enumerate(rows)]
+
+    single_variant = single_model_name(config.variant)
+    singles = {}
+    for name in models:
+        def alone(k: int, name=name) -> float | None:
+            lp, n = side(name, k)
+            return None if lp is None else (lp if single_variant == "sum" else lp / n)
+
+        singles[name] = summarize(correct_rows(alone), n_bootstrap)
+
+    pairs = {}
+    for strong in models:
+        for weak in models:
+            if strong == weak:
+                continue
+
+            def ratio(k: int, strong=strong, weak=weak) -> float | None:
+                (s, sn), (w, wn) = side(strong, k), side(weak, k)
+                return None if s is None or w is None else float(combine(config.variant, s, sn, w, wn))
+
+            pairs[f"{strong} / {weak}"] = {"strong": strong, "weak": weak, **summarize(correct_rows(ratio), n_bootstrap)}
+
+    gap_source = "user-given quality" if quality else f"single-model score ({single_variant} log-prob)"
+    model_quality = quality or {name: singles[name]["accuracy"] for name in models}
+    gaps = [model_quality[p["strong"]] - model_quality[p["weak"]] for p in pairs.values()]
+    scores = [p["accuracy"] for p in pairs.values()]
+    for p, gap in zip(pairs.values(), gaps):
+        p["gap"] = gap
+    ranked = sorted(pairs, key=lambda k: pairs[k]["accuracy"], reverse=True)
+    best, runner_up = pairs[ranked[0]], pairs[ranked[1]] if len(ranked) > 1 else None
+    within_noise = bool(runner_up and runner_up["accuracy"] >= best["intervals"]["score"][0])
+    results = {
+        "data": {"source": source, "rows": len(rows), "selection": selection.__dict__, "skipped_rows": problems},
+        "variant": config.variant,
+        "models": {name: {k: v for k, v in passes[name].items() if k not in ("logprob", "tokens")}
+                   | {"single_model": singles[name], "quality": model_quality[name],
+                      "unscorable": sum(1 for x in passes[name]["logprob"] if x is None)} for name in models},
+        "pairs": pairs,
+        "gap": {"source": gap_source, "pearson": _corr(gaps, scores), "spearman": _corr(_ranks(gaps), _ranks(scores)),
+                "n_pairs": len(pairs)},
+        "recommended": {"strong": best["strong"], "weak": best["weak"], "score": best["accuracy"],
+                        "interval": best["intervals"].get("score"),
+                        "runner_up": ranked[1] if runner_up else None, "runner_up_within_interval": within_noise},
+        "passes": len(models),
+    }
+    _write_logprobs(out_dir / "logprobs.jsonl", rows, passes)
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out_dir / "pairs.md", markdown(results))
+    from cdr.plots import gap_scatter, pair_heatmap
+
+    matrix = [[pairs[f"{s} / {w}"]["accuracy"] if s != w else None for w in models] for s in models]
+    pair_heatmap(list(models), matrix, out_dir / "heatmap.png",
+                 f"pair score ({config.variant}), {len(rows)} RewardBench rows")
+    gap_scatter([(k.replace(" / ", "/"), p["gap"], p["accuracy"]) for k, p in pairs.items()], out_dir / "gap.png",
+                f"gap: strong - weak, {gap_source}", f"pair score vs gap (Pearson r = {results['gap']['pearson']:.2f})"
+                if results["gap"]["pearson"] is not None else "pair score vs gap")
+    return results
+
+
+def _corr(x: Sequence[float], y: Sequence[float]) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+    return [float(r) for r in order]
+
+
+def _write_logprobs(path: Path, rows: list[dict], passes: dict) -> None:
+    lines = []
+    for i, row in enumerate(rows):
+        for j, side in enumerate(("chosen", "rejected")):
+            k = 2 * i + j
+            rec = {"subset": row["subset"], "id": row["id"], "side": side, "chars": len(row[side])}
+            rec.update({name: {"logprob": p["logprob"][k], "tokens": p["tokens"][k]} for name, p in passes.items()})
+            lines.append(json.dumps(rec))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _cell(value: float | None, interval) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def markdown(results: dict) -> str:
+    rec = results["recommended"]
+    lines = [
+        f"# Pair comparison on {results['data']['rows']} RewardBench rows (`{results['data']['source']}`)",
+        "",
+        f"Variant `{results['variant']}`; each of the {results['passes']} models scored every response once and every "
+        "ordered pair was derived by differencing. Ties count as wrong; 95% bootstrap intervals.",
+        "",
+        "| strong / weak | " + " | ".join(SECTIONS) + " | score | gap |",
+        "|---|" + "---|" * (len(SECTIONS) + 2),
+    ]
+    for key, p in sorted(results["pairs"].items(), key=lambda kv: -kv[1]["accuracy"]):
+        cells = [_cell(p["sections"].get(s), p["intervals"].get(s)) for s in SECTIONS]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {_cell(p['accuracy'], p['intervals'].get('score'))} | {p['gap']:+.3f} |")
+    lines += ["", "Each model alone:", "", "| model | " + " | ".join(SECTIONS) + " | score | load s | scoring s |",
+              "|---|" + "---|" * (len(SECTIONS) + 3)]
+    for name, m in results["models"].items():
+        s = m["single_model"]
+        cells = [_cell(s["sections"].get(x), s["intervals"].get(x)) for x in SECTIONS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(s['accuracy'], s['intervals'].get('score'))} | "
+                     f"{m['load_s']} | {m['scoring_s']} |")
+    g = results["gap"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
+    lines += ["", f"Gap ({g['source']}) against pair score over {g['n_pairs']} ordered pairs: Pearson r = "
+              f"{fmt(g['pearson'])}, Spearman rho = {fmt(g['spearman'])}.", "",
+              f"**Recommended: strong `{rec['strong']}`, weak `{rec['weak']}`**, score {_cell(rec['score'], rec['interval'])}."]
+    if rec["runner_up_within_interval"]:
+        lines.append(f"The runner-up ({rec['runner_up']}) is inside that interval: on this data the two are not "
+                     "distinguishable; evaluate on more rows before relying on the ranking.")
+    return "\n".join(lines) + "\n"

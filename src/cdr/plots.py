@@ -1,0 +1,89 @@
+"""The pictures written beside evaluation results (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def section_bars(figures: Mapping[str, Mapping], labels: Mapping[str, str], path: Path, title: str) -> None:
+    """Grouped bars: one group per section (and the overall score), one bar per variant, 95% intervals."""
+    import numpy as np
+
+    plt = _pyplot()
+    groups = ["Chat", "Chat Hard", "Safety", "Reasoning", "score"]
+    names = list(figures)
+    colors = {"sum": "#08519c", "mean": "#3182bd", "mean_diff": "#6baed6", "strong_sum": "#238b45",
+              "strong_mean": "#74c476", "weak_sum": "#d94801", "weak_mean": "#fd8d3c", "shorter": "#636363",
+              "longer": "#bdbdbd"}
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    x = np.arange(len(groups))
+    for i, name in enumerate(names):
+        f = figures[name]
+        values = [f["sections"].get(g, np.nan) if g != "score" else (f["accuracy"] or np.nan) for g in groups]
+        low, high = [], []
+        for g, v in zip(groups, values):
+            lo, hi = f["intervals"].get(g, (v, v))
+            low.append(max(0.0, v - lo))
+            high.append(max(0.0, hi - v))
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, yerr=[low, high], capsize=2,
+               label=labels.get(name, name), color=colors.get(name))
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xticks(x, groups)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (ties count as wrong)")
+    ax.set_title(title)
+    ax.legend(ncol=3, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pair_heatmap(models: Sequence[str], matrix: Sequence[Sequence[float | None]], path: Path, title: str) -> None:
+    """Rows: strong model; columns: weak model; cells: the pair's RewardBench score."""
+    import numpy as np
+
+    plt = _pyplot()
+    data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.8 * len(models) + 2.5, 1.3 * len(models) + 1.8))
+    im = ax.imshow(data, cmap="viridis", vmin=np.nanmin(data) if np.isfinite(data).any() else 0, vmax=np.nanmax(data) if np.isfinite(data).any() else 1)
+    ax.set_xticks(range(len(models)), models, rotation=20, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    ax.set_xlabel("weak model")
+    ax.set_ylabel("strong model")
+    for i in range(len(models)):
+        for j in range(len(models)):
+            text = "-" if np.isnan(data[i, j]) else f"{data[i, j]:.3f}"
+            ax.text(j, i, text, ha="center", va="center", color="white" if np.isnan(data[i, j]) or data[i, j] < np.nanmean(data) else "black")
+    fig.colorbar(im, ax=ax, label="score")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gap_scatter(points: Sequence[tuple[str, float, float]], path: Path, xlabel: str, title: str) -> None:
+    """One point per ordered pair: its quality gap against its score."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, gap, score in points:
+        ax.scatter(gap, score, color="tab:blue")
+        ax.annotate(label, (gap, score), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("pair score")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
