@@ -211,6 +211,29 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        import uvicorn
+
+        from cdr.serve.app import ServeSettings, create_app
+    except ImportError as exc:
+        raise CdrError(f"cdr serve needs the [serve] extra ({exc.name} is missing): pip install 'cdr-annotate[serve]'") from None
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        raise CdrError(f"--api-key-env {args.api_key_env}: that environment variable is empty or not set")
+    settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_queue=args.max_queue, max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
+                             max_tokens=args.max_tokens, api_key=api_key)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"cdr: warning: listening on {args.host} without --api-key-env: anyone who can reach it can use it",
+              file=sys.stderr)
+    app = create_app(load_reward(args), settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace_s)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from cdr.errors import ModelNotAvailable
     from cdr.models import DEFAULT_STRONG, DEFAULT_WEAK, PACKAGED_MODELS
@@ -296,6 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_options(p)
     add_reward_options(p)
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("serve", help="serve the reward over HTTP (/v1/reward, OpenRLHF /get_reward, vLLM-style /v1/completions)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", help="name of an environment variable holding the bearer token clients must send")
+    p.add_argument("--max-batch", type=int, default=32, help="rows per model batch")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=int, default=1024, help="rows allowed to wait; beyond this requests get 503")
+    p.add_argument("--max-rows", type=int, default=256, help="rows per request; beyond this 413")
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit; beyond this 413")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per sequence; beyond this 422")
+    p.add_argument("--grace-s", type=float, default=30.0, help="on shutdown, how long in-flight requests may take")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_reward_options(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list the packaged models, their licences and whether they are installed")
     p.set_defaults(func=cmd_models)

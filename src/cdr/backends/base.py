@@ -56,3 +56,8 @@ class Backend(ABC):
 
         ``on_progress(n)`` is called as requests finish, with the number just finished.
         """
+
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most likely next tokens at every position of one sequence: (ids, log-probs), each of shape
+        (len(token_ids), k), best first. Optional: it serves vLLM-style ``logprobs=k`` and one greedy token."""
+        raise NotImplementedError(f"the {self.name} backend does not return top-k log-probs")

@@ -160,6 +160,26 @@ class TransformersBackend(Backend):
             parts.append(tgt - torch.logsumexp(logits, dim=-1))
         return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
 
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        chunk = max(1, LOGIT_BUDGET // self.vocab_size)
+        top_ids, top_lps = [], []
+        with torch.inference_mode():
+            if self.response_head_only:
+                hidden = self.decoder(input_ids=ids).last_hidden_state[0]
+                logit_chunks = (self._logits(hidden[s : s + chunk]) for s in range(0, hidden.shape[0], chunk))
+            else:
+                logits = self.model(input_ids=ids).logits[0].float()
+                logit_chunks = (logits[s : s + chunk] for s in range(0, logits.shape[0], chunk))
+            for logits in logit_chunks:
+                lps = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+                values, indices = lps.topk(k, dim=-1)
+                top_ids.append(indices.cpu().numpy())
+                top_lps.append(values.double().cpu().numpy())
+        return np.concatenate(top_ids), np.concatenate(top_lps)
+
     def _head_path_matches_full_forward(self) -> bool:
         """Check once that decoder + head reproduces the model's own logits.
 

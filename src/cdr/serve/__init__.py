@@ -1,0 +1,1 @@
+"""The HTTP reward service (``cdr serve``, extra ``[serve]``) and its Python client."""

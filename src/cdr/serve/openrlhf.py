@@ -1,0 +1,54 @@
+"""OpenRLHF sends the policy's templated text: recover the conversation from ``query`` and ``prompts[i]``.
+
+The prompt part is parsed back into messages when it uses a chat template we know (ChatML, Llama 3,
+Gemma); otherwise the whole prompt text is one user message. The response is what follows the prompt
+in the query, with trailing end-of-turn/end-of-text markers removed (our renderers add their own).
+"""
+
+from __future__ import annotations
+
+import re
+
+TEMPLATES = (
+    re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)<\|im_end\|>", re.S),  # ChatML: SmolLM2, Qwen
+    re.compile(r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),  # Llama 3
+    re.compile(r"<start_of_turn>(user|model)\n(.*?)<end_of_turn>", re.S),  # Gemma
+)
+END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+
+
+class SplitError(ValueError):
+    pass
+
+
+def prompt_messages(prompt: str) -> list[dict[str, str]]:
+    for pattern in TEMPLATES:
+        turns = [{"role": "assistant" if role == "model" else role, "content": content}
+                 for role, content in pattern.findall(prompt)]
+        if turns:
+            return turns
+    return [{"role": "user", "content": prompt.strip()}]
+
+
+def strip_end_markers(text: str) -> str:
+    text = text.rstrip()
+    changed = True
+    while changed:
+        changed = False
+        for marker in END_MARKERS:
+            if text.endswith(marker):
+                text = text[: -len(marker)].rstrip()
+                changed = True
+    return text
+
+
+def split_query(query: str, prompt: str | None) -> list[dict[str, str]]:
+    """The conversation (prompt turns + the assistant response) that ``query`` holds."""
+    if prompt is None:
+        raise SplitError("no prompts[i] to split the query with (send 'prompts' alongside 'query')")
+    if not query.startswith(prompt):
+        raise SplitError("the query does not start with its prompt")
+    response = strip_end_markers(query[len(prompt):]).lstrip()  # the separator space belongs to the template
+    if not response.strip():
+        raise SplitError("the response after the prompt is empty")
+    return prompt_messages(prompt) + [{"role": "assistant", "content": response}]

@@ -1,0 +1,117 @@
+"""Every request and response body the reward service speaks, as pydantic models (the OpenAPI schema).
+
+Three protocols: cdr's own ``/v1/reward``; OpenRLHF's remote reward model (``/get_reward``); and the
+part of vLLM's OpenAI-compatible ``/v1/completions`` that returns prompt log-probs (``echo`` with
+``logprobs``), so that any backend can serve as a log-prob server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class RewardRequest(BaseModel):
+    """Conversations whose last message is the assistant response to score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversations: list[list[ChatMessage]] = Field(min_length=1)
+
+
+class RewardItem(BaseModel):
+    reward: Optional[float]
+    strong_logprob: Optional[float]
+    weak_logprob: Optional[float]
+    strong_tokens: Optional[int]
+    weak_tokens: Optional[int]
+    truncated: bool = False
+    domain: Optional[str] = None
+    error: Optional[str] = None
+
+
+class RewardResponse(BaseModel):
+    results: list[RewardItem]
+    provenance: dict[str, Any]
+
+
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote reward model call: ``query`` is the full templated text (prompt + response) and
+    ``prompts[i]`` the templated prompt it starts with."""
+
+    query: list[str] = Field(min_length=1)
+    prompts: Optional[list[str]] = None
+    labels: Optional[list[Any]] = None
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[Optional[float]]]
+
+
+class CompletionRequest(BaseModel):
+    """The prompt-scoring subset of vLLM's /v1/completions: ``echo`` returns the prompt tokens with their
+    log-probs (entry 0 is None), ``logprobs=k`` adds the top k at each position, and ``max_tokens`` may be
+    0 or 1 (one greedy token, as lm-evaluation-harness's ``local-completions`` asks for)."""
+
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we ignore (temperature, user, ...)
+
+    model: Optional[str] = None
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    echo: bool = False
+    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    max_tokens: int = Field(default=0, ge=0)  # OpenAI defaults to 16; a scoring server to none
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    return_tokens_as_token_ids: bool = False
+
+
+class CompletionLogprobs(BaseModel):
+    text_offset: list[int]
+    token_logprobs: list[Optional[float]]
+    tokens: list[str]
+    top_logprobs: list[Optional[dict[str, float]]]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs]
+    finish_reason: Literal["length"] = "length"
+    prompt_token_ids: Optional[list[int]] = None
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Optional[Any] = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "shutting down"]
+    strong: str
+    weak: str
+    queue_depth: int
