@@ -6,6 +6,7 @@ rendering and boundary case is exercised with real tokenization; their numbers m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -129,6 +130,40 @@ def kill_9_after(args: list[str], state: Path, rows_done: int, timeout: float = 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return json.loads(state.read_text())["rows_done"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(reward, **settings):
+    """A real server in a thread of this process, on a free loopback port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from cdr.serve.app import ServeSettings, create_app
+
+    port = free_port()
+    app = create_app(reward, ServeSettings(port=port, **settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def write_jsonl(path: Path, rows) -> Path:

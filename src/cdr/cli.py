@@ -12,13 +12,14 @@ from cdr.errors import CdrError
 from cdr.rendering import RENDERINGS
 
 REWARD_FLAGS = ("strong", "weak", "backend", "strong_backend", "weak_backend", "variant", "rendering",
-                "max_length", "device", "dtype", "batch_tokens", "threads", "cache")
+                "max_length", "device", "dtype", "batch_tokens", "threads", "cache", "strong_url", "weak_url",
+                "strong_served_model", "weak_served_model", "remote_api_key_env", "concurrency")
 
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reward (defaults come from --config, then from cdr's defaults)")
     g.add_argument("--config", help="YAML file with reward options (keys as below, with underscores)")
-    types = {"max_length": int, "batch_tokens": int, "threads": int}
+    types = {"max_length": int, "batch_tokens": int, "threads": int, "concurrency": int}
     choices = {"variant": VARIANTS, "rendering": RENDERINGS}
     for name in REWARD_FLAGS:
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=types.get(name, str), choices=choices.get(name),

@@ -23,7 +23,7 @@ DEFAULT_RENDERING = "own"
 class RewardConfig:
     strong: str = field(default="default", metadata={"help": "strong (better aligned) model: 'default', a packaged name, a path (dir or .gguf) or a hub id"})
     weak: str = field(default="default", metadata={"help": "weak (less aligned) model, same forms as strong"})
-    backend: str = field(default="default", metadata={"help": "backend for both models: default, hf"})
+    backend: str = field(default="default", metadata={"help": "backend for both models: default, hf, openai"})
     strong_backend: str | None = field(default=None, metadata={"help": "backend for the strong model only (overrides backend)"})
     weak_backend: str | None = field(default=None, metadata={"help": "backend for the weak model only (overrides backend)"})
     variant: str = field(default=DEFAULT_VARIANT, metadata={"help": "sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; mean_diff: strong mean log-prob - weak mean log-prob"})
@@ -35,6 +35,12 @@ class RewardConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"})
     batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads per model (default: all cores)"})
+    strong_url: str | None = field(default=None, metadata={"help": "openai backend: base URL of the server holding the strong model (e.g. http://127.0.0.1:8000/v1)"})
+    weak_url: str | None = field(default=None, metadata={"help": "openai backend: base URL of the server holding the weak model"})
+    strong_served_model: str | None = field(default=None, metadata={"help": "openai backend: the strong model's name on its server (default: --strong)"})
+    weak_served_model: str | None = field(default=None, metadata={"help": "openai backend: the weak model's name on its server (default: --weak)"})
+    remote_api_key_env: str | None = field(default=None, metadata={"help": "openai backend: environment variable with the servers' bearer token"})
+    concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once, per model"})
     cache: str | None = field(default="default", metadata={"help": "log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
 

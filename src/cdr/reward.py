@@ -75,7 +75,8 @@ class RewardResult:
 class ModelScorer:
     """One side of the pair: renders, tokenizes, locates the response and asks its backend for log-probs."""
 
-    def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig, cache: LogprobCache | None = None):
+    def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig, cache: LogprobCache | None = None,
+                 role: str = "strong"):
         from transformers import AutoTokenizer
 
         quiet_transformers()
@@ -98,6 +99,10 @@ class ModelScorer:
             batch_tokens=config.batch_tokens,
             threads=config.threads,
             trust_remote_code=config.trust_remote_code,
+            url=config.strong_url if role == "strong" else config.weak_url,
+            served_model=config.strong_served_model if role == "strong" else config.weak_served_model,
+            api_key_env=config.remote_api_key_env,
+            concurrency=config.concurrency,
         )
         self.backend = load_backend(backend_name, source, options)
         if source.kind == "hub" and getattr(self.backend, "commit_hash", None):
@@ -188,7 +193,8 @@ class DensityRatio:
         self.config = config
         self.cache = open_cache(config.cache)
         self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.strong_backend or config.backend, config, self.cache)
-        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config, self.cache)
+        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config, self.cache,
+                                role="weak")
         # shared: the paper's release code renders once with the strong model's template, for both models.
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
 

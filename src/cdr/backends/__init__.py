@@ -10,6 +10,7 @@ from cdr.models import ModelSource
 
 BACKENDS = {
     "hf": "cdr.backends.hf:TransformersBackend",
+    "openai": "cdr.backends.openai:OpenAICompletionsBackend",
 }
 
 

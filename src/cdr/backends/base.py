@@ -31,6 +31,13 @@ class BackendOptions:
     batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all cores)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (off unless asked)"})
+    # remote backends (openai)
+    url: str | None = field(default=None, metadata={"help": "server base URL, e.g. http://127.0.0.1:8000/v1"})
+    served_model: str | None = field(default=None, metadata={"help": "the model name the server knows (default: the model spec)"})
+    api_key_env: str | None = field(default=None, metadata={"help": "environment variable holding the server's bearer token"})
+    concurrency: int = field(default=8, metadata={"help": "requests in flight at once"})
+    timeout_s: float = field(default=120.0, metadata={"help": "per-request timeout"})
+    retries: int = field(default=4, metadata={"help": "retries on connection errors, 429 and 5xx, with exponential backoff"})
 
 
 class Backend(ABC):
@@ -57,7 +64,8 @@ class Backend(ABC):
         ``on_progress(n)`` is called as requests finish, with the number just finished.
         """
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most likely next tokens at every position of one sequence: (ids, log-probs), each of shape
-        (len(token_ids), k), best first. Optional: it serves vLLM-style ``logprobs=k`` and one greedy token."""
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most likely next tokens at every position of one sequence (or only after the last one):
+        (ids, log-probs), each of shape (positions, k), best first. Optional: it serves vLLM-style
+        ``logprobs=k`` and one greedy token."""
         raise NotImplementedError(f"the {self.name} backend does not return top-k log-probs")

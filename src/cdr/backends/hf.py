@@ -160,18 +160,19 @@ class TransformersBackend(Backend):
             parts.append(tgt - torch.logsumexp(logits, dim=-1))
         return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         ids = torch.tensor([list(token_ids)], device=self.device)
         chunk = max(1, LOGIT_BUDGET // self.vocab_size)
+        first = len(token_ids) - 1 if last_only else 0
         top_ids, top_lps = [], []
         with torch.inference_mode():
             if self.response_head_only:
-                hidden = self.decoder(input_ids=ids).last_hidden_state[0]
+                hidden = self.decoder(input_ids=ids).last_hidden_state[0, first:]
                 logit_chunks = (self._logits(hidden[s : s + chunk]) for s in range(0, hidden.shape[0], chunk))
             else:
-                logits = self.model(input_ids=ids).logits[0].float()
+                logits = self.model(input_ids=ids).logits[0, first:].float()
                 logit_chunks = (logits[s : s + chunk] for s in range(0, logits.shape[0], chunk))
             for logits in logit_chunks:
                 lps = logits - torch.logsumexp(logits, dim=-1, keepdim=True)

@@ -83,12 +83,16 @@ class RewardService:
         backend = self.scorers[key[1]].backend
         scorable = [i for i, (ids, _k, _g) in enumerate(items) if len(ids) > 1]
         lps = backend.response_logprobs([LogprobRequest(tuple(items[i][0]), 1) for i in scorable])
-        out: list[Any] = [(np.zeros(0), None) for _ in items]
+        out: list[Any] = [(np.zeros(0), None, None) for _ in items]
         for i, lp in zip(scorable, lps):
-            out[i] = (lp, None)
+            out[i] = (lp, None, None)
         for i, (ids, k, greedy) in enumerate(items):
-            if k or greedy:
-                out[i] = (out[i][0], backend.next_token_top_logprobs(ids, max(k, 1)))
+            top = backend.next_token_top_logprobs(ids, k) if k else None  # every position
+            if greedy:  # the one generated token: only the last position's distribution is needed
+                next_ids, next_lps = top if top is not None else backend.next_token_top_logprobs(ids, 1, last_only=True)
+                out[i] = (out[i][0], top, (int(next_ids[-1][0]), float(next_lps[-1][0])))
+            else:
+                out[i] = (out[i][0], top, None)
         return out
 
     # --- called from the routes ---------------------------------------------------------------------
@@ -319,27 +323,28 @@ def _token_prompts(prompt, tokenizer) -> list[list[int]]:
 
 
 def _choice(index: int, ids: list[int], result, body: CompletionRequest, tokenizer) -> CompletionChoice:
-    lps, top = result
+    lps, top, greedy = result  # prompt log-probs; top-k per position (or None); the greedy token (or None)
 
     def name(token_id: int) -> str:
         return f"token_id:{token_id}" if body.return_tokens_as_token_ids else tokenizer.decode([token_id])
 
-    def top_dict(position: int, actual: int) -> dict[str, float]:
-        """The top k at a position; the actual token is added by the caller, as vLLM does."""
-        ids, values = top
-        return {name(int(t)): float(v) for t, v in zip(ids[position][: body.logprobs or 0], values[position])}
+    def top_dict(position: int) -> dict[str, float]:
+        """The top k after ``position``; the actual token is added by the caller, as vLLM does."""
+        if top is None:
+            return {}
+        top_ids, values = top
+        return {name(int(t)): float(v) for t, v in zip(top_ids[position], values[position])}
 
     tokens: list[int] = list(ids) if body.echo else []
     token_lps: list[float | None] = ([None] + [float(x) for x in lps]) if body.echo else []
     tops: list[dict[str, float] | None] = []
     if body.echo:
-        tops = [None] + [((top_dict(p - 1, t) if top is not None else {}) | {name(t): float(lp)})
-                         for p, (t, lp) in enumerate(zip(ids[1:], lps), start=1)]
-    if body.max_tokens == 1:
-        next_id, next_lp = int(top[0][-1][0]), float(top[1][-1][0])
+        tops = [None] + [top_dict(p - 1) | {name(t): float(lp)} for p, (t, lp) in enumerate(zip(ids[1:], lps), start=1)]
+    if greedy is not None:
+        next_id, next_lp = greedy
         tokens.append(next_id)
         token_lps.append(next_lp)
-        tops.append(top_dict(len(ids) - 1, next_id) | {name(next_id): next_lp})
+        tops.append(top_dict(len(ids) - 1) | {name(next_id): next_lp})
     strings = [name(t) for t in tokens]
     offsets, at = [], 0
     for s in strings:
