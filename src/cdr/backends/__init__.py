@@ -11,6 +11,7 @@ from cdr.models import ModelSource
 BACKENDS = {
     "hf": "cdr.backends.hf:TransformersBackend",
     "openai": "cdr.backends.openai:OpenAICompletionsBackend",
+    "vllm": "cdr.backends.vllm:VLLMBackend",
 }
 
 

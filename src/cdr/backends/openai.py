@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cdr.backends.base import Backend, BackendOptions, LogprobRequest
+from cdr.backends.vllm import prompt_token_logprobs
 from cdr.errors import CdrError
 from cdr.models import ModelSource
 
@@ -32,15 +33,10 @@ def parse_prompt_logprobs(choice: dict[str, Any], token_ids: Sequence[int]) -> l
     n = len(token_ids)
     table = choice.get("prompt_logprobs")
     if table is not None:  # vLLM: [None, {"<id>": {"logprob": ..., "rank": ..., "decoded_token": ...}, ...}, ...]
-        if len(table) < n:
-            raise ServerError(f"the server returned {len(table)} prompt log-probs for {n} prompt tokens")
-        out: list[float | None] = [None]
-        for pos in range(1, n):
-            entry = (table[pos] or {}).get(str(token_ids[pos]))
-            if entry is None:
-                raise ServerError(f"prompt_logprobs[{pos}] lacks the prompt's own token {token_ids[pos]}")
-            out.append(float(entry["logprob"] if isinstance(entry, dict) else entry))
-        return out
+        try:
+            return [None] + list(prompt_token_logprobs(table, token_ids, 1))
+        except CdrError as exc:
+            raise ServerError(str(exc)) from None
     logprobs = choice.get("logprobs") or {}
     values = logprobs.get("token_logprobs")
     if not values or len(values) < n:

@@ -1,0 +1,62 @@
+"""vLLM offline backend: request building and parsing on vLLM's documented shapes.
+
+vLLM cannot run here (no GPU wheel reaches the lent GPU machine, and this machine has no GPU), so the
+engine itself is not exercised: these tests check what we send (token-id prompts, prompt_logprobs=0,
+max_tokens=1, prefix caching off) and how we read what vLLM documents it returns.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+
+from cdr.backends import BackendOptions, LogprobRequest, backend_class
+from cdr.backends.vllm import VLLMBackend, prompt_token_logprobs
+from cdr.errors import CdrError, ModelNotAvailable
+from cdr.models import ModelSource
+
+
+@dataclass
+class Logprob:  # vllm.sequence.Logprob's documented fields
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+def test_requests_are_token_ids_with_prompt_logprobs_and_one_token():
+    prompts, params = VLLMBackend.build_requests([LogprobRequest((1, 2, 3), 2), LogprobRequest((4, 5), 1)])
+    assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4, 5]}]
+    assert params["prompt_logprobs"] == 0 and params["max_tokens"] == 1
+
+
+def test_engine_turns_prefix_caching_off_and_passes_parallelism():
+    source = ModelSource("my/model", "hub", "my/model", revision="abc")
+    kwargs = VLLMBackend.engine_kwargs(source, BackendOptions(tensor_parallel_size=4, dtype="float16"))
+    assert kwargs["enable_prefix_caching"] is False and kwargs["tensor_parallel_size"] == 4
+    assert kwargs["model"] == "my/model" and kwargs["revision"] == "abc" and kwargs["dtype"] == "float16"
+    assert kwargs["trust_remote_code"] is False
+
+
+def test_offline_prompt_logprobs_looked_up_by_id():
+    ids = (11, 22, 33, 44)
+    table = [None,
+             {99: Logprob(-0.1, 1), 22: Logprob(-2.0, 5)},  # the prompt token is not the top-1
+             {33: Logprob(-0.5, 1)},
+             {7: Logprob(-0.2, 1), 44: Logprob(-3.0, 9)}]
+    assert list(prompt_token_logprobs(table, ids, 2)) == [-0.5, -3.0]
+    assert list(prompt_token_logprobs(table, ids, 1)) == [-2.0, -0.5, -3.0]
+    with pytest.raises(CdrError, match="lacks the prompt's own token 44"):
+        prompt_token_logprobs(table[:3] + [{7: Logprob(-0.2)}], ids, 1)
+    with pytest.raises(CdrError, match="3 prompt log-probs for 4"):
+        prompt_token_logprobs(table[:3], ids, 1)
+
+
+def test_without_vllm_installed_the_error_says_how_to_get_it():
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed")
+    except ImportError:
+        pass
+    cls = backend_class("vllm")
+    with pytest.raises(ModelNotAvailable, match=r"cdr-annotate\[vllm\]"):
+        cls(ModelSource("m", "hub", "m/m"), BackendOptions())
