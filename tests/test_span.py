@@ -61,6 +61,14 @@ def test_template_less_model_gets_plain_format_and_one_bos(gemma_tokenizer):
     assert span.token_ids.count(gemma_tokenizer.bos_token_id) == 1
 
 
+def test_separator_space_alone_is_not_scored(gemma_tokenizer):
+    # gemma splits " 2" into " " + "2": the lone space is the template's separator, not the response
+    rendered = Renderer(gemma_tokenizer).render(conv(response="2"))
+    span, text = scored_text(gemma_tokenizer, rendered)
+    assert text == "2<eos>"
+    assert gemma_tokenizer.decode(span.token_ids[span.start - 1 : span.start]) == " "
+
+
 def test_doubled_bos_is_removed(gemma_templated_tokenizer):
     tok = gemma_templated_tokenizer
     rendered = Renderer(tok).render(conv())

@@ -100,6 +100,15 @@ def locate_response(
         end = tok.token_at_char(rendered.full, full_ids, offsets, rendered.content_end, allow_whitespace_seam=False)
         if end is None:
             raise Unscorable("a token spans the response/end-of-turn seam; the response end is ambiguous")
+    if offsets is not None and rendered.content_start is not None:
+        # The separator a template puts before the response (the space after "Assistant:") is scored only
+        # when merged into the response's first token (" The"); as a token of its own (gemma splits " 2" into
+        # " " + "2") it belongs to the template, not the response.
+        while start < end - 1:
+            a, b = offsets[start]
+            if a == b or b > rendered.content_start or rendered.full[a:b].strip():
+                break
+            start += 1
     if start == 0:
         raise Unscorable("the response starts at the first token, which no model predicts (no BOS, no prompt)")
     if end <= start:

@@ -12,6 +12,7 @@ BACKENDS = {
     "hf": "cdr.backends.hf:TransformersBackend",
     "openai": "cdr.backends.openai:OpenAICompletionsBackend",
     "vllm": "cdr.backends.vllm:VLLMBackend",
+    "llamacpp": "cdr.backends.llamacpp:LlamaCppBackend",
 }
 
 
