@@ -169,7 +169,7 @@ def main() -> None:
               "clients": args.clients, "distinct_conversations": len(convs), "reward_args": args.reward_args}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"| run | requests | ok | 503 | other | req/s | p50 s | p99 s |\n|---|---|---|---|---|---|---|---|")
+    print("| run | requests | ok | 503 | other | req/s | p50 s | p99 s |\n|---|---|---|---|---|---|---|---|")
     for name, s in (("load test", load), (f"max batch {args.max_batch}", batched_s), ("max batch 1", single_s)):
         print(f"| {name} | {s['requests']} | {s['ok']} | {s['503']} | {s['other']} | {s['req_per_s']:.2f} | "
               f"{s['p50_s']:.2f} | {s['p99_s']:.2f} |")

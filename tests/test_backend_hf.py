@@ -93,3 +93,23 @@ def test_unknown_logit_postprocessing_falls_back_to_full_forward(tiny_strong):
 def test_max_length_from_config(tiny_strong):
     backend = TransformersBackend(resolve_model(str(tiny_strong)), BackendOptions())
     assert backend.max_length == 1024
+
+
+@pytest.mark.parametrize("which", ["tiny_strong", "tiny_weak"])  # tiny_weak: gemma3 with a 16-token sliding window
+def test_prompt_sharing_equals_scoring_each_response_alone(which, request):
+    from cdr.backends.hf import MIN_SHARED_PROMPT
+
+    path = str(request.getfixturevalue(which))
+    shared = TransformersBackend(resolve_model(path), BackendOptions(batch_tokens=400))
+    rng = np.random.default_rng(3)
+    prompt = tuple(int(t) for t in rng.integers(3, shared.vocab_size, MIN_SHARED_PROMPT + 30))
+    reqs = [LogprobRequest(prompt + tuple(int(t) for t in rng.integers(3, shared.vocab_size, n)), len(prompt))
+            for n in (1, 9, 40, 17, 3)]
+    reqs.append(requests_for(shared.vocab_size, [(30, 5)])[0])  # a row of its own goes the usual way
+    calls = []
+    original = shared._score_shared
+    shared._score_shared = lambda prefix, batch: calls.append(len(batch)) or original(prefix, batch)
+    got = shared.response_logprobs(reqs)
+    assert calls and sum(calls) == 5  # the five responses to one prompt went through the shared path
+    for r, lp in zip(reqs, got):
+        np.testing.assert_allclose(lp, naive_logprobs(shared.model, r), atol=1e-4)

@@ -34,6 +34,7 @@ class RewardConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"})
     batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
+    prompt_sharing: bool = field(default=True, metadata={"help": "responses sharing a prompt of 64+ tokens run it once and reuse its key/value cache (transformers backend)"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads per model (default: all cores)"})
     strong_url: str | None = field(default=None, metadata={"help": "openai backend: base URL of the server holding the strong model (e.g. http://127.0.0.1:8000/v1)"})
     weak_url: str | None = field(default=None, metadata={"help": "openai backend: base URL of the server holding the weak model"})

@@ -99,6 +99,7 @@ class ModelScorer:
             batch_tokens=config.batch_tokens,
             threads=config.threads,
             trust_remote_code=config.trust_remote_code,
+            prompt_sharing=config.prompt_sharing,
             url=config.strong_url if role == "strong" else config.weak_url,
             served_model=config.strong_served_model if role == "strong" else config.weak_served_model,
             api_key_env=config.remote_api_key_env,

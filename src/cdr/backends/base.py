@@ -31,6 +31,7 @@ class BackendOptions:
     batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all cores)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (off unless asked)"})
+    prompt_sharing: bool = field(default=True, metadata={"help": "run a prompt shared by several responses once and reuse its key/value cache"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs per model"})
     # remote backends (openai)
     url: str | None = field(default=None, metadata={"help": "server base URL, e.g. http://127.0.0.1:8000/v1"})

@@ -18,6 +18,8 @@ from cdr.models import ModelSource, converted_dir
 
 # Logits held at once: chunk_positions x vocabulary floats (128 x 262,144 x 4 bytes = 128 MiB for gemma).
 LOGIT_BUDGET = 1 << 25
+# Prompts shorter than this are batched with the rest: re-running them costs less than a batch of its own.
+MIN_SHARED_PROMPT = 64
 
 
 def resolve_device(device: str) -> str:
@@ -74,6 +76,10 @@ class TransformersBackend(Backend):
         self.vocab_size = self.head.weight.shape[0]
         self.pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
         self.response_head_only = self._head_path_matches_full_forward()
+        import inspect
+
+        # transformers renamed past_key_values to cache (5.x); accept either
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
 
     @property
     def max_length(self) -> int | None:
@@ -88,13 +94,75 @@ class TransformersBackend(Backend):
         self, requests: Sequence[LogprobRequest], on_progress: Callable[[int], None] | None = None
     ) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(requests)
-        for batch in self._batches(requests):
-            scored = self._score_batch([requests[i] for i in batch])
-            for i, lp in zip(batch, scored):
+        alone = []
+        for prefix, members in self._shared_prompts(requests):
+            if members is None:
+                alone.extend(prefix)
+                continue
+            for i, lp in zip(members, self._score_shared(prefix, [requests[i] for i in members])):
                 out[i] = lp
+            if on_progress:
+                on_progress(len(members))
+        for batch in self._batches([requests[i] for i in alone]):
+            scored = self._score_batch([requests[alone[j]] for j in batch])
+            for j, lp in zip(batch, scored):
+                out[alone[j]] = lp
             if on_progress:
                 on_progress(len(batch))
         return out  # type: ignore[return-value]
+
+    def _shared_prompts(self, requests: Sequence[LogprobRequest]):
+        """Yield (prompt ids, request indices) for groups worth sharing, then ([indices], None) for the rest.
+
+        Responses to one prompt (chosen/rejected, best-of-N, a long customized context) run the prompt once
+        and reuse its key/value cache; it pays when the prompt is long relative to the per-batch overhead."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(tuple(r.token_ids[: r.response_start]), []).append(i)
+        rest = []
+        for prefix, members in groups.items():
+            if self.options.prompt_sharing and self.response_head_only and len(members) > 1 and len(prefix) >= MIN_SHARED_PROMPT:
+                yield prefix, members
+            else:
+                rest.extend(members)
+        yield rest, None
+
+    def _score_shared(self, prefix: tuple[int, ...], batch: list[LogprobRequest]) -> list[np.ndarray]:
+        import copy
+
+        import torch
+
+        p = len(prefix)
+        with torch.inference_mode():
+            first = self.decoder(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            prompt_cache, last = first.past_key_values, first.last_hidden_state[0, -1:]
+            out: list[np.ndarray] = []
+            # suffix batches within the token budget, counting the prompt each row attends to
+            order, start = sorted(range(len(batch)), key=lambda i: -len(batch[i].token_ids)), 0
+            results: dict[int, np.ndarray] = {}
+            while start < len(order):
+                width = len(batch[order[start]].token_ids) - p
+                k = max(1, min(len(order) - start, self.options.batch_tokens // (p + width)))
+                chunk = order[start : start + k]
+                start += k
+                ids = torch.full((k, width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((k, p + width), dtype=torch.long)
+                mask[:, :p] = 1
+                for b, i in enumerate(chunk):
+                    suffix = batch[i].token_ids[p:]
+                    ids[b, : len(suffix)] = torch.tensor(suffix)
+                    mask[b, p : p + len(suffix)] = 1
+                cache = copy.deepcopy(prompt_cache)
+                cache.batch_repeat_interleave(k)
+                positions = torch.arange(p, p + width, device=self.device)[None].expand(k, -1)
+                hidden = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      position_ids=positions, use_cache=True, **{self._cache_arg: cache}).last_hidden_state
+                for b, i in enumerate(chunk):
+                    suffix = batch[i].token_ids[p:]
+                    rows = torch.cat([last, hidden[b, : len(suffix) - 1]])
+                    results[i] = self._token_logprobs(rows, torch.tensor(suffix, device=self.device)).double().cpu().numpy()
+            out = [results[i] for i in range(len(batch))]
+        return out
 
     def _batches(self, requests: Sequence[LogprobRequest]) -> list[list[int]]:
         """Longest first (an out-of-memory shows up at once), each batch within the padded-token budget."""
