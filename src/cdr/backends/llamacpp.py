@@ -49,7 +49,7 @@ class LlamaCppBackend(Backend):
         self.reuse_prefix = True
         probe = self._open(CONTEXT_STEP)
         self.vocab_size = probe.n_vocab()
-        self.train_ctx = probe.n_ctx_train()
+        self.train_ctx = probe._model.n_ctx_train()
 
     def _open(self, n_ctx: int):
         from llama_cpp import Llama
