@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -65,7 +64,8 @@ def speed_child(model: str, backend: str, n: int) -> None:
     t0 = time.time()
     scorer.logprobs(convs, scorer.renderer, True)
     seconds = time.time() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork + exec)
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"model": model, "backend": backend, "responses": n, "tokens": tokens, "load_s": load_s,
                       "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": peak}))
 
@@ -83,7 +83,10 @@ def main() -> None:
         return
     from cdr.reward import combine
 
+    out = Path(args.out)
     report: dict = {"agreement": {}, "speed": []}
+    if args.skip_agreement and out.exists():
+        report["agreement"] = json.loads(out.read_text()).get("agreement", {})  # keep the last agreement run
     if not args.skip_agreement:
         rows, convs = conversations(args.limit)
         sums = {}
