@@ -70,3 +70,14 @@ def test_context_grows_for_a_longer_sequence(smol_scorers):
 def test_needs_a_gguf_file(tiny_strong):
     with pytest.raises(CdrError, match="needs a GGUF file"):
         LlamaCppBackend(resolve_model(str(tiny_strong)), BackendOptions())
+
+
+def test_top_logprobs_contain_the_greedy_token_and_match_response_logprobs(smol_scorers):
+    _, cpp = smol_scorers
+    ids = requests_for(cpp)[0].token_ids
+    top_ids, top_lps = cpp.backend.next_token_top_logprobs(ids, 3)
+    assert top_ids.shape == (len(ids), 3) and (np.diff(top_lps, axis=1) <= 0).all()
+    own = cpp.backend.response_logprobs([LogprobRequest(ids, 1)])[0]
+    assert (own <= top_lps[:-1, 0] + 1e-6).all()  # no prompt token beats the most likely one
+    last_ids, _ = cpp.backend.next_token_top_logprobs(ids, 1, last_only=True)
+    assert last_ids.shape == (1, 1) and last_ids[0, 0] == top_ids[-1, 0]

@@ -145,3 +145,9 @@ def test_missing_url_is_a_clear_error(tiny_strong):
 
     with pytest.raises(CdrError, match="needs the server's base URL"):
         OpenAICompletionsBackend(resolve_model(str(tiny_strong)), BackendOptions())
+
+
+def test_only_backends_with_top_k_claim_it(tiny_pair, tiny_strong):
+    # cdr serve answers logprobs=k / max_tokens=1 with 422 for a backend without top-k (this one)
+    assert openai_backend(tiny_strong, "http://127.0.0.1:1/v1").has_top_logprobs is False
+    assert tiny_pair.strong.backend.has_top_logprobs is True

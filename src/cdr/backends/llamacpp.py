@@ -115,3 +115,14 @@ class LlamaCppBackend(Backend):
             if on_progress:
                 on_progress(1)
         return out  # type: ignore[return-value]
+
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        ids = list(token_ids)
+        self._fit_context(len(ids))
+        self._evaluate(ids)
+        first = len(ids) - 1 if last_only else 0
+        rows = torch.from_numpy(np.ascontiguousarray(self.llm.scores[first : len(ids)]))
+        values, indices = (rows - torch.logsumexp(rows, dim=-1, keepdim=True)).topk(k, dim=-1)
+        return indices.numpy(), values.double().numpy()

@@ -291,6 +291,9 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
                 raise ServiceError(422, f"prompt[{i}] has token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
         k = body.logprobs or 0
         greedy = body.max_tokens == 1
+        if (k or greedy) and not scorer.backend.has_top_logprobs:
+            raise ServiceError(422, f"the {scorer.backend.name} backend serving '{side}' returns no top-k log-probs: "
+                               "use logprobs=0 and max_tokens=0 (the prompt's own log-probs still come back)")
         results = await service.run(request, ("echo", side), [(ids, k, greedy) for ids in prompts])
         metrics.rows.labels("/v1/completions").inc(len(prompts))
         choices = [_choice(i, ids, res, body, scorer.tokenizer) for i, (ids, res) in enumerate(zip(prompts, results))]
