@@ -102,7 +102,7 @@ class MicroBatcher:
                     try:
                         await asyncio.wait_for(self._full.wait(), wait)
                     except asyncio.TimeoutError:
-                        pass
+                        pass  # max_wait is up: run the batch with what has arrived
                 if not any(not j.future.cancelled() for j in self._jobs):
                     break  # the jobs we waited for were all cancelled
                 key, batch = self._take()
