@@ -181,3 +181,10 @@ def read_output(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]
 
     with open(path, newline="", encoding="utf-8") as f:
         return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Write an input file a pipeline derives (selected rows, expanded demo rows), leaving an identical file
+    alone: its mtime is part of the resume key, so rewriting it would restart the run."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)

@@ -14,6 +14,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from cdr.config import RewardConfig
+from cdr.output import write_if_changed
 from cdr.pipelines.score import score_file
 from cdr.reward import DensityRatio
 
@@ -39,8 +40,7 @@ def run_demo(output_dir: str | Path, config: RewardConfig, overwrite: bool = Fal
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = out_dir / "demo_rows.jsonl"
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in expand(demo_rows()))
-    if not rows_path.exists() or rows_path.read_text(encoding="utf-8") != text:
-        rows_path.write_text(text, encoding="utf-8")  # rewritten only when changed, so a rerun resumes
+    write_if_changed(rows_path, text)
     reward = DensityRatio(config=config)
     summary = score_file(rows_path, out_dir / "scores.jsonl", reward, overwrite=overwrite, progress=progress)
     scored = [json.loads(line) for line in open(summary.output, encoding="utf-8")]

@@ -27,6 +27,7 @@ from cdr.conversation import Conversation, ConversationError, validate_prompt
 from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.models import atomic_write_text
+from cdr.output import write_if_changed
 from cdr.pipelines.runner import ChunkContext, run_rows
 from cdr.reward import DensityRatio, ResponseLogprobs
 from cdr.rewardbench import (
@@ -188,12 +189,6 @@ def score_record(row: dict, chosen: dict, rejected: dict, error: str | None) -> 
             "rewards": rewards, "correct": {name: is_correct(*pair) for name, pair in rewards.items()}}
 
 
-def write_if_changed(path: Path, text: str) -> None:
-    """Leave an identical file alone: its mtime is part of the resume key."""
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        atomic_write_text(path, text)
-
-
 def evaluate(
     source: str,
     output_dir: str | Path,
@@ -285,7 +280,8 @@ def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000
     }
 
 
-def _cell(value: float | None, interval: list[float] | None) -> str:
+def cell(value: float | None, interval: list[float] | None) -> str:
+    """A figure with its interval, for markdown tables."""
     if value is None:
         return "-"
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
@@ -297,7 +293,7 @@ def markdown(results: dict) -> str:
         f"# RewardBench: {results['model']} over {results['ref_model']}",
         "",
         f"{results['num_prompts']} rows from `{results['data']['source']}`; default variant `{results['variant']}`, "
-        f"score {_cell(results['accuracy'], results['intervals'].get('score'))}. Ties count as wrong; sections are "
+        f"score {cell(results['accuracy'], results['intervals'].get('score'))}. Ties count as wrong; sections are "
         "example-count weighted (Reasoning = math-prm and hep-* half each); intervals are 95% bootstrap, rows resampled "
         f"within each subset. Unscorable rows: {results['unscorable']}; truncated: {results['truncated']}.",
         "",
@@ -305,8 +301,8 @@ def markdown(results: dict) -> str:
         "|---|" + "---|" * (len(cols) + 1),
     ]
     for name, f in results["variants"].items():
-        cells = [_cell(f["sections"].get(c), f["intervals"].get(c)) for c in cols]
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {_cell(f['accuracy'], f['intervals'].get('score'))} |")
+        cells = [cell(f["sections"].get(c), f["intervals"].get(c)) for c in cols]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {cell(f['accuracy'], f['intervals'].get('score'))} |")
     names = list(results["variants"])
     lines += ["", "Per subset (accuracy):", "", "| subset | rows | " + " | ".join(LABELS.get(n, n) for n in names) + " |",
               "|---|---|" + "---|" * len(names)]

@@ -25,7 +25,7 @@ import numpy as np
 from cdr.config import RewardConfig
 from cdr.errors import CdrError
 from cdr.models import atomic_write_text, resolve_model
-from cdr.pipelines.evaluate import Selection, conversations, load_rewardbench
+from cdr.pipelines.evaluate import Selection, cell, conversations, load_rewardbench
 from cdr.reward import ModelScorer, combine, open_cache
 from cdr.rewardbench import SECTIONS, is_correct, summarize
 
@@ -184,12 +184,6 @@ def _write_logprobs(path: Path, rows: list[dict], passes: dict) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _cell(value: float | None, interval) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
-
 def markdown(results: dict) -> str:
     rec = results["recommended"]
     lines = [
@@ -202,20 +196,20 @@ def markdown(results: dict) -> str:
         "|---|" + "---|" * (len(SECTIONS) + 2),
     ]
     for key, p in sorted(results["pairs"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        cells = [_cell(p["sections"].get(s), p["intervals"].get(s)) for s in SECTIONS]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {_cell(p['accuracy'], p['intervals'].get('score'))} | {p['gap']:+.3f} |")
+        cells = [cell(p["sections"].get(s), p["intervals"].get(s)) for s in SECTIONS]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {cell(p['accuracy'], p['intervals'].get('score'))} | {p['gap']:+.3f} |")
     lines += ["", "Each model alone:", "", "| model | " + " | ".join(SECTIONS) + " | score | load s | scoring s |",
               "|---|" + "---|" * (len(SECTIONS) + 3)]
     for name, m in results["models"].items():
         s = m["single_model"]
-        cells = [_cell(s["sections"].get(x), s["intervals"].get(x)) for x in SECTIONS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(s['accuracy'], s['intervals'].get('score'))} | "
+        cells = [cell(s["sections"].get(x), s["intervals"].get(x)) for x in SECTIONS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cell(s['accuracy'], s['intervals'].get('score'))} | "
                      f"{m['load_s']} | {m['scoring_s']} |")
     g = results["gap"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
     lines += ["", f"Gap ({g['source']}) against pair score over {g['n_pairs']} ordered pairs: Pearson r = "
               f"{fmt(g['pearson'])}, Spearman rho = {fmt(g['spearman'])}.", "",
-              f"**Recommended: strong `{rec['strong']}`, weak `{rec['weak']}`**, score {_cell(rec['score'], rec['interval'])}."]
+              f"**Recommended: strong `{rec['strong']}`, weak `{rec['weak']}`**, score {cell(rec['score'], rec['interval'])}."]
     if rec["runner_up_within_interval"]:
         lines.append(f"The runner-up ({rec['runner_up']}) is inside that interval: on this data the two are not "
                      "distinguishable; evaluate on more rows before relying on the ranking.")

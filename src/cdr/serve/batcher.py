@@ -41,7 +41,6 @@ class MicroBatcher:
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdr-model")
         self._task: asyncio.Task | None = None
-        self.running_rows = 0
 
     @property
     def queued_rows(self) -> int:
@@ -107,7 +106,6 @@ class MicroBatcher:
                     break  # the jobs we waited for were all cancelled
                 key, batch = self._take()
                 items = [item for job in batch for item in job.items]
-                self.running_rows = len(items)
                 if self._on_batch:
                     self._on_batch(len(items))
                 try:
@@ -123,8 +121,6 @@ class MicroBatcher:
                         start += len(job.items)
                         if not job.future.done():
                             job.future.set_result(part)
-                finally:
-                    self.running_rows = 0
             self._jobs.clear()
             if self._closing:
                 return
