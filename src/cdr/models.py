@@ -183,7 +183,7 @@ class ModelSource:
         marker.touch()
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model(spec: str, role: str | None = None) -> ModelSource:
@@ -208,7 +208,7 @@ def resolve_model(spec: str, role: str | None = None) -> ModelSource:
             raise ModelNotAvailable(f"model directory '{spec}' has no config.json (and not exactly one .gguf file)")
         return ModelSource(spec, "dir", str(path.resolve()))
     repo, _, revision = spec.partition("@")
-    if _HUB_ID.match(repo) and not spec.startswith((".", "/", "~")):
+    if HUB_ID.match(repo) and not spec.startswith((".", "/", "~")):
         return ModelSource(spec, "hub", repo, revision=revision or None)
     known = ", ".join(["default", *PACKAGED_MODELS])
     raise ModelNotAvailable(

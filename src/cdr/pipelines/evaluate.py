@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -26,7 +25,7 @@ from typing import Any
 from cdr.conversation import Conversation, ConversationError, validate_prompt
 from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.models import atomic_write_text
+from cdr.models import HUB_ID, atomic_write_text
 from cdr.output import write_if_changed
 from cdr.pipelines.runner import ChunkContext, run_rows
 from cdr.reward import DensityRatio, ResponseLogprobs
@@ -41,7 +40,6 @@ from cdr.rewardbench import (
 )
 
 MINI = "mini"  # the packaged 230-row stratified sample (10 rows per subset)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 REQUIRED = ("prompt", "chosen", "rejected", "subset", "id")
 KNOWN_SUBSETS = {s for subsets in SUBSET_MAPPING.values() for s in subsets}
 
