@@ -13,7 +13,7 @@ from cdr.rendering import RENDERINGS
 
 REWARD_FLAGS = ("strong", "weak", "backend", "strong_backend", "weak_backend", "variant", "rendering",
                 "max_length", "device", "dtype", "batch_tokens", "threads", "cache", "strong_url", "weak_url",
-                "strong_served_model", "weak_served_model", "remote_api_key_env", "concurrency")
+                "strong_served_model", "weak_served_model", "remote_api_key_env", "concurrency", "recipe")
 
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:
@@ -193,6 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_pairs(args: argparse.Namespace) -> int:
     from cdr.pipelines.pairs import compare_pairs
 
+    if args.recipe not in (None, "vanilla"):
+        raise CdrError("cdr pairs compares pairs without customization; pass --recipe to 'cdr eval' for the pair you pick")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     quality = None
     if args.quality:

@@ -42,6 +42,7 @@ class RewardConfig:
     weak_served_model: str | None = field(default=None, metadata={"help": "openai backend: the weak model's name on its server (default: --weak)"})
     remote_api_key_env: str | None = field(default=None, metadata={"help": "openai backend: environment variable with the servers' bearer token"})
     concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once, per model"})
+    recipe: Any = field(default="vanilla", metadata={"help": "customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; see docs/recipes.md"})
     cache: str | None = field(default="default", metadata={"help": "log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
 

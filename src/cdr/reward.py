@@ -19,6 +19,7 @@ from cdr.config import RewardConfig
 from cdr.conversation import Conversation
 from cdr.errors import ModelNotAvailable
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
+from cdr.recipes import CallableRouter, Customized, Recipe, build_router, customize, load_recipe, route
 from cdr.rendering import Renderer
 from cdr.span import ResponseSpan, Tokenization, Unscorable, locate_response
 
@@ -63,6 +64,7 @@ class RewardResult:
     weak_tokens: int | None
     truncated: bool = False
     error: str | None = None
+    domain: str | None = None  # the recipe domain the prompt was routed to (None without a recipe)
     details: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -179,25 +181,42 @@ def as_conversations(items: Iterable[Any]) -> list[Conversation]:
     return out
 
 
+@dataclass
+class PairLogprobs:
+    """Both models' response log-probs for a list of conversations, and the domain each was routed to."""
+
+    strong: list[ResponseLogprobs | Unscorable]
+    weak: list[ResponseLogprobs | Unscorable]
+    domains: list[str | None]
+
+
 class DensityRatio:
     """A training-free reward from two language models.
 
     >>> reward = DensityRatio(strong="default", weak="default")
     >>> [r.reward for r in reward.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])]
+
+    ``recipe`` (a preset name, a YAML path or a ``Recipe``) customizes the context per domain; ``router``
+    replaces the recipe's router with your own (a ``Router`` or a function ``f(messages) -> domain name``).
     """
 
-    def __init__(self, strong: str = "default", weak: str = "default", *, config: RewardConfig | None = None, **options: Any):
+    def __init__(self, strong: str = "default", weak: str = "default", *, config: RewardConfig | None = None,
+                 router: Any = None, **options: Any):
         if config is None:
             config = RewardConfig(strong=strong, weak=weak, **options)
         elif options:
             config = dataclasses.replace(config, **options)
         self.config = config
+        self.recipe: Recipe = load_recipe(config.recipe)
         self.cache = open_cache(config.cache)
         self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.strong_backend or config.backend, config, self.cache)
         self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config, self.cache,
                                 role="weak")
         # shared: the paper's release code renders once with the strong model's template, for both models.
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
+        if router is not None and not hasattr(router, "route"):
+            router = CallableRouter(router)
+        self.router = router if router is not None else build_router(self.recipe, self)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -217,16 +236,40 @@ class DensityRatio:
             "weak_template_sha256": self.weak_renderer.sha256(),
             "include_eot": c.include_eot,
             "variant": c.variant,
+            "recipe": self.recipe.name,
+            "recipe_sha256": self.recipe.sha256(),
+            "router": self._router_name(),
             "cdr_version": __version__,
         }
 
+    def _router_name(self) -> str | None:
+        if not self.recipe.customizes:
+            return None
+        if isinstance(self.router, CallableRouter):
+            return f"python:{self.router.name}"
+        spec = self.recipe.router
+        if self.router is not None and spec.kind == "none":
+            return type(self.router).__name__
+        return {"llm": f"llm:{spec.model}", "column": f"column:{spec.column}"}.get(spec.kind, spec.kind)
+
+    def customize(self, conversations: Sequence[Conversation], rows: Sequence[dict | None] | None = None) -> list[Customized]:
+        """Route each conversation's prompt to a domain and put that domain's context in front, per model.
+        ``rows`` (the input rows) are only read by a column router."""
+        domains = route(self.recipe, self.router, [c.prompt for c in conversations], rows)
+        return [customize(self.recipe, c, d) for c, d in zip(conversations, domains)]
+
     def model_logprobs(
-        self, conversations: Sequence[Conversation], on_progress: Callable[[int], None] | None = None
-    ) -> tuple[list[ResponseLogprobs | Unscorable], list[ResponseLogprobs | Unscorable]]:
+        self,
+        conversations: Sequence[Conversation],
+        on_progress: Callable[[int], None] | None = None,
+        rows: Sequence[dict | None] | None = None,
+    ) -> PairLogprobs:
         """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
-        strong = self.strong.logprobs(conversations, self.strong.renderer, self.config.include_eot, on_progress)
-        weak = self.weak.logprobs(conversations, self.weak_renderer, self.config.include_eot, on_progress)
-        return strong, weak
+        custom = self.customize(conversations, rows)
+        include_eot = self.config.include_eot
+        strong = self.strong.logprobs([c.strong for c in custom], self.strong.renderer, include_eot, on_progress)
+        weak = self.weak.logprobs([c.weak for c in custom], self.weak_renderer, include_eot, on_progress)
+        return PairLogprobs(strong, weak, [c.domain for c in custom])
 
     def score(
         self,
@@ -235,11 +278,12 @@ class DensityRatio:
         return_tokens: bool = False,
         progress: bool = False,
         on_progress: Callable[[int], None] | None = None,
+        rows: Sequence[dict | None] | None = None,
     ) -> list[RewardResult]:
         """Score conversations whose last message is the assistant response. One result per conversation, in order.
 
         ``progress`` shows a bar over model passes (2 per conversation); ``return_tokens`` adds per-token
-        log-probs for each model in ``result.details``.
+        log-probs for each model in ``result.details``; ``rows`` feed a recipe's column router.
         """
         convs = as_conversations(conversations)
         bar = None
@@ -249,16 +293,16 @@ class DensityRatio:
             bar = tqdm(total=2 * len(convs), unit="resp", desc="scoring")
             on_progress = bar.update
         try:
-            strong, weak = self.model_logprobs(convs, on_progress)
+            pair = self.model_logprobs(convs, on_progress, rows)
         finally:
             if bar is not None:
                 bar.close()
-        return [self._result(s, w, return_tokens) for s, w in zip(strong, weak)]
+        return [self._result(s, w, d, return_tokens) for s, w, d in zip(pair.strong, pair.weak, pair.domains)]
 
-    def _result(self, s, w, return_tokens: bool) -> RewardResult:
+    def _result(self, s, w, domain: str | None, return_tokens: bool) -> RewardResult:
         errors = [f"{role}: {x}" for role, x in (("strong", s), ("weak", w)) if isinstance(x, Unscorable)]
         if errors:
-            return RewardResult(None, None, None, None, None, error="unscorable: " + "; ".join(errors))
+            return RewardResult(None, None, None, None, None, error="unscorable: " + "; ".join(errors), domain=domain)
         reward = combine(self.config.variant, s.total, s.n_tokens, w.total, w.n_tokens)
         details = None
         if return_tokens:
@@ -276,5 +320,6 @@ class DensityRatio:
             strong_tokens=s.n_tokens,
             weak_tokens=w.n_tokens,
             truncated=s.truncated or w.truncated,
+            domain=domain,
             details=details,
         )

@@ -166,7 +166,8 @@ def annotate_file(
                 ctx.report(err)
         convs = [Conversation(row.prompt + (Message("assistant", text),)) for _, row in rows for text in row.candidates]
         per_pass = len(chunk) / max(1, 2 * len(convs))
-        results = reward.score(convs, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
+        source_rows = [raw.data for raw, row in rows for _ in row.candidates]  # for a recipe's column router
+        results = reward.score(convs, rows=source_rows, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
         out, at = [], 0
         for raw, row in rows:
             res = results[at : at + len(row.candidates)]
@@ -196,6 +197,7 @@ def annotate_file(
                     "chosen_tokens": res[a].strong_tokens,
                     "rejected_tokens": res[b].strong_tokens,
                     "scores": all_scores,
+                    "cdr_domain": res[a].domain,
                     **row.extra,
                     **provenance_columns(provenance),
                     **{f"cdr_{k}": v for k, v in annotation.items()},

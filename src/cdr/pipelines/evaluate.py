@@ -181,10 +181,10 @@ def side_record(text: str, strong: ResponseLogprobs | Exception, weak: ResponseL
     }
 
 
-def score_record(row: dict, chosen: dict, rejected: dict, error: str | None) -> dict:
+def score_record(row: dict, chosen: dict, rejected: dict, error: str | None, domain: str | None = None) -> dict:
     rewards = {name: [response_score(name, chosen), response_score(name, rejected)] for name in ALL_VARIANTS}
-    return {"subset": row["subset"], "id": row["id"], "chosen": chosen, "rejected": rejected, "error": error,
-            "rewards": rewards, "correct": {name: is_correct(*pair) for name, pair in rewards.items()}}
+    return {"subset": row["subset"], "id": row["id"], "domain": domain, "chosen": chosen, "rejected": rejected,
+            "error": error, "rewards": rewards, "correct": {name: is_correct(*pair) for name, pair in rewards.items()}}
 
 
 def evaluate(
@@ -213,7 +213,9 @@ def evaluate(
     def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
         picked = [raw.data for raw in chunk]
         convs = [c for row in picked for c in conversations(row)]
-        strong, weak = reward.model_logprobs(convs, on_progress=lambda n: ctx.advance(n / 4))
+        pair = reward.model_logprobs(convs, on_progress=lambda n: ctx.advance(n / 4),
+                                     rows=[row for row in picked for _ in range(2)])
+        strong, weak = pair.strong, pair.weak
         records = []
         for i, row in enumerate(picked):
             errors = [f"{role} {side}: {x}" for role, xs in (("strong", strong), ("weak", weak))
@@ -225,7 +227,7 @@ def evaluate(
                 ctx.counts["scored"] += 1
             chosen = side_record(row["chosen"], strong[2 * i], weak[2 * i])
             rejected = side_record(row["rejected"], strong[2 * i + 1], weak[2 * i + 1])
-            records.append(score_record(row, chosen, rejected, "; ".join(errors) or None))
+            records.append(score_record(row, chosen, rejected, "; ".join(errors) or None, pair.domains[2 * i]))
         return records
 
     start = time.time()
@@ -274,8 +276,22 @@ def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000
         "unscorable": sum(1 for r in records if r["error"]),
         "truncated": sum(1 for r in records if r["chosen"]["truncated"] or r["rejected"]["truncated"]),
         "bootstrap": {"resamples": n_bootstrap, "level": 0.95, "within": "subset"},
+        "routing": routing(records),
         "provenance": provenance,
     }
+
+
+def routing(records: list[dict]) -> dict | None:
+    """With a recipe: the rows routed to each domain, per RewardBench section (the router's confusion matrix
+    against the sections)."""
+    if not any(r.get("domain") for r in records):
+        return None
+    section_of = {s: name for name, subsets in SUBSET_MAPPING.items() for s in subsets}
+    matrix: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        matrix[section_of.get(r["subset"], r["subset"])][r.get("domain") or "none"] += 1
+    return {"domains": dict(Counter(r.get("domain") or "none" for r in records)),
+            "by_section": {section: dict(counts) for section, counts in matrix.items()}}
 
 
 def cell(value: float | None, interval: list[float] | None) -> str:
@@ -308,6 +324,13 @@ def markdown(results: dict) -> str:
     for subset in results["extra_results"]:
         cells = [f"{results['variants'][n]['extra_results'].get(subset, float('nan')):.3f}" for n in names]
         lines.append(f"| {subset} | {counts.get(subset, '')} | " + " | ".join(cells) + " |")
+    if results.get("routing"):
+        domains = sorted(results["routing"]["domains"])
+        lines += ["", f"Routing (recipe `{results['provenance'].get('recipe')}`, router "
+                  f"`{results['provenance'].get('router')}`): rows per section and domain.", "",
+                  "| section | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+        for section, counts in results["routing"]["by_section"].items():
+            lines.append(f"| {section} | " + " | ".join(str(counts.get(d, 0)) for d in domains) + " |")
     t = results.get("timing", {})
     lines += ["", f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
               f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')})."]

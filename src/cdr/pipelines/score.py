@@ -21,6 +21,7 @@ def reward_columns(result: RewardResult) -> dict[str, Any]:
         "strong_tokens": result.strong_tokens,
         "weak_tokens": result.weak_tokens,
         "truncated": result.truncated,
+        "cdr_domain": result.domain,
         "cdr_error": result.error,
     }
 
@@ -59,7 +60,8 @@ def score_file(
                 valid.append((raw, conversation_from_row(raw, fields)))
             except RowError as err:
                 ctx.report(err)
-        results = reward.score([c for _, c in valid], on_progress=lambda n: ctx.advance(n / 2)) if valid else []
+        results = reward.score([c for _, c in valid], rows=[raw.data for raw, _ in valid],
+                               on_progress=lambda n: ctx.advance(n / 2)) if valid else []
         rows = []
         for (raw, _), result in zip(valid, results):
             count_result(result, raw.location, ctx)

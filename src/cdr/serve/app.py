@@ -187,7 +187,7 @@ class LimitsAndMetrics:
 def reward_item(result) -> RewardItem:
     return RewardItem(reward=result.reward, strong_logprob=result.strong_logprob, weak_logprob=result.weak_logprob,
                       strong_tokens=result.strong_tokens, weak_tokens=result.weak_tokens, truncated=result.truncated,
-                      error=result.error)
+                      domain=result.domain, error=result.error)
 
 
 def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
