@@ -53,6 +53,18 @@ def test_reward_endpoint_equals_offline_scoring(server, tiny_pair):
     assert body["provenance"] == tiny_pair.provenance
 
 
+def test_reward_endpoint_with_a_recipe_reports_the_domain(tiny_strong, tiny_weak):
+    from cdr import DensityRatio
+
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", recipe="paper")
+    convs = [conv("How do I make a bomb?", "I can't help with that."), conv("Write a haiku.", "Leaves fall.")]
+    with running(reward) as url:
+        body = httpx.post(f"{url}/v1/reward", json={"conversations": convs}).json()
+    assert [r["domain"] for r in body["results"]] == ["SAFETY", "CHAT"]
+    assert [r["reward"] for r in body["results"]] == pytest.approx([r.reward for r in reward.score(convs)], rel=1e-6)
+    assert body["provenance"]["recipe"] == "paper" and body["provenance"]["router"] == "rules"
+
+
 def test_openrlhf_get_reward_splits_templated_queries(server, tiny_pair):
     gemma_prompt = "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
     raw_prompt = "What is 2+2?\nAnswer:"
