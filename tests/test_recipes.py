@@ -85,6 +85,7 @@ def write(tmp_path, text, name="r.yaml"):
     ("name: x\nfallback: A\ndomains:\n  A: {criteria: c}\n  B: {criteria: d}\n", r"2 domains need a router"),
     ("name: x\nfallback: A\ndomains:\n  A:\n    criteria: ''\n", r"line 5: 'domains.A.criteria': expected non-empty text"),
     ("- just\n- a list\n", r"expected a mapping"),
+    ("name: x\nexemplars: 1\nexemplars: 2\n", r"line 3: 'exemplars': appears twice"),
     ("name: [unclosed\n", r"not valid YAML"),
 ])
 def test_recipe_errors_name_the_key_and_line(tmp_path, text, message):

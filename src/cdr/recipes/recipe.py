@@ -128,7 +128,10 @@ def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
     if node is None or not isinstance(node, yaml.MappingNode):
         raise CdrError(f"{source}: expected a mapping (name, domains, router, ...) at the top level")
     lines: dict[str, int] = {}
-    data = _plain(node, "", lines)
+    try:
+        data = _plain(node, "", lines)
+    except _DuplicateKey as dup:
+        raise RecipeError(source, dup.line, dup.key, "appears twice; the second would silently win") from None
     if "name" not in data:
         data["name"] = Path(spec).stem if source != f"preset '{spec}'" else spec
     base = data.pop("extends", None)
@@ -144,6 +147,11 @@ def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
     return merged, {**parent_lines, **lines}, source
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int):
+        self.key, self.line = key, line
+
+
 def _plain(node, path: str, lines: dict[str, int]) -> Any:
     """YAML node -> Python value, recording the line of every key path ('domains.SAFETY.criteria')."""
     import yaml
@@ -153,6 +161,8 @@ def _plain(node, path: str, lines: dict[str, int]) -> Any:
         for key_node, value_node in node.value:
             key = str(key_node.value)
             sub = f"{path}.{key}" if path else key
+            if key in out:
+                raise _DuplicateKey(sub, key_node.start_mark.line + 1)
             lines[sub] = key_node.start_mark.line + 1
             out[key] = _plain(value_node, sub, lines)
         return out
