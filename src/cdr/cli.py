@@ -58,6 +58,37 @@ def add_annotate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-ties", action="store_true", help="also write pairs whose rewards are equal (skipped by default)")
 
 
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (--engine ray needs the [ray] extra; see docs/ray.md)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: an actor pool on a Ray cluster, output as a directory of Parquet shards")
+    g.add_argument("--ray-address", help="attach to this Ray cluster (e.g. auto, ray://head:10001); default: a local cluster")
+    g.add_argument("--num-actors", type=int, default=1, help="actors, each holding both models of the pair")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (also its torch threads)")
+    g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs reserved per actor (e.g. 1, or 0.5 to pack two)")
+    g.add_argument("--batch-rows", type=int, default=16, help="rows per actor call")
+    g.add_argument("--shard-rows", type=int, default=1024, help="rows per output shard (the unit of resume)")
+
+
+def ray_options(args: argparse.Namespace):
+    from cdr.pipelines.ray_runner import RayOptions
+
+    return RayOptions(address=args.ray_address, num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor,
+                      gpus_per_actor=args.gpus_per_actor, batch_rows=args.batch_rows, shard_rows=args.shard_rows)
+
+
+def run_on_ray(args: argparse.Namespace, job, input_path, output, *, input_format=None, limit=None):
+    from cdr.pipelines.ray_runner import run_identity, run_rows_ray
+
+    options = ray_options(args)  # bad options fail before Ray starts
+    config = reward_config(args)
+    if config.cache not in (None, "none", "", "default"):
+        print("cdr: note: each Ray actor opens the log-prob cache on its own node", file=sys.stderr)
+    return run_rows_ray(input_path, output, job, config, options, key=job.key(run_identity(config)),
+                        input_format=input_format, on_error=args.on_error, overwrite=args.overwrite,
+                        progress=not args.quiet, limit=limit)
+
+
 def annotate_options(args: argparse.Namespace):
     from cdr.pipelines.annotate import AnnotateOptions
 
@@ -74,9 +105,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from cdr.pipelines.runner import check_paths
     from cdr.pipelines.score import score_file
 
+    fields = Fields(messages=args.messages_field, prompt=args.prompt_field, response=args.response_field)
+    if args.engine == "ray":
+        from cdr.pipelines.score import ScoreJob
+
+        print(run_on_ray(args, ScoreJob(fields), args.input, args.output, input_format=args.input_format).render())
+        return 0
     check_paths(args.input, args.output, args.input_format, args.output_format)
     reward = load_reward(args)
-    fields = Fields(messages=args.messages_field, prompt=args.prompt_field, response=args.response_field)
     print(score_file(args.input, args.output, reward, fields=fields, **run_options(args)).render())
     print_cache_use(reward)
     return 0
@@ -101,9 +137,17 @@ def print_cache_use(reward) -> None:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from cdr.pipelines.annotate import annotate_file
+    from cdr.pipelines.annotate import AnnotateJob, annotate_file
     from cdr.pipelines.runner import check_paths
 
+    if args.engine == "ray":
+        from cdr.length_report import write_length_report
+
+        job = AnnotateJob(annotate_options(args), args.prompt_field, args.responses_field)
+        summary = run_on_ray(args, job, args.input, args.output, input_format=args.input_format)
+        summary.extra = write_length_report(summary.output)
+        print(summary.render())
+        return 0
     check_paths(args.input, args.output, args.input_format, args.output_format)
     reward = load_reward(args)
     summary = annotate_file(args.input, args.output, reward, options=annotate_options(args), prompt_field=args.prompt_field,
@@ -176,12 +220,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     chosen = selection(args)
     loaded = load_rewardbench(args.data, chosen, args.on_error)  # bad data fails before any model loads
+    common = dict(selection=chosen, on_error=args.on_error, overwrite=args.overwrite, progress=not args.quiet,
+                  n_bootstrap=args.bootstrap, loaded=loaded)
+    if args.engine == "ray":
+        from cdr.pipelines.evaluate import evaluate_on_ray
+
+        evaluate_on_ray(args.data, args.output_dir, reward_config(args), ray_options(args), **common)
+        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+        return 0
     start = time.time()
     reward = load_reward(args)
     load_s = time.time() - start
-    results = evaluate(args.data, args.output_dir, reward, selection=chosen, on_error=args.on_error,
-                       chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=not args.quiet,
-                       n_bootstrap=args.bootstrap, load_seconds=load_s, loaded=loaded)
+    results = evaluate(args.data, args.output_dir, reward, chunk_rows=args.chunk_rows, load_seconds=load_s, **common)
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
     print(f"written: {args.output_dir}/results.json, scores.jsonl, results.md, sections.png")
     if results["unscorable"]:
@@ -263,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages-field", default="messages", help="column with the whole conversation (last turn = response)")
     p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
     p.add_argument("--response-field", default="response", help="column with the response text")
+    add_engine_options(p)
     add_reward_options(p)
     p.set_defaults(func=cmd_score)
 
@@ -273,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of best-random's choice (per prompt, stable across resumes)")
     p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
     p.add_argument("--responses-field", default="responses", help="column with the list of candidate responses")
+    add_engine_options(p)
     add_reward_options(p)
     p.set_defaults(func=cmd_annotate)
 
@@ -308,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_selection_options(p)
+    add_engine_options(p)
     add_reward_options(p)
     p.set_defaults(func=cmd_eval)
 

@@ -77,10 +77,12 @@ def iter_rows(path: str | Path, fmt: str | None = None, batch_rows: int = 1024) 
         yield from _iter_csv(path, batch_rows)
 
 
-def _iter_jsonl(path: str | Path) -> Iterator[RawRow]:
-    index = 0
+def _iter_jsonl(path: str | Path, offset: int = 0, first_line: int = 1, first_index: int = 0) -> Iterator[RawRow]:
+    """Rows from byte ``offset`` on (which must start a line: line number ``first_line``, row ``first_index``)."""
+    index = first_index
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(offset)
+        for lineno, raw in enumerate(f, start=first_line):
             if not raw.strip():
                 continue
             where = f"line {lineno}"

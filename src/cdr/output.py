@@ -157,6 +157,10 @@ def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:
 def read_output(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
     """Read a finished output back as rows (nested columns decoded from CSV's JSON text)."""
     path = Path(path)
+    if (path / "cdr-ray.json").exists():  # a directory of Parquet shards from --engine ray
+        from cdr.pipelines.ray_runner import read_shards
+
+        return read_shards(path)
     fmt = detect_format(path, fmt, output=True)
     if fmt == "jsonl":
         with open(path, encoding="utf-8") as f:

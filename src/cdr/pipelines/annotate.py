@@ -19,7 +19,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cdr.conversation import Conversation, ConversationError, Message, validate_prompt
 from cdr.data import RawRow
@@ -142,6 +142,81 @@ def choose_pairs(scores: list[float | None], options: AnnotateOptions, pid: str)
     return kept, (None if kept else reason)
 
 
+@dataclass(frozen=True)
+class AnnotateJob:
+    """What ``cdr annotate`` does to a chunk of rows, for any engine (see ``ScoreJob``)."""
+
+    options: AnnotateOptions = AnnotateOptions()
+    prompt_field: str = "prompt"
+    responses_field: str = "responses"
+    summary_order = SUMMARY
+    desc = "annotating"
+
+    @property
+    def annotation(self) -> dict[str, Any]:
+        o = self.options
+        return {"strategy": o.strategy, "min_margin": o.min_margin, "seed": o.seed, "keep_ties": o.keep_ties}
+
+    def key(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """What identifies a run for resume: the job's options and what produces the rewards."""
+        return {"command": "annotate", "prompt_field": self.prompt_field, "responses_field": self.responses_field,
+                "annotation": self.annotation, "provenance": provenance}
+
+    def processor(self, reward: DensityRatio) -> Callable[[list[RawRow], ChunkContext], list[dict[str, Any]]]:
+        provenance = reward.provenance
+        options, annotation = self.options, self.annotation
+        prompt_field, responses_field = self.prompt_field, self.responses_field
+
+        def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict[str, Any]]:
+            rows: list[tuple[RawRow, CandidateRow]] = []
+            for raw in chunk:
+                try:
+                    rows.append((raw, parse_candidates(raw, prompt_field, responses_field, ctx)))
+                except RowError as err:
+                    ctx.report(err)
+            convs = [Conversation(row.prompt + (Message("assistant", text),)) for _, row in rows for text in row.candidates]
+            per_pass = len(chunk) / max(1, 2 * len(convs))
+            source_rows = [raw.data for raw, row in rows for _ in row.candidates]  # for a recipe's column router
+            results = reward.score(convs, rows=source_rows, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
+            out, at = [], 0
+            for raw, row in rows:
+                res = results[at : at + len(row.candidates)]
+                at += len(row.candidates)
+                scores = [r.reward for r in res]
+                pid = prompt_id(row.prompt_dicts)
+                for r in res:
+                    if r.error:
+                        ctx.note(raw.location, "unscorable", r.error)
+                pairs, reason = choose_pairs(scores, options, pid)
+                if reason:
+                    ctx.counts[reason] += 1
+                all_scores = [None] * (max(row.indices) + 1)
+                for i, s in zip(row.indices, scores):
+                    all_scores[i] = s
+                for a, b in pairs:
+                    ctx.counts["pairs"] += 1
+                    out.append({
+                        "prompt": row.prompt_dicts,
+                        "chosen": [{"role": "assistant", "content": row.candidates[a]}],
+                        "rejected": [{"role": "assistant", "content": row.candidates[b]}],
+                        "prompt_id": pid,
+                        "score_chosen": scores[a],
+                        "score_rejected": scores[b],
+                        "chosen_index": row.indices[a],
+                        "rejected_index": row.indices[b],
+                        "chosen_tokens": res[a].strong_tokens,
+                        "rejected_tokens": res[b].strong_tokens,
+                        "scores": all_scores,
+                        "cdr_domain": res[a].domain,
+                        **row.extra,
+                        **provenance_columns(provenance),
+                        **{f"cdr_{k}": v for k, v in annotation.items()},
+                    })
+            return out
+
+        return process
+
+
 def annotate_file(
     input_path: str | Path,
     output_path: str | Path,
@@ -153,60 +228,9 @@ def annotate_file(
     length_report: bool = True,
     **run_options: Any,
 ) -> RunSummary:
-    provenance = reward.provenance
-    annotation = {"strategy": options.strategy, "min_margin": options.min_margin, "seed": options.seed,
-                  "keep_ties": options.keep_ties}
-
-    def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict[str, Any]]:
-        rows: list[tuple[RawRow, CandidateRow]] = []
-        for raw in chunk:
-            try:
-                rows.append((raw, parse_candidates(raw, prompt_field, responses_field, ctx)))
-            except RowError as err:
-                ctx.report(err)
-        convs = [Conversation(row.prompt + (Message("assistant", text),)) for _, row in rows for text in row.candidates]
-        per_pass = len(chunk) / max(1, 2 * len(convs))
-        source_rows = [raw.data for raw, row in rows for _ in row.candidates]  # for a recipe's column router
-        results = reward.score(convs, rows=source_rows, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
-        out, at = [], 0
-        for raw, row in rows:
-            res = results[at : at + len(row.candidates)]
-            at += len(row.candidates)
-            scores = [r.reward for r in res]
-            pid = prompt_id(row.prompt_dicts)
-            for r in res:
-                if r.error:
-                    ctx.note(raw.location, "unscorable", r.error)
-            pairs, reason = choose_pairs(scores, options, pid)
-            if reason:
-                ctx.counts[reason] += 1
-            all_scores = [None] * (max(row.indices) + 1)
-            for i, s in zip(row.indices, scores):
-                all_scores[i] = s
-            for a, b in pairs:
-                ctx.counts["pairs"] += 1
-                out.append({
-                    "prompt": row.prompt_dicts,
-                    "chosen": [{"role": "assistant", "content": row.candidates[a]}],
-                    "rejected": [{"role": "assistant", "content": row.candidates[b]}],
-                    "prompt_id": pid,
-                    "score_chosen": scores[a],
-                    "score_rejected": scores[b],
-                    "chosen_index": row.indices[a],
-                    "rejected_index": row.indices[b],
-                    "chosen_tokens": res[a].strong_tokens,
-                    "rejected_tokens": res[b].strong_tokens,
-                    "scores": all_scores,
-                    "cdr_domain": res[a].domain,
-                    **row.extra,
-                    **provenance_columns(provenance),
-                    **{f"cdr_{k}": v for k, v in annotation.items()},
-                })
-        return out
-
-    key = {"command": "annotate", "prompt_field": prompt_field, "responses_field": responses_field,
-           "annotation": annotation, "provenance": provenance}
-    summary = run_rows(input_path, output_path, process, key=key, summary_order=SUMMARY, desc="annotating", **run_options)
+    job = AnnotateJob(options, prompt_field, responses_field)
+    summary = run_rows(input_path, output_path, job.processor(reward), key=job.key(reward.provenance), summary_order=job.summary_order,
+                       desc=job.desc, **run_options)
     if length_report:
         from cdr.length_report import write_length_report
 

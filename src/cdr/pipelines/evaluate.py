@@ -187,6 +187,41 @@ def score_record(row: dict, chosen: dict, rejected: dict, error: str | None, dom
             "error": error, "rewards": rewards, "correct": {name: is_correct(*pair) for name, pair in rewards.items()}}
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """What ``cdr eval`` does to a chunk of selected rows (``rows.jsonl``), for any engine (see ``ScoreJob``)."""
+
+    summary_order = ("scored", "unscorable")
+    desc = "evaluating"
+
+    def key(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """What identifies a run for resume: the job's options and what produces the rewards."""
+        return {"command": "eval", "provenance": provenance}
+
+    def processor(self, reward: DensityRatio):
+        def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
+            picked = [raw.data for raw in chunk]
+            convs = [c for row in picked for c in conversations(row)]
+            pair = reward.model_logprobs(convs, on_progress=lambda n: ctx.advance(n / 4),
+                                         rows=[row for row in picked for _ in range(2)])
+            strong, weak = pair.strong, pair.weak
+            records = []
+            for i, row in enumerate(picked):
+                errors = [f"{role} {side}: {x}" for role, xs in (("strong", strong), ("weak", weak))
+                          for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1])) if isinstance(x, Exception)]
+                if errors:
+                    ctx.counts["unscorable"] += 1
+                    ctx.note(row["source"], "unscorable", "; ".join(errors))
+                else:
+                    ctx.counts["scored"] += 1
+                chosen = side_record(row["chosen"], strong[2 * i], weak[2 * i])
+                rejected = side_record(row["rejected"], strong[2 * i + 1], weak[2 * i + 1])
+                records.append(score_record(row, chosen, rejected, "; ".join(errors) or None, pair.domains[2 * i]))
+            return records
+
+        return process
+
+
 def evaluate(
     source: str,
     output_dir: str | Path,
@@ -210,40 +245,62 @@ def evaluate(
     write_if_changed(out_dir / "rows.jsonl", rows_text)
     provenance = reward.provenance
 
-    def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
-        picked = [raw.data for raw in chunk]
-        convs = [c for row in picked for c in conversations(row)]
-        pair = reward.model_logprobs(convs, on_progress=lambda n: ctx.advance(n / 4),
-                                     rows=[row for row in picked for _ in range(2)])
-        strong, weak = pair.strong, pair.weak
-        records = []
-        for i, row in enumerate(picked):
-            errors = [f"{role} {side}: {x}" for role, xs in (("strong", strong), ("weak", weak))
-                      for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1])) if isinstance(x, Exception)]
-            if errors:
-                ctx.counts["unscorable"] += 1
-                ctx.note(row["source"], "unscorable", "; ".join(errors))
-            else:
-                ctx.counts["scored"] += 1
-            chosen = side_record(row["chosen"], strong[2 * i], weak[2 * i])
-            rejected = side_record(row["rejected"], strong[2 * i + 1], weak[2 * i + 1])
-            records.append(score_record(row, chosen, rejected, "; ".join(errors) or None, pair.domains[2 * i]))
-        return records
+    job = EvalJob()
 
     start = time.time()
-    key = {"command": "eval", "provenance": provenance}
-    summary = run_rows(out_dir / "rows.jsonl", out_dir / "scores.jsonl", process, key=key,
-                       summary_order=("scored", "unscorable"), chunk_rows=chunk_rows, overwrite=overwrite,
-                       progress=progress, desc="evaluating")
-    seconds = time.time() - start
+    summary = run_rows(out_dir / "rows.jsonl", out_dir / "scores.jsonl", job.processor(reward), key=job.key(reward.provenance),
+                       summary_order=job.summary_order, chunk_rows=chunk_rows, overwrite=overwrite,
+                       progress=progress, desc=job.desc)
     records = [json.loads(line) for line in open(out_dir / "scores.jsonl", encoding="utf-8")]
-    results = build_results(records, provenance, n_bootstrap)
-    results["data"] = {"source": source, "sha256": _sha256_text(rows_text), "rows": len(rows),
-                       "selection": selection.__dict__, "skipped_rows": problems}
-    results["timing"] = {"load_s": load_seconds, "scoring_s_this_run": round(seconds, 2),
-                         "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
+    timing = {"load_s": load_seconds, "scoring_s_this_run": round(time.time() - start, 2),
+              "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
     if reward.cache is not None:
-        results["timing"]["cache"] = {"reused": reward.cache.hits, "computed": reward.cache.misses}
+        timing["cache"] = {"reused": reward.cache.hits, "computed": reward.cache.misses}
+    return _write_results(out_dir, records, provenance, n_bootstrap, source, rows_text, selection, problems, timing)
+
+
+def evaluate_on_ray(
+    source: str,
+    output_dir: str | Path,
+    config,
+    options,
+    *,
+    selection: Selection = Selection(),
+    on_error: str = "skip",
+    overwrite: bool = False,
+    progress: bool = True,
+    n_bootstrap: int = 1000,
+    loaded: tuple[list[dict], list[dict]] | None = None,
+) -> dict:
+    """``evaluate`` with the rows scored by a Ray actor pool (``options``: RayOptions) into ``DIR/shards/``;
+    the same outputs, plus the shards."""
+    from cdr.pipelines.ray_runner import run_identity, run_provenance, run_rows_ray
+
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, problems = loaded or load_rewardbench(source, selection, on_error)
+    rows_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_if_changed(out_dir / "rows.jsonl", rows_text)
+    job = EvalJob()
+    start = time.time()
+    summary = run_rows_ray(out_dir / "rows.jsonl", out_dir / "shards", job, config, options,
+                           key=job.key(run_identity(config)), on_error=on_error, overwrite=overwrite, progress=progress)
+    from cdr.pipelines.ray_runner import read_shards
+
+    records = read_shards(out_dir / "shards")
+    atomic_write_text(out_dir / "scores.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    timing = {"engine": "ray", "num_actors": options.num_actors, "scoring_s_this_run": round(time.time() - start, 2),
+              "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
+    return _write_results(out_dir, records, run_provenance(out_dir / "shards"), n_bootstrap, source, rows_text,
+                          selection, problems, timing)
+
+
+def _write_results(out_dir: Path, records: list[dict], provenance: dict, n_bootstrap: int, source: str, rows_text: str,
+                   selection: Selection, problems: list[dict], timing: dict) -> dict:
+    results = build_results(records, provenance, n_bootstrap)
+    results["data"] = {"source": source, "sha256": _sha256_text(rows_text), "rows": len(records),
+                       "selection": selection.__dict__, "skipped_rows": problems}
+    results["timing"] = timing
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", markdown(results))
     from cdr.plots import section_bars

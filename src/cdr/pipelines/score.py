@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cdr.data import Fields, RawRow, conversation_from_row
 from cdr.errors import RowError
@@ -39,6 +40,41 @@ def count_result(result: RewardResult, location: str, ctx: ChunkContext) -> None
         ctx.counts["truncated"] += int(result.truncated)
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """What ``cdr score`` does to a chunk of rows, independent of the engine that runs it (one process, or
+    Ray actors that each build their own reward): picklable, so it can travel to a worker."""
+
+    fields: Fields = Fields()
+    summary_order = SUMMARY
+    desc = "scoring"
+
+    def key(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """What identifies a run for resume: the job's options and what produces the rewards."""
+        return {"command": "score", "fields": self.fields.__dict__, "provenance": provenance}
+
+    def processor(self, reward: DensityRatio) -> Callable[[list[RawRow], ChunkContext], list[dict[str, Any]]]:
+        provenance = reward.provenance
+        fields = self.fields
+
+        def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict[str, Any]]:
+            valid = []
+            for raw in chunk:
+                try:
+                    valid.append((raw, conversation_from_row(raw, fields)))
+                except RowError as err:
+                    ctx.report(err)
+            results = reward.score([c for _, c in valid], rows=[raw.data for raw, _ in valid],
+                                   on_progress=lambda n: ctx.advance(n / 2)) if valid else []
+            rows = []
+            for (raw, _), result in zip(valid, results):
+                count_result(result, raw.location, ctx)
+                rows.append({**(raw.data or {}), **reward_columns(result), **provenance_columns(provenance)})
+            return rows
+
+        return process
+
+
 def score_file(
     input_path: str | Path,
     output_path: str | Path,
@@ -51,22 +87,6 @@ def score_file(
 
     ``run_options`` go to ``run_rows``: input_format, output_format, on_error, chunk_rows, overwrite, progress.
     """
-    provenance = reward.provenance
-
-    def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict[str, Any]]:
-        valid = []
-        for raw in chunk:
-            try:
-                valid.append((raw, conversation_from_row(raw, fields)))
-            except RowError as err:
-                ctx.report(err)
-        results = reward.score([c for _, c in valid], rows=[raw.data for raw, _ in valid],
-                               on_progress=lambda n: ctx.advance(n / 2)) if valid else []
-        rows = []
-        for (raw, _), result in zip(valid, results):
-            count_result(result, raw.location, ctx)
-            rows.append({**(raw.data or {}), **reward_columns(result), **provenance_columns(provenance)})
-        return rows
-
-    key = {"command": "score", "fields": fields.__dict__, "provenance": provenance}
-    return run_rows(input_path, output_path, process, key=key, summary_order=SUMMARY, desc="scoring", **run_options)
+    job = ScoreJob(fields)
+    return run_rows(input_path, output_path, job.processor(reward), key=job.key(reward.provenance), summary_order=job.summary_order,
+                    desc=job.desc, **run_options)
