@@ -66,7 +66,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-actors", type=int, default=1, help="actors, each holding both models of the pair")
     g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (also its torch threads)")
     g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs reserved per actor (e.g. 1, or 0.5 to pack two)")
-    g.add_argument("--batch-rows", type=int, default=16, help="rows per actor call")
+    g.add_argument("--batch-rows", "--batch-size", dest="batch_rows", type=int, default=16, help="rows per actor call (a piece)")
     g.add_argument("--shard-rows", type=int, default=1024, help="rows per output shard (the unit of resume)")
 
 
