@@ -156,27 +156,47 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--timing-rows", type=int, default=24)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: routers, timing")
+    p.add_argument("--report-only", action="store_true",
+                   help="tabulate the finished runs in OUT/runs (and OUT/routers.json, OUT/timing.json); score nothing")
+    p.add_argument("--vanilla-from", help="take the vanilla row from this `cdr eval` results.json (the same computation, "
+                   "e.g. benchmarks/results/eval_mini/results.json) instead of running it")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(","))
 
-    results = {name: run_eval(name, args.data, out, quiet=True) for name in args.variants.split(",")}
+    names = args.variants.split(",")
+    results = {}
+    for name in names:
+        if name == "vanilla" and args.vanilla_from:
+            results[name] = json.loads(Path(args.vanilla_from).read_text())
+        elif args.report_only:
+            path = out / "runs" / name / "results.json"
+            if path.exists():
+                results[name] = json.loads(path.read_text())
+        else:
+            results[name] = run_eval(name, args.data, out, quiet=True)
     summary = {"data": args.data, "variants": {n: {"recipe": VARIANTS[n][0], "args": VARIANTS[n][1],
                                                    "model": r["model"], "ref_model": r["ref_model"],
                                                    "variants": r["variants"], "routing": r.get("routing"),
                                                    "timing": r["timing"]} for n, r in results.items()}}
+    if args.vanilla_from and "vanilla" in summary["variants"]:
+        summary["variants"]["vanilla"]["from"] = args.vanilla_from
     lines = [f"Recipe ablation on `{args.data}` ({next(iter(results.values()))['num_prompts']} rows); "
              "95% bootstrap intervals (rows resampled within subsets)."]
     for variant in ("sum", "mean", "mean_diff"):
         lines += [""] + ablation_table(results, variant)
-    if "routers" not in skip:
-        summary["routers"] = r = routers(args.data, args.router_data)
+    if "routers" not in skip and not args.report_only:
+        (out / "routers.json").write_text(json.dumps(routers(args.data, args.router_data), indent=2))
+    if (out / "routers.json").exists():
+        summary["routers"] = r = json.loads((out / "routers.json").read_text())
         for label, title in (("rules", "Rules router"), ("rules_dev", "Rules router"), ("llm", f"LLM router ({SMOL})")):
             lines += ["", *matrix_lines(f"{title} on `{r[label]['data']}` ({r[label]['rows']} rows, "
                                         f"{1000 * r[label]['seconds_per_row']:.2f} ms/row)", r[label]["matrix"])]
-    if "timing" not in skip:
-        summary["timing"] = t = timing(args.data, args.timing_rows)
+    if "timing" not in skip and not args.report_only:
+        (out / "timing.json").write_text(json.dumps(timing(args.data, args.timing_rows), indent=2))
+    if (out / "timing.json").exists():
+        summary["timing"] = t = json.loads((out / "timing.json").read_text())
         lines += ["", f"Cost: {t['responses']} responses, cache off, best of 2 alternating runs: vanilla "
                   f"{t['best_s']['vanilla']:.1f} s, paper {t['best_s']['paper']:.1f} s "
                   f"(x{t['ratio_paper_over_vanilla']:.2f}); strong-model tokens {t['strong_tokens']['vanilla']} vs "
