@@ -239,12 +239,8 @@ def evaluate(
     """Score the selected rows (resuming an interrupted run of the same command) and write
     results.json, scores.jsonl, results.md and sections.png into ``output_dir``. Returns the results."""
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows, problems = loaded or load_rewardbench(source, selection, on_error)
-    rows_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    write_if_changed(out_dir / "rows.jsonl", rows_text)
+    problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)
     provenance = reward.provenance
-
     job = EvalJob()
 
     start = time.time()
@@ -274,19 +270,14 @@ def evaluate_on_ray(
 ) -> dict:
     """``evaluate`` with the rows scored by a Ray actor pool (``options``: RayOptions) into ``DIR/shards/``;
     the same outputs, plus the shards."""
-    from cdr.pipelines.ray_runner import run_identity, run_provenance, run_rows_ray
+    from cdr.pipelines.ray_runner import read_shards, run_identity, run_provenance, run_rows_ray
 
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows, problems = loaded or load_rewardbench(source, selection, on_error)
-    rows_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    write_if_changed(out_dir / "rows.jsonl", rows_text)
+    problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)
     job = EvalJob()
     start = time.time()
     summary = run_rows_ray(out_dir / "rows.jsonl", out_dir / "shards", job, config, options,
                            key=job.key(run_identity(config)), on_error=on_error, overwrite=overwrite, progress=progress)
-    from cdr.pipelines.ray_runner import read_shards
-
     records = read_shards(out_dir / "shards")
     atomic_write_text(out_dir / "scores.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     timing = {"engine": "ray", "num_actors": options.num_actors, "scoring_s_this_run": round(time.time() - start, 2),
@@ -295,10 +286,21 @@ def evaluate_on_ray(
                           selection, problems, timing)
 
 
+def _prepare_rows(out_dir: Path, source: str, selection: Selection, on_error: str,
+                  loaded: tuple[list[dict], list[dict]] | None) -> tuple[list[dict], str]:
+    """Load and select the rows (unless ``loaded`` already holds them) and pin them in ``DIR/rows.jsonl``, which every
+    engine then reads; returns the skipped-row problems and the file's text."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, problems = loaded or load_rewardbench(source, selection, on_error)
+    rows_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_if_changed(out_dir / "rows.jsonl", rows_text)
+    return problems, rows_text
+
+
 def _write_results(out_dir: Path, records: list[dict], provenance: dict, n_bootstrap: int, source: str, rows_text: str,
                    selection: Selection, problems: list[dict], timing: dict) -> dict:
     results = build_results(records, provenance, n_bootstrap)
-    results["data"] = {"source": source, "sha256": _sha256_text(rows_text), "rows": len(records),
+    results["data"] = {"source": source, "sha256": _sha256_text(rows_text), "rows": rows_text.count("\n"),
                        "selection": selection.__dict__, "skipped_rows": problems}
     results["timing"] = timing
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
