@@ -160,6 +160,22 @@ def test_config_file_and_flags(tmp_path, tiny_strong, tiny_weak):
     assert r["reward"] == pytest.approx(r["strong_logprob"] / r["strong_tokens"] - r["weak_logprob"] / r["weak_tokens"])
 
 
+def test_speed_flags_reach_the_config(tmp_path):
+    import argparse
+
+    from cdr.cli import add_reward_options, reward_config
+
+    parser = argparse.ArgumentParser()
+    add_reward_options(parser)
+    assert (reward_config(parser.parse_args([])).overlap, reward_config(parser.parse_args([])).prompt_sharing) == (False, True)
+    config = reward_config(parser.parse_args(["--overlap", "--no-prompt-sharing"]))
+    assert config.overlap is True and config.prompt_sharing is False
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("overlap: true\nprompt_sharing: false\n")
+    from_file = reward_config(parser.parse_args(["--config", str(cfg)]))
+    assert from_file.overlap is True and from_file.prompt_sharing is False  # absent flags do not override the file
+
+
 def test_hub_model_offline_is_a_clear_error(tmp_path, tiny_weak):
     """The hub loading path is real code; offline it must fail with a message, not a traceback."""
     src = write_jsonl(tmp_path / "in.jsonl", rows(1))

@@ -95,3 +95,26 @@ def test_bad_conversation_names_its_index(tiny_pair):
     with pytest.raises(ConversationError) as info:
         tiny_pair.score([conv("Paris."), [{"role": "user", "content": "hi"}]])
     assert info.value.field == "conversations[1][0].role"
+
+
+def test_overlap_scores_both_models_at_once_with_the_same_numbers(tiny_strong, tiny_weak, tiny_pair):
+    import os
+
+    import torch
+
+    from cdr.reward import as_conversations
+
+    threads = torch.get_num_threads()
+    try:
+        overlapped = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", overlap=True)
+        assert overlapped.config.threads == max(1, (os.cpu_count() or 2) // 2)
+        convs = [conv(a) for a in ["Paris.", "Berlin is the capital of France. " * 5, "Paris, of course."]]
+        done = []
+        pair = overlapped.model_logprobs(as_conversations(convs), on_progress=done.append)
+        assert sum(done) == 2 * len(convs)  # both models' progress, each response once per model
+        expected = tiny_pair.score(convs)
+        assert [x.total for x in pair.strong] == pytest.approx([r.strong_logprob for r in expected], abs=1e-4)
+        assert [x.total for x in pair.weak] == pytest.approx([r.weak_logprob for r in expected], abs=1e-4)
+        assert [r.reward for r in overlapped.score(convs)] == pytest.approx([r.reward for r in expected], abs=1e-4)
+    finally:
+        torch.set_num_threads(threads)

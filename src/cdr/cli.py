@@ -26,6 +26,9 @@ def add_reward_options(p: argparse.ArgumentParser) -> None:
                        help=RewardConfig.help(name))
     g.add_argument("--exclude-eot", action="store_true", help="do not score the end-of-turn token(s) after the response")
     g.add_argument("--trust-remote-code", action="store_true", help=RewardConfig.help("trust_remote_code"))
+    g.add_argument("--overlap", action="store_true", default=None, help=RewardConfig.help("overlap"))
+    g.add_argument("--no-prompt-sharing", dest="prompt_sharing", action="store_false", default=None,
+                   help="run every response's prompt again (the plain path; for measuring prompt sharing)")
 
 
 def reward_config(args: argparse.Namespace) -> RewardConfig:
@@ -34,6 +37,9 @@ def reward_config(args: argparse.Namespace) -> RewardConfig:
         overrides["include_eot"] = False
     if args.trust_remote_code:
         overrides["trust_remote_code"] = True
+    for flag in ("overlap", "prompt_sharing"):
+        if getattr(args, flag, None) is not None:
+            overrides[flag] = getattr(args, flag)
     if args.config:
         return RewardConfig.from_yaml(args.config, **overrides)
     return RewardConfig(**overrides)

@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -206,6 +209,9 @@ class DensityRatio:
             config = RewardConfig(strong=strong, weak=weak, **options)
         elif options:
             config = dataclasses.replace(config, **options)
+        if config.overlap and config.threads is None:
+            # torch's thread setting is per process: two models computing at once each get half the cores
+            config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 2) // 2))
         self.config = config
         self.recipe: Recipe = load_recipe(config.recipe)
         self.cache = open_cache(config.cache)
@@ -267,8 +273,20 @@ class DensityRatio:
         """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
         custom = self.customize(conversations, rows)
         include_eot = self.config.include_eot
-        strong = self.strong.logprobs([c.strong for c in custom], self.strong.renderer, include_eot, on_progress)
-        weak = self.weak.logprobs([c.weak for c in custom], self.weak_renderer, include_eot, on_progress)
+        strong_job = (self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot)
+        weak_job = (self.weak.logprobs, [c.weak for c in custom], self.weak_renderer, include_eot)
+        if self.config.overlap:
+            lock = threading.Lock()
+
+            def progress(n: int) -> None:
+                with lock:
+                    on_progress(n)
+
+            with ThreadPoolExecutor(2, thread_name_prefix="cdr-model") as pool:
+                futures = [pool.submit(*job, progress if on_progress else None) for job in (strong_job, weak_job)]
+                strong, weak = (f.result() for f in futures)
+        else:
+            strong, weak = (fn(convs, renderer, eot, on_progress) for fn, convs, renderer, eot in (strong_job, weak_job))
         return PairLogprobs(strong, weak, [c.domain for c in custom])
 
     def score(
