@@ -1,0 +1,332 @@
+"""How fast and lean is pair scoring? cdr's transformers backend against lm-evaluation-harness, llama.cpp and
+itself in bf16, on the same token ids; prompt sharing on best-of-8; FLOP/s against this machine's matmul peak.
+
+    python benchmarks/scoring_speed.py                         # every part, first 460 responses of the mini set
+    python benchmarks/scoring_speed.py --responses 60          # a quicker cut
+    python benchmarks/scoring_speed.py --parts matmul,bestof8  # some parts only
+
+Parts:
+- matmul: this machine's fp32 (and bf16) matmul throughput, torch on all cores, best of several 2048^3 products.
+- engines: for each model of the embedded pair (SmolLM2 with its chat template, gemma with the plain format, as
+  `cdr` renders them), the first --responses responses of the mini set become token-id requests once; each
+  engine scores the same requests in a process of its own (peak RSS of that process, cache off):
+    cdr        the hf backend as shipped (LM head on response positions only, chunked logsumexp, token-budget
+               batches sorted by length, prompt sharing between a row's chosen and rejected);
+    cdr-bf16   the same in bfloat16 (opt-in, --dtype bfloat16);
+    lm-eval    lm-evaluation-harness's HFLM._loglikelihood_tokens (the token-level core of HFLM.loglikelihood)
+               on the same model object and the same token ids, --lm-eval-batch requests per batch;
+    llamacpp   cdr's llama.cpp backend (one sequence at a time, eval + scores, own log-softmax) on the GGUF file.
+  Scores are compared per token with lm-eval (a plain full-vocabulary log-softmax: the reference path).
+  "Useful" FLOPs are those the scoring needs, whatever the engine: every linear layer at every position,
+  attention over the causal context, and the LM head at the response positions only; FLOP/s is that over the
+  engine's time, as a fraction of the fp32 matmul peak.
+- pair: the whole default pair through the Python API (`DensityRatio.score`), the strong model then the weak one
+  (each on all cores) against both at once (`overlap=True`, two threads, half the cores each); rewards per
+  second with loading excluded and reported, and the same rewards required.
+- bestof8: SmolLM2, --bestof-prompts prompts each with the paper recipe's REASONING context (criteria and two
+  exemplar blocks, about 400 tokens with the prompt) and 8 candidate responses; prompt sharing on against off, alternating,
+  best of 2, the same scores required.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
+ENGINES = ("cdr", "lm-eval", "llamacpp")  # and "cdr-bf16" on request (--engines)
+
+
+def _status_mib(field: str) -> float:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":")) / 1024
+
+
+def requests_for(scorer, n: int):
+    """The first n responses of the mini set as the token-id requests cdr scores."""
+    from cdr.backends import LogprobRequest
+    from cdr.pipelines.evaluate import conversations, load_rewardbench
+
+    rows, _ = load_rewardbench("mini", log=lambda _: None)
+    convs = [c for row in rows for c in conversations(row)][:n]
+    spans = [scorer.span(c, scorer.renderer, True) for c in convs]
+    return [LogprobRequest(s.token_ids, s.start) for s in spans]
+
+
+def useful_flops(model, requests) -> float:
+    """Matmul FLOPs the scoring needs: linear layers at every position, causal attention, LM head on responses."""
+    import torch
+
+    config = model.config
+    head = model.get_output_embeddings().weight
+    embed = model.get_input_embeddings().weight
+    linear = sum(m.weight.numel() for m in model.get_decoder().modules()
+                 if isinstance(m, torch.nn.Linear) and m.weight is not embed)
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    window = getattr(config, "sliding_window", None)
+    total = 0.0
+    for r in requests:
+        n = len(r.token_ids)
+        total += 2 * linear * n
+        total += 4 * layers * heads * head_dim * n * (n + 1) / 2  # QK^T and AV over the causal context (no window)
+        total += 2 * head.shape[0] * head.shape[1] * (n - r.response_start)
+    return total, {"linear_params": linear, "window_ignored": window}
+
+
+def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_path: str) -> None:
+    """Runs in a subprocess: load, build the requests, score them once, write one JSON file."""
+    import torch
+
+    from cdr.config import RewardConfig
+    from cdr.models import resolve_model
+    from cdr.reward import ModelScorer
+
+    t0 = time.time()
+    backend = "llamacpp" if engine == "llamacpp" else "hf"
+    dtype = "bfloat16" if engine == "cdr-bf16" else "float32"
+    scorer = ModelScorer(resolve_model(model_name), backend, RewardConfig(cache="none", dtype=dtype), None)
+    requests = requests_for(scorer, n)
+    if engine == "lm-eval":
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=scorer.backend.model, tokenizer=scorer.tokenizer, batch_size=lm_eval_batch,
+                  max_length=max(len(r.token_ids) for r in requests) + 1)
+        payload = [(("", ""), list(r.token_ids[: r.response_start]), list(r.token_ids[r.response_start :]))
+                   for r in requests]
+    load_s = time.time() - t0
+    rss_loaded = _status_mib("VmRSS")
+    t0 = time.time()
+    if engine == "lm-eval":
+        totals = [ll for ll, _ in lm._loglikelihood_tokens(payload, disable_tqdm=True)]
+    else:
+        totals = [float(lp.sum()) for lp in scorer.backend.response_logprobs(requests)]
+    seconds = time.time() - t0
+    result = {"model": model_name, "engine": engine, "responses": len(requests),
+              "tokens": sum(len(r.token_ids) for r in requests),
+              "response_tokens": sum(len(r.token_ids) - r.response_start for r in requests),
+              "lengths": [len(r.token_ids) - r.response_start for r in requests],
+              "load_s": load_s, "seconds": seconds, "threads": torch.get_num_threads(),
+              "rss_loaded_mib": rss_loaded, "peak_rss_mib": _status_mib("VmHWM"), "totals": totals}
+    if engine in ("cdr", "lm-eval"):
+        result["useful_flops"], result["flop_notes"] = useful_flops(scorer.backend.model, requests)
+    if engine == "lm-eval":
+        result["lm_eval_batch"] = lm_eval_batch
+    else:
+        result["batch_tokens"] = scorer.backend.options.batch_tokens
+    Path(out_path).write_text(json.dumps(result))
+
+
+def pair_child(mode: str, n: int, out_path: str) -> None:
+    """Runs in a subprocess: the default pair through the Python API, strong then weak, or both at once."""
+    from cdr import DensityRatio
+    from cdr.pipelines.evaluate import conversations, load_rewardbench
+
+    rows, _ = load_rewardbench("mini", log=lambda _: None)
+    convs = [c for row in rows for c in conversations(row)][:n]
+    t0 = time.time()
+    reward = DensityRatio(cache="none", overlap=(mode == "overlap"))
+    load_s = time.time() - t0
+    t0 = time.time()
+    rewards = [r.reward for r in reward.score(convs)]
+    seconds = time.time() - t0
+    Path(out_path).write_text(json.dumps({"mode": mode, "responses": len(convs), "load_s": load_s, "seconds": seconds,
+                                          "rewards_per_s": len(convs) / seconds, "threads": reward.config.threads,
+                                          "rewards": rewards, "peak_rss_mib": _status_mib("VmHWM")}))
+
+
+def run_pair(args) -> list[dict]:
+    results = []
+    tmp = Path(args.out).with_suffix(".child.json")
+    for mode in ("sequential", "overlap"):
+        print(f"  default pair [{mode}] ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, __file__, "--pair-child", mode, str(args.responses), str(tmp)], check=True,
+                       stdout=subprocess.DEVNULL)
+        results.append(json.loads(tmp.read_text()))
+    tmp.unlink(missing_ok=True)
+    return results
+
+
+def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
+    """fp32 at ``size``; bf16 at 512 only: on a CPU without bf16 instructions it is ~50x slower than fp32."""
+    import torch
+
+    out = {"threads": torch.get_num_threads(), "size": size,
+           "cpu_bf16_instructions": any(f in open("/proc/cpuinfo").read() for f in ("avx512_bf16", "amx_bf16"))}
+    for name, dtype, n, k in (("float32", torch.float32, size, repeats), ("bfloat16", torch.bfloat16, 512, 2)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(k))
+        out[name + "_gflops"] = 2 * n**3 / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bestof8(n_prompts: int, repeats: int = 2) -> dict:
+    from cdr.backends import LogprobRequest
+    from cdr.config import RewardConfig
+    from cdr.conversation import Conversation
+    from cdr.models import resolve_model
+    from cdr.pipelines.evaluate import load_rewardbench
+    from cdr.recipes import load_recipe
+    from cdr.recipes.context import customize
+    from cdr.reward import ModelScorer
+
+    rows, _ = load_rewardbench("mini", log=lambda _: None)
+    texts = [r[side] for r in rows for side in ("chosen", "rejected")]
+    recipe = dataclasses.replace(load_recipe("paper"), exemplars=2)  # REASONING: criteria + 2 blocks, ~400 tokens
+    scorer = ModelScorer(resolve_model(MODELS[0]), "hf", RewardConfig(cache="none"), None)
+    requests, prompt_tokens = [], []
+    for p in range(n_prompts):
+        prompt = rows[p]["prompt"]
+        for k in range(8):
+            response = texts[(8 * p + k + 1) % len(texts)][:600]  # other rows' answers: realistic text, ~130 tokens
+            conv = customize(recipe, Conversation.from_prompt_response(prompt, response), "REASONING").strong
+            span = scorer.span(conv, scorer.renderer, True)
+            requests.append(LogprobRequest(span.token_ids, span.start))
+        prompt_tokens.append(span.start)
+    backend = scorer.backend
+    seconds: dict[str, list[float]] = {"shared": [], "unshared": []}
+    scores = {}
+    for _ in range(repeats):
+        for name, sharing in (("shared", True), ("unshared", False)):
+            backend.options.prompt_sharing = sharing
+            t0 = time.perf_counter()
+            scores[name] = backend.response_logprobs(requests)
+            seconds[name].append(time.perf_counter() - t0)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(scores["shared"], scores["unshared"]))
+    best = {k: min(v) for k, v in seconds.items()}
+    return {"prompts": n_prompts, "responses": len(requests), "mean_prompt_tokens": float(np.mean(prompt_tokens)),
+            "mean_response_tokens": float(np.mean([len(r.token_ids) - r.response_start for r in requests])),
+            "seconds": seconds, "best_s": best, "speedup": best["unshared"] / best["shared"],
+            "max_abs_diff_nats": diff}
+
+
+def run_engines(args) -> list[dict]:
+    results = []
+    tmp = Path(args.out).with_suffix(".child.json")
+    for model in args.models.split(","):
+        for engine in args.engines.split(","):
+            if engine == "cdr-bf16" and model != MODELS[0] and args.bf16_models == "first":
+                continue
+            cmd = [sys.executable, __file__, "--child", model, engine, str(args.responses), str(args.lm_eval_batch), str(tmp)]
+            print(f"  {model} [{engine}] ...", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                why = (f"killed by signal {-proc.returncode} (9: out of memory)" if proc.returncode < 0
+                       else proc.stderr.strip().splitlines()[-1])
+                results.append({"model": model, "engine": engine, "error": why,
+                                "lm_eval_batch": args.lm_eval_batch if engine == "lm-eval" else None})
+                continue
+            results.append(json.loads(tmp.read_text()))
+            r = results[-1]
+            print(f"    {r['seconds']:.1f} s, {r['tokens'] / r['seconds']:.0f} tokens/s, peak {r['peak_rss_mib']:.0f} MiB",
+                  file=sys.stderr, flush=True)
+    tmp.unlink(missing_ok=True)
+    return results
+
+
+def engine_table(results: list[dict], peak: dict | None) -> list[str]:
+    lines = ["| model | engine | responses | tokens | seconds | tokens/s | time vs lm-eval | peak RSS MiB | "
+             "peak over loaded MiB | max abs diff vs lm-eval, nats/token | useful FLOP/s, % of fp32 peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["model"], r["engine"]): r for r in results if "error" not in r}
+    for r in results:
+        if "error" in r:
+            batch = f" (batch {r['lm_eval_batch']})" if r.get("lm_eval_batch") else ""
+            lines.append(f"| {r['model']} | {r['engine']}{batch} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |")
+            continue
+        ref = by.get((r["model"], "lm-eval"))
+        ratio = f"{r['seconds'] / ref['seconds']:.2f}x" if ref else "-"
+        if ref:
+            diffs = [abs(a - b) / n for a, b, n in zip(r["totals"], ref["totals"], r["lengths"])]
+            diff_text = f"{max(diffs):.1e}"
+        else:
+            diff_text = "-"
+        flops = by.get((r["model"], "cdr"), {}).get("useful_flops")
+        mfu = f"{100 * flops / r['seconds'] / (peak['float32_gflops'] * 1e9):.0f}%" if flops and peak else "-"
+        engine = f"{r['engine']} (batch {r['lm_eval_batch']})" if r["engine"] == "lm-eval" else r["engine"]
+        lines.append(f"| {r['model']} | {engine} | {r['responses']} | {r['tokens']} | {r['seconds']:.1f} | "
+                     f"{r['tokens'] / r['seconds']:.0f} | {ratio} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['peak_rss_mib'] - r['rss_loaded_mib']:.0f} | {diff_text} | {mfu} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="matmul,engines,pair,bestof8")
+    ap.add_argument("--responses", type=int, default=460)
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--bf16-models", choices=("all", "first"), default="all")
+    ap.add_argument("--lm-eval-batch", type=int, default=8)
+    ap.add_argument("--bestof-prompts", type=int, default=6)
+    ap.add_argument("--out", default=str(HERE / "results" / "scoring_speed.json"))
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--pair-child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.pair_child:
+        pair_child(args.pair_child[0], int(args.pair_child[1]), args.pair_child[2])
+        return
+    if args.child:
+        model, engine, n, batch, out = args.child
+        engine_child(model, engine, int(n), int(batch), out)
+        return
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    parts = args.parts.split(",")
+    report["machine"] = {"cpus": os.cpu_count(), "command": " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])}
+    if "matmul" in parts:
+        report["matmul"] = matmul_peak()
+    if "engines" in parts:  # a rerun of some (model, engine) replaces those entries and keeps the others
+        fresh = run_engines(args)
+        done = {(r["model"], r["engine"]) for r in fresh}
+        report["engines"] = [r for r in report.get("engines", []) if (r["model"], r["engine"]) not in done] + fresh
+        report["engines"].sort(key=lambda r: (MODELS.index(r["model"]), ENGINES.index(r["engine"])
+                                              if r["engine"] in ENGINES else len(ENGINES)))
+    if "pair" in parts:
+        report["pair"] = run_pair(args)
+    if "bestof8" in parts:
+        report["bestof8"] = bestof8(args.bestof_prompts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+
+    peak = report.get("matmul")
+    if peak:
+        print(f"Matmul peak ({peak['threads']} threads): fp32 {peak['float32_gflops']:.1f} GFLOP/s ({peak['size']}^3), "
+              f"bf16 {peak['bfloat16_gflops']:.1f} GFLOP/s (512^3; CPU bf16 instructions: "
+              f"{'yes' if peak['cpu_bf16_instructions'] else 'no'})\n")
+    if report.get("engines"):
+        print("\n".join(engine_table(report["engines"], peak)) + "\n")
+    if report.get("pair"):
+        seq, ovl = report["pair"]
+        diff = max(abs(a - b) for a, b in zip(seq["rewards"], ovl["rewards"]))
+        print("| default pair, Python API | responses | load s | seconds | rewards/s | peak RSS MiB |\n|---|---|---|---|---|---|")
+        for r in report["pair"]:
+            print(f"| {r['mode']} (threads per model: {r['threads'] or 'all'}) | {r['responses']} | {r['load_s']:.1f} | "
+                  f"{r['seconds']:.1f} | {r['rewards_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+        print(f"\noverlap / sequential time: {ovl['seconds'] / seq['seconds']:.2f}x; max reward difference {diff:.1e}\n")
+    if report.get("bestof8"):
+        b = report["bestof8"]
+        print(f"Best-of-8, {b['prompts']} prompts x 8 responses, prompt {b['mean_prompt_tokens']:.0f} tokens, response "
+              f"{b['mean_response_tokens']:.0f} tokens: shared {b['best_s']['shared']:.1f} s, unshared "
+              f"{b['best_s']['unshared']:.1f} s, speed-up x{b['speedup']:.2f}; max abs diff {b['max_abs_diff_nats']:.1e} nats")
+
+
+if __name__ == "__main__":
+    main()
