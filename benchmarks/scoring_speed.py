@@ -61,7 +61,7 @@ def requests_for(scorer, n: int):
     return [LogprobRequest(s.token_ids, s.start) for s in spans]
 
 
-def useful_flops(model, requests) -> float:
+def useful_flops(model, requests) -> tuple[float, dict]:
     """Matmul FLOPs the scoring needs: linear layers at every position, causal attention, LM head on responses."""
     import torch
 

@@ -11,6 +11,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -273,8 +274,8 @@ class DensityRatio:
         """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
         custom = self.customize(conversations, rows)
         include_eot = self.config.include_eot
-        strong_job = (self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot)
-        weak_job = (self.weak.logprobs, [c.weak for c in custom], self.weak_renderer, include_eot)
+        passes = (partial(self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot),
+                  partial(self.weak.logprobs, [c.weak for c in custom], self.weak_renderer, include_eot))
         if self.config.overlap:
             lock = threading.Lock()
 
@@ -283,10 +284,10 @@ class DensityRatio:
                     on_progress(n)
 
             with ThreadPoolExecutor(2, thread_name_prefix="cdr-model") as pool:
-                futures = [pool.submit(*job, progress if on_progress else None) for job in (strong_job, weak_job)]
+                futures = [pool.submit(run, progress if on_progress else None) for run in passes]
                 strong, weak = (f.result() for f in futures)
         else:
-            strong, weak = (fn(convs, renderer, eot, on_progress) for fn, convs, renderer, eot in (strong_job, weak_job))
+            strong, weak = (run(on_progress) for run in passes)
         return PairLogprobs(strong, weak, [c.domain for c in custom])
 
     def score(
