@@ -65,18 +65,24 @@ def test_token_budget_batches_sorted_by_length(tiny_strong):
     assert sum(progress) == len(reqs)
 
 
-def test_lm_head_sees_response_positions_only(tiny_weak):
+def test_lm_head_sees_response_positions_only(tiny_weak, monkeypatch):
     """The memory pitfall: never a full-vocabulary projection of every position."""
+    import cdr.backends.hf as hf
+
+    monkeypatch.setitem(hf.TILES, "cpu", (32, 100))
     backend = TransformersBackend(resolve_model(str(tiny_weak)), BackendOptions(batch_tokens=100_000))
-    seen = []
-    hook = backend.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    tiles = []
+    original = backend._logit_tile
+    backend._logit_tile = lambda hidden, start, stop: tiles.append((hidden.shape[0], start, stop)) or original(hidden, start, stop)
     reqs = requests_for(backend.vocab_size, LENGTHS)
-    try:
-        backend.response_logprobs(reqs)
-    finally:
-        hook.remove()
-    assert sum(seen) == sum(len(r.token_ids) - r.response_start for r in reqs)
-    assert max(seen) <= max(1, (1 << 25) // backend.vocab_size)  # chunked over positions
+    got = backend.response_logprobs(reqs)
+    responses = sum(len(r.token_ids) - r.response_start for r in reqs)
+    slices = -(-backend.vocab_size // 100)
+    assert sum(rows for rows, _, _ in tiles) == responses * slices  # every response position, once per slice
+    assert max(rows for rows, _, _ in tiles) <= 32 and all(stop - start == 100 for _, start, stop in tiles)
+    assert {start for _, start, _ in tiles} == set(range(0, backend.vocab_size, 100))  # the whole vocabulary
+    for r, lp in zip(reqs, got):
+        np.testing.assert_allclose(lp, naive_logprobs(backend.model, r), atol=1e-5)
 
 
 def test_unknown_logit_postprocessing_falls_back_to_full_forward(tiny_strong):

@@ -47,8 +47,10 @@ KNOWN_STRONG, KNOWN_WEAK, KNOWN_TOKENS = -2.8377, -11.5627, (9, 8)
 
 def test_known_sequence_logprobs_are_stable(default_pair):
     first, second = default_pair.score([KNOWN]), default_pair.score([KNOWN, ask("Hi", "Hello there!")])
-    assert first[0].strong_logprob == second[0].strong_logprob
-    assert first[0].weak_logprob == second[0].weak_logprob
+    # alone or in a batch: equal up to float32 rounding (the BLAS kernels may sum in another order for
+    # another number of rows; 4e-6 nats was seen for the strong model), far below the 1e-3 pinned below
+    assert first[0].strong_logprob == pytest.approx(second[0].strong_logprob, abs=2e-5)
+    assert first[0].weak_logprob == pytest.approx(second[0].weak_logprob, abs=2e-5)
     r = first[0]
     assert (r.strong_tokens, r.weak_tokens) == KNOWN_TOKENS
     assert r.strong_logprob == pytest.approx(KNOWN_STRONG, abs=1e-3)
