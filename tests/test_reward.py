@@ -118,3 +118,18 @@ def test_overlap_scores_both_models_at_once_with_the_same_numbers(tiny_strong, t
         assert [r.reward for r in overlapped.score(convs)] == pytest.approx([r.reward for r in expected], abs=1e-4)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_tokenizer_loaded_once_per_process_and_reloaded_when_its_files_change(tmp_path, tiny_strong, tiny_weak, smol_tokenizer):
+    from conftest import build_tiny_llama
+
+    a = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none")
+    b = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none")
+    assert a.weak.tokenizer is b.weak.tokenizer and a.strong.tokenizer is b.strong.tokenizer
+    path = build_tiny_llama(smol_tokenizer, tmp_path / "m", seed=5)
+    first = DensityRatio(strong=str(path), weak=str(tiny_weak), cache="none").strong.tokenizer
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 77  # same directory, different files: a different tokenizer
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    second = DensityRatio(strong=str(path), weak=str(tiny_weak), cache="none").strong.tokenizer
+    assert second is not first and second.model_max_length == 77

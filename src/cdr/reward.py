@@ -11,7 +11,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -78,13 +78,20 @@ class RewardResult:
         return out
 
 
+@lru_cache(maxsize=16)
+def load_tokenizer(path: str, fingerprint: str, trust_remote_code: bool, **kwargs):
+    """One tokenizer object per process for the same files (the fingerprint hashes them): gemma's
+    262,144-word tokenizer takes seconds to load, and scorers only read it (no padding/truncation state)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+
+
 class ModelScorer:
     """One side of the pair: renders, tokenizes, locates the response and asks its backend for log-probs."""
 
     def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig, cache: LogprobCache | None = None,
                  role: str = "strong"):
-        from transformers import AutoTokenizer
-
         quiet_transformers()
         self.source = source
         source.show_notice_once()
@@ -94,7 +101,7 @@ class ModelScorer:
         else:
             tok_path, kwargs = source.path, ({"revision": source.revision} if source.revision else {})
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=config.trust_remote_code, **kwargs)
+            self.tokenizer = load_tokenizer(tok_path, self.fingerprint, config.trust_remote_code, **kwargs)
         except OSError as exc:
             raise ModelNotAvailable(f"could not load the tokenizer of '{source.name}': {exc}") from None
         self.tokenization = Tokenization(self.tokenizer)
