@@ -96,6 +96,13 @@ def tiny_weak(tmp_path_factory, gemma_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_weak_fast(tmp_path_factory, smol_tokenizer) -> Path:
+    """A second tiny llama on SmolLM2's tokenizer, for tests that start many processes: gemma's 262,144-word
+    tokenizer (tiny_weak's) takes about 8 s to load in each one. Use tiny_weak where the second tokenizer matters."""
+    return build_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny_weak_fast"), seed=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_pair(tiny_strong, tiny_weak):
     from cdr import DensityRatio
 
@@ -107,6 +114,20 @@ def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
     env = {**kwargs.pop("env", os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "cdr.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
+
+
+def cdr_in_process(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's ``main`` in this process: the same parsing, output and exit code as ``run_cdr`` without an
+    interpreter start-up (about 10 s here). For tests of what a run writes and says; kill -9, environment
+    variables and the console script itself go through ``run_cdr``."""
+    import io
+
+    from cdr.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def kill_9_after(args: list[str], state: Path, rows_done: int, timeout: float = 300) -> int:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import kill_9_after, run_cdr, write_jsonl
+from conftest import cdr_in_process, kill_9_after, run_cdr, write_jsonl
 
 
 def candidate_rows(n):
@@ -32,7 +32,7 @@ def read_jsonl(path):
 def test_annotate_writes_trl_pairs_and_length_report(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", candidate_rows(8))
     out = tmp_path / "pairs.jsonl"
-    proc = run_cdr("annotate", str(src), "-o", str(out), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("annotate", str(src), "-o", str(out), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     pairs = read_jsonl(out)
     assert 1 <= len(pairs) <= 8
@@ -54,23 +54,23 @@ def test_dataset_and_parquet_outputs_load_with_datasets(tmp_path, tiny_strong, t
     import datasets
 
     src = write_jsonl(tmp_path / "in.jsonl", candidate_rows(4))
-    assert run_cdr("annotate", str(src), "-o", str(tmp_path / "ds"), *pair_args(tiny_strong, tiny_weak)).returncode == 0
+    assert cdr_in_process("annotate", str(src), "-o", str(tmp_path / "ds"), *pair_args(tiny_strong, tiny_weak)).returncode == 0
     ds = datasets.load_from_disk(str(tmp_path / "ds"))
     assert {"prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected"} <= set(ds.column_names)
     assert ds[0]["chosen"][0]["role"] == "assistant"
-    proc = run_cdr("annotate", str(src), "-o", str(tmp_path / "p.parquet"), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "p.parquet"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     pq = datasets.load_dataset("parquet", data_files=str(tmp_path / "p.parquet"), split="train")
     assert pq.num_rows == ds.num_rows and pq[0]["prompt"] == ds[0]["prompt"]
 
 
 @pytest.mark.parametrize("strategy", ["best-random", "all-pairs"])
-def test_kill_9_then_resume_identical(tmp_path, tiny_strong, tiny_weak, strategy):
+def test_kill_9_then_resume_identical(tmp_path, tiny_strong, tiny_weak_fast, strategy):
     rows = [json.dumps(r) for r in candidate_rows(60)]
     rows.insert(10, json.dumps({"prompt": "Q?", "responses": ["one"]}))
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    common = [str(src), "--strategy", strategy, "--chunk-rows", "2", *pair_args(tiny_strong, tiny_weak)]
-    assert run_cdr("annotate", *common, "-o", str(tmp_path / "ref.jsonl")).returncode == 0
+    common = [str(src), "--strategy", strategy, "--chunk-rows", "2", *pair_args(tiny_strong, tiny_weak_fast)]
+    assert cdr_in_process("annotate", *common, "-o", str(tmp_path / "ref.jsonl")).returncode == 0
     out, state = tmp_path / "out.jsonl", tmp_path / "out.jsonl.cdr-state.json"
     for kill_after in (4, 23, 47):
         kill_9_after(["annotate", *common, "-o", str(out)], state, kill_after)
@@ -91,7 +91,7 @@ def test_bad_rows_counted_by_kind_and_fail_mode(tmp_path, tiny_strong, tiny_weak
         {"prompt": "Q?", "responses": ["a", None]},
     ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    proc = run_cdr("annotate", str(src), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     assert "skipped by kind: empty text 1, no user turn 1, too few candidates 1, wrong type 1" in proc.stdout
     assert "duplicates_dropped: 1" in proc.stdout
@@ -99,16 +99,16 @@ def test_bad_rows_counted_by_kind_and_fail_mode(tmp_path, tiny_strong, tiny_weak
                      "line 4, field 'prompt': the prompt has no user turn", "line 5, field 'responses[2]': duplicates responses[0]",
                      "line 6, field 'responses[1]': expected a string, got NoneType"):
         assert fragment in proc.stderr
-    fail = run_cdr("annotate", str(src), "-o", str(tmp_path / "f.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
+    fail = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "f.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
     assert fail.returncode == 2 and "line 2, field 'responses[0]'" in fail.stderr and "Traceback" not in fail.stderr
 
 
 def test_cache_makes_a_second_strategy_free(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", candidate_rows(6))
     cache = str(tmp_path / "cache.sqlite")
-    first = run_cdr("annotate", str(src), "-o", str(tmp_path / "a.jsonl"), *pair_args(tiny_strong, tiny_weak, cache))
+    first = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "a.jsonl"), *pair_args(tiny_strong, tiny_weak, cache))
     assert first.returncode == 0 and ", 0 computed" not in first.stdout
-    second = run_cdr("annotate", str(src), "-o", str(tmp_path / "b.jsonl"), "--strategy", "all-pairs",
+    second = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "b.jsonl"), "--strategy", "all-pairs",
                      *pair_args(tiny_strong, tiny_weak, cache))
     assert second.returncode == 0, second.stderr
     assert "log-prob cache: " in second.stdout and ", 0 computed" in second.stdout

@@ -8,7 +8,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import kill_9_after, run_cdr, write_jsonl
+from conftest import cdr_in_process, kill_9_after, run_cdr, write_jsonl
 
 TOPICS = ["France", "Japan", "Peru", "Kenya", "Norway", "Chile", "Egypt", "India"]
 
@@ -36,7 +36,7 @@ def read_jsonl(path):
 
 def test_score_jsonl_adds_reward_and_provenance(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(6))
-    proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     assert "rows: 6  scored: 6  skipped: 0  unscorable: 0" in proc.stdout
     out = read_jsonl(tmp_path / "out.jsonl")
@@ -47,7 +47,7 @@ def test_score_jsonl_adds_reward_and_provenance(tmp_path, tiny_strong, tiny_weak
         assert r["cdr_strong"] == str(tiny_strong) and len(r["cdr_weak_sha256"]) == 64
         assert r["cdr_rendering"] == "own" and r["cdr_variant"] == "mean_diff" and r["cdr_error"] is None
     # a finished run is not redone
-    again = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    again = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
@@ -55,14 +55,14 @@ def test_score_jsonl_adds_reward_and_provenance(tmp_path, tiny_strong, tiny_weak
 def test_score_other_formats(tmp_path, tiny_strong, tiny_weak, fmt):
     src = write_jsonl(tmp_path / "in.jsonl", rows(4))
     ref = tmp_path / "ref.jsonl"
-    assert run_cdr("score", str(src), "-o", str(ref), *pair_args(tiny_strong, tiny_weak)).returncode == 0
+    assert cdr_in_process("score", str(src), "-o", str(ref), *pair_args(tiny_strong, tiny_weak)).returncode == 0
     out = tmp_path / f"out.{fmt}"
-    proc = run_cdr("score", str(src), "-o", str(out), "--variant", "sum", *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("score", str(src), "-o", str(out), "--variant", "sum", *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     if fmt == "parquet":
         table = pq.read_table(out).to_pylist()
         # and Parquet in: score the Parquet output again as input
-        again = run_cdr("score", str(out), "-o", str(tmp_path / "again.jsonl"), *pair_args(tiny_strong, tiny_weak))
+        again = cdr_in_process("score", str(out), "-o", str(tmp_path / "again.jsonl"), *pair_args(tiny_strong, tiny_weak))
         assert again.returncode == 0, again.stderr
         assert len(read_jsonl(tmp_path / "again.jsonl")) == 4
     else:
@@ -73,15 +73,15 @@ def test_score_other_formats(tmp_path, tiny_strong, tiny_weak, fmt):
         assert float(r["reward"]) == pytest.approx(ref_row["strong_logprob"] - ref_row["weak_logprob"], abs=1e-4)
 
 
-def test_kill_9_then_resume_gives_identical_output(tmp_path, tiny_strong, tiny_weak):
+def test_kill_9_then_resume_gives_identical_output(tmp_path, tiny_strong, tiny_weak_fast):
     data = rows(90)
     lines = [json.dumps(r) for r in data]
     lines.insert(30, '{"prompt": "broken')  # a malformed row whose report must survive the kills too
     src = write_jsonl(tmp_path / "in.jsonl", lines)
-    common = [str(src), *pair_args(tiny_strong, tiny_weak), "--chunk-rows", "1"]
+    common = [str(src), *pair_args(tiny_strong, tiny_weak_fast), "--chunk-rows", "1"]
 
     reference = tmp_path / "reference.jsonl"
-    assert run_cdr("score", *common, "-o", str(reference)).returncode == 0
+    assert cdr_in_process("score", *common, "-o", str(reference)).returncode == 0
 
     out = tmp_path / "out.jsonl"
     state = tmp_path / "out.jsonl.cdr-state.json"
@@ -108,7 +108,7 @@ def test_malformed_rows_reported_with_line_numbers(tmp_path, tiny_strong, tiny_w
     ]
     src = tmp_path / "in.jsonl"
     src.write_bytes(("\n".join(lines) + "\n").encode() + b'{"prompt": "caf\xe9", "response": "x"}\n')
-    proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     expected = [
         "line 2: not valid JSON",
@@ -131,7 +131,7 @@ def test_malformed_rows_reported_with_line_numbers(tmp_path, tiny_strong, tiny_w
 
 def test_on_error_fail_stops_with_the_row(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Hi?", "response": "Hello."}, {"prompt": "Hi?", "response": 3}])
-    proc = run_cdr("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 2
     assert "cdr: error: line 2, field 'response': expected a string, got int" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -139,13 +139,13 @@ def test_on_error_fail_stops_with_the_row(tmp_path, tiny_strong, tiny_weak):
 
 def test_user_errors_are_one_line(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
-    proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--strong", "no-such-model")
+    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--strong", "no-such-model")
     assert proc.returncode == 2 and "neither a packaged model" in proc.stderr and "Traceback" not in proc.stderr
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvarient: sum\n")
-    proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg))
+    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg))
     assert proc.returncode == 2 and "line 3: unknown key 'varient'" in proc.stderr
-    proc = run_cdr("score", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process("score", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -153,7 +153,7 @@ def test_config_file_and_flags(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvariant: sum\nrendering: shared\ncache: none\n")
-    proc = run_cdr("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--variant", "mean_diff")
+    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--variant", "mean_diff")
     assert proc.returncode == 0, proc.stderr
     r = read_jsonl(tmp_path / "o.jsonl")[0]
     assert r["cdr_variant"] == "mean_diff" and r["cdr_rendering"] == "shared"  # the flag wins over the file

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import kill_9_after, run_cdr, write_jsonl
+from conftest import cdr_in_process, kill_9_after, run_cdr, write_jsonl
 from cdr.errors import CdrError, RowError
 from cdr.pipelines.evaluate import Selection, build_results, load_rewardbench, mini_path, stratified_sample
 from cdr.rewardbench import ALL_VARIANTS, response_score
@@ -102,7 +102,7 @@ def test_eval_outputs_and_variants_equal_direct_scoring(tmp_path, tiny_strong, t
     from cdr.pipelines.evaluate import conversations
 
     out = tmp_path / "ev"
-    proc = run_cdr(*eval_args(out, tiny_strong, tiny_weak, "--sample", "30", "--chunk-rows", "8", "-q"))
+    proc = cdr_in_process(*eval_args(out, tiny_strong, tiny_weak, "--sample", "30", "--chunk-rows", "8", "-q"))
     assert proc.returncode == 0, proc.stderr
     assert "| ratio, mean_diff |" in proc.stdout and "prefer longer" in proc.stdout
     results = json.loads((out / "results.json").read_text())
@@ -124,11 +124,11 @@ def test_eval_outputs_and_variants_equal_direct_scoring(tmp_path, tiny_strong, t
         assert derived == pytest.approx([d.reward for d in direct], rel=1e-6, abs=1e-6)
 
 
-def test_eval_killed_mid_run_resumes_to_the_same_scores(tmp_path, tiny_strong, tiny_weak):
+def test_eval_killed_mid_run_resumes_to_the_same_scores(tmp_path, tiny_strong, tiny_weak_fast):
     whole = tmp_path / "whole"
-    assert run_cdr(*eval_args(whole, tiny_strong, tiny_weak, "--sample", "40", "--chunk-rows", "5", "-q")).returncode == 0
+    assert cdr_in_process(*eval_args(whole, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5", "-q")).returncode == 0
     cut = tmp_path / "cut"
-    args = eval_args(cut, tiny_strong, tiny_weak, "--sample", "40", "--chunk-rows", "5", "-q")
+    args = eval_args(cut, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5", "-q")
     done = kill_9_after(args, cut / "scores.jsonl.cdr-state.json", rows_done=10)
     assert 10 <= done < 40 and not (cut / "results.json").exists()
     proc = run_cdr(*args)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import build_tiny_llama, run_cdr
+from conftest import build_tiny_llama, cdr_in_process
 from cdr import DensityRatio, RewardConfig
 from cdr.errors import CdrError
 from cdr.pipelines.evaluate import Selection, conversations, load_rewardbench
@@ -45,13 +45,13 @@ def test_pairs_resume_from_the_cache_without_recomputing(tmp_path, tiny_strong, 
     cache = tmp_path / "lp.sqlite"
     args = ["pairs", "mini", "--models", f"{tiny_strong},{tiny_weak}", "--subsets", "hep-go,donotanswer", "--cache", str(cache),
             "--bootstrap", "10", "-q"]
-    first = run_cdr(*args, "--output-dir", str(tmp_path / "a"))
+    first = cdr_in_process(*args, "--output-dir", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr
     from cdr.cache import LogprobCache
 
     rows = json.loads((tmp_path / "a" / "results.json").read_text())["data"]["rows"]
     assert len(LogprobCache(cache)) == 2 * 2 * rows  # two models x two responses a row
-    second = run_cdr(*args, "--output-dir", str(tmp_path / "b"))
+    second = cdr_in_process(*args, "--output-dir", str(tmp_path / "b"))
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
     assert a["pairs"] == b["pairs"]
     assert len(LogprobCache(cache)) == 2 * 2 * rows  # nothing new was computed
@@ -63,8 +63,8 @@ def test_pairs_input_errors(tmp_path, tiny_strong, tiny_weak):
         compare_pairs("mini", [str(tiny_strong)], tmp_path)
     with pytest.raises(CdrError, match="needs rendering 'own'"):
         compare_pairs("mini", [str(tiny_strong), str(tiny_weak)], tmp_path, RewardConfig(rendering="shared"))
-    proc = run_cdr("pairs", "--models", f"{tiny_strong},{tiny_weak}", "--output-dir", str(tmp_path),
+    proc = cdr_in_process("pairs", "--models", f"{tiny_strong},{tiny_weak}", "--output-dir", str(tmp_path),
                    "--quality", f"{tiny_strong}=high")
     assert proc.returncode == 2 and "--quality expects name=number" in proc.stderr
-    proc = run_cdr("pairs", "--models", f"{tiny_strong},no-such-model-here", "--output-dir", str(tmp_path))
+    proc = cdr_in_process("pairs", "--models", f"{tiny_strong},no-such-model-here", "--output-dir", str(tmp_path))
     assert proc.returncode == 2 and "no-such-model-here" in proc.stderr and "Traceback" not in proc.stderr

@@ -36,14 +36,14 @@ def pair_args(tiny_strong, tiny_weak) -> list[str]:
     return ["--strong", str(tiny_strong), "--weak", str(tiny_weak), "--cache", "none", "-q"]
 
 
-def test_ray_score_equals_single_process_and_keeps_row_reports(tmp_path, tiny_strong, tiny_weak):
+def test_ray_score_equals_single_process_and_keeps_row_reports(tmp_path, tiny_strong, tiny_weak_fast):
     rows = score_rows(22)
     rows[5] = {"id": 5, "prompt": "no response here"}  # a malformed row: reported, not scored
     data = write_jsonl(tmp_path / "in.jsonl", rows[:9] + ["{not json"] + rows[9:])
-    local = run_cdr("score", str(data), "-o", str(tmp_path / "local.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    local = run_cdr("score", str(data), "-o", str(tmp_path / "local.jsonl"), *pair_args(tiny_strong, tiny_weak_fast))
     assert local.returncode == 0, local.stderr
     distributed = run_cdr("score", str(data), "-o", str(tmp_path / "ray_out"), "--engine", "ray", "--num-actors", "2",
-                          "--batch-rows", "3", "--shard-rows", "5", *pair_args(tiny_strong, tiny_weak), env=RAY_ENV)
+                          "--batch-rows", "3", "--shard-rows", "5", *pair_args(tiny_strong, tiny_weak_fast), env=RAY_ENV)
     assert distributed.returncode == 0, distributed.stderr
     a = read_output(tmp_path / "local.jsonl")
     b = read_output(tmp_path / "ray_out")
@@ -63,11 +63,11 @@ def test_ray_score_equals_single_process_and_keeps_row_reports(tmp_path, tiny_st
     assert len(list((tmp_path / "ray_out").glob("part-*.parquet"))) == 5  # 23 rows in shards of 5
 
 
-def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_weak):
+def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_weak_fast):
     cands = [{"prompt": f"Question {i}?", "responses": [f"Answer {i}.", f"Reply {i}, longer.", f"No {i}"]}
              for i in range(7)]
     data = write_jsonl(tmp_path / "cands.jsonl", cands)
-    args = pair_args(tiny_strong, tiny_weak)
+    args = pair_args(tiny_strong, tiny_weak_fast)
     assert run_cdr("annotate", str(data), "-o", str(tmp_path / "pairs.jsonl"), *args).returncode == 0
     r = run_cdr("annotate", str(data), "-o", str(tmp_path / "pairs_ray"), "--engine", "ray", "--shard-rows", "3", *args,
                 env=RAY_ENV)
@@ -89,11 +89,11 @@ def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_
         assert (tmp_path / "ev_ray" / f).exists()
 
 
-def test_ray_run_killed_midway_resumes_without_recomputing_or_duplicating(tmp_path, tiny_strong, tiny_weak):
+def test_ray_run_killed_midway_resumes_without_recomputing_or_duplicating(tmp_path, tiny_strong, tiny_weak_fast):
     data = write_jsonl(tmp_path / "in.jsonl", score_rows(40))
     out = tmp_path / "ray_out"
     args = [sys.executable, "-m", "cdr.cli", "score", str(data), "-o", str(out), "--engine", "ray", "--batch-rows", "2",
-            "--shard-rows", "4", *pair_args(tiny_strong, tiny_weak)]
+            "--shard-rows", "4", *pair_args(tiny_strong, tiny_weak_fast)]
     # its own session, so that kill -9 takes the driver and the local Ray cluster it started
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=RAY_ENV, start_new_session=True)
     deadline = time.time() + 240
@@ -117,20 +117,20 @@ def test_ray_run_killed_midway_resumes_without_recomputing_or_duplicating(tmp_pa
     assert [r["id"] for r in rows] == list(range(40))  # every row once, in order
     assert not list(out.glob(".part-*"))  # no temporary files left behind
 
-    local = run_cdr("score", str(data), "-o", str(tmp_path / "local.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    local = run_cdr("score", str(data), "-o", str(tmp_path / "local.jsonl"), *pair_args(tiny_strong, tiny_weak_fast))
     assert local.returncode == 0
     for x, y in zip(read_output(tmp_path / "local.jsonl"), rows):
         assert x["reward"] == pytest.approx(y["reward"], abs=1e-5)
 
 
-def test_ray_refuses_other_settings_and_bad_options(tmp_path, tiny_strong, tiny_weak):
+def test_ray_refuses_other_settings_and_bad_options(tmp_path, tiny_strong, tiny_weak_fast):
     data = write_jsonl(tmp_path / "in.jsonl", score_rows(4))
     out = tmp_path / "o"
-    args = ["score", str(data), "-o", str(out), "--engine", "ray", *pair_args(tiny_strong, tiny_weak)]
+    args = ["score", str(data), "-o", str(out), "--engine", "ray", *pair_args(tiny_strong, tiny_weak_fast)]
     assert run_cdr(*args, env=RAY_ENV).returncode == 0
     r = run_cdr(*args, "--variant", "sum", env=RAY_ENV)
     assert r.returncode == 2 and "different settings (provenance changed)" in r.stderr
     r = run_cdr(*args, "--num-actors", "0")
     assert r.returncode == 2 and "num-actors must be at least 1" in r.stderr and "Traceback" not in r.stderr
-    r = run_cdr("score", str(data), "-o", str(tmp_path / "x.jsonl"), "--engine", "ray", *pair_args(tiny_strong, tiny_weak))
+    r = run_cdr("score", str(data), "-o", str(tmp_path / "x.jsonl"), "--engine", "ray", *pair_args(tiny_strong, tiny_weak_fast))
     assert r.returncode == 2 and "directory of Parquet shards" in r.stderr

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import run_cdr, write_jsonl
+from conftest import cdr_in_process, write_jsonl
 from cdr import DensityRatio
 from cdr.conversation import Conversation, Message
 from cdr.errors import CdrError
@@ -318,7 +318,7 @@ def test_score_and_eval_cli_take_a_recipe(tmp_path, tiny_strong, tiny_weak):
                                                 {"prompt": "Say hi.", "response": "Hi!"}])
     recipe = small_recipe(tmp_path)
     common = ["--strong", str(tiny_strong), "--weak", str(tiny_weak), "--cache", "none", "-q"]
-    r = run_cdr("score", str(rows), "-o", str(tmp_path / "out.jsonl"), "--recipe", str(tmp_path / "small-both.yaml"), *common)
+    r = cdr_in_process("score", str(rows), "-o", str(tmp_path / "out.jsonl"), "--recipe", str(tmp_path / "small-both.yaml"), *common)
     assert r.returncode == 0, r.stderr
     out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
     assert [o["cdr_domain"] for o in out] == ["MATH", "CHAT"]
@@ -328,7 +328,7 @@ def test_score_and_eval_cli_take_a_recipe(tmp_path, tiny_strong, tiny_weak):
         {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 1},
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "subset": "alpacaeval-easy", "id": 2},
     ])
-    r = run_cdr("eval", str(bench), "--output-dir", str(tmp_path / "ev"), "--recipe", str(tmp_path / "small-both.yaml"),
+    r = cdr_in_process("eval", str(bench), "--output-dir", str(tmp_path / "ev"), "--recipe", str(tmp_path / "small-both.yaml"),
                 "--bootstrap", "0", *common)
     assert r.returncode == 0, r.stderr
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
@@ -337,7 +337,7 @@ def test_score_and_eval_cli_take_a_recipe(tmp_path, tiny_strong, tiny_weak):
     assert "Routing (recipe `small`" in (tmp_path / "ev" / "results.md").read_text()
 
     (tmp_path / "broken.yaml").write_text("name: b\nfallback: A\ndomains:\n  A:\n    critera: c\n")
-    r = run_cdr("score", str(rows), "-o", str(tmp_path / "o2.jsonl"), "--recipe", str(tmp_path / "broken.yaml"), *common)
+    r = cdr_in_process("score", str(rows), "-o", str(tmp_path / "o2.jsonl"), "--recipe", str(tmp_path / "broken.yaml"), *common)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "line 5: 'domains.A.critera': unknown key" in r.stderr
 

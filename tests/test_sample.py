@@ -8,7 +8,7 @@ from cdr.data import RawRow
 from cdr.errors import RowError
 from cdr.pipelines.sample import prompt_messages
 
-from conftest import ROOT, kill_9_after, run_cdr, write_jsonl
+from conftest import ROOT, cdr_in_process, kill_9_after, run_cdr, write_jsonl
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -75,23 +75,23 @@ def read_jsonl(path):
 
 def test_sample_writes_candidates_reproducibly(tmp_path, tiny_strong):
     src = write_jsonl(tmp_path / "p.jsonl", prompts(5))
-    a = run_cdr(*sample_args(tiny_strong, tmp_path / "a.jsonl"), str(src))
+    a = cdr_in_process(*sample_args(tiny_strong, tmp_path / "a.jsonl"), str(src))
     assert a.returncode == 0, a.stderr
     rows = read_jsonl(tmp_path / "a.jsonl")
     assert [r["question_id"] for r in rows] == list(range(5))
     assert all(len(r["responses"]) == 3 and r["prompt"][0]["role"] == "user" for r in rows)
     assert rows[0]["cdr_sampling"] == {"n": 3, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 6, "seed": 5}
-    b = run_cdr(*sample_args(tiny_strong, tmp_path / "b.jsonl"), str(src))
+    b = cdr_in_process(*sample_args(tiny_strong, tmp_path / "b.jsonl"), str(src))
     assert b.returncode == 0
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()  # same seed, same samples
-    c = run_cdr(*sample_args(tiny_strong, tmp_path / "c.jsonl")[:-1], "6", str(src))
+    c = cdr_in_process(*sample_args(tiny_strong, tmp_path / "c.jsonl")[:-1], "6", str(src))
     assert c.returncode == 0, c.stderr
     assert read_jsonl(tmp_path / "c.jsonl")[0]["responses"] != rows[0]["responses"]  # another seed differs
 
 
 def test_killed_sampling_run_resumes_identically(tmp_path, tiny_strong):
     src = write_jsonl(tmp_path / "p.jsonl", prompts(40))
-    ref = run_cdr(*sample_args(tiny_strong, tmp_path / "ref.jsonl", "--chunk-rows", "2"), str(src))
+    ref = cdr_in_process(*sample_args(tiny_strong, tmp_path / "ref.jsonl", "--chunk-rows", "2"), str(src))
     assert ref.returncode == 0, ref.stderr
     out, state = tmp_path / "out.jsonl", tmp_path / "out.jsonl.cdr-state.json"
     for kill_after in (2, 18):
@@ -104,7 +104,7 @@ def test_killed_sampling_run_resumes_identically(tmp_path, tiny_strong):
 def test_sample_and_annotate_in_one_run(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "p.jsonl", prompts(6))
     out = tmp_path / "pairs.jsonl"
-    proc = run_cdr(*sample_args(tiny_strong, out, "--annotate", "--limit", "4", "--strong", str(tiny_strong),
+    proc = cdr_in_process(*sample_args(tiny_strong, out, "--annotate", "--limit", "4", "--strong", str(tiny_strong),
                                 "--weak", str(tiny_weak), "--cache", "none", "--max-new-tokens", "10"), str(src))
     assert proc.returncode == 0, proc.stderr
     assert len(read_jsonl(tmp_path / "pairs.jsonl.candidates.jsonl")) == 4
