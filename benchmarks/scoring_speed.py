@@ -10,7 +10,7 @@ Parts:
 - engines: for each model of the embedded pair (SmolLM2 with its chat template, gemma with the plain format, as
   `cdr` renders them), the first --responses responses of the mini set become token-id requests once; each
   engine scores the same requests in a process of its own (peak RSS of that process, cache off):
-    cdr        the hf backend as shipped (LM head on response positions only, chunked logsumexp, token-budget
+    cdr        the hf backend as shipped (LM head on response positions only, tiled logsumexp, token-budget
                batches sorted by length, prompt sharing between a row's chosen and rejected);
     cdr-bf16   the same in bfloat16 (opt-in, --dtype bfloat16);
     lm-eval    lm-evaluation-harness's HFLM._loglikelihood_tokens (the token-level core of HFLM.loglikelihood)
@@ -23,6 +23,9 @@ Parts:
 - pair: the whole default pair through the Python API (`DensityRatio.score`), the strong model then the weak one
   (each on all cores) against both at once (`overlap=True`, two threads, half the cores each); rewards per
   second with loading excluded and reported, and the same rewards required.
+- head: gemma's LM head alone (random weights of its shape, 262,144 x 640, and --head-positions random hidden
+  states): log p(target) the way cdr computed it before (chunks of 128 positions x the whole vocabulary) against
+  tiles of positions x vocabulary slice of several sizes, the shipped one marked; GFLOP/s of each and equality.
 - bestof8: SmolLM2, --bestof-prompts prompts each with the paper recipe's REASONING context (criteria and two
   exemplar blocks, about 400 tokens with the prompt) and 8 candidate responses; prompt sharing on against off, alternating,
   best of 2, the same scores required.
@@ -170,6 +173,42 @@ def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
     return out
 
 
+def head_tiles(positions: int, tiles=((128, 262144), (256, 4096), (512, 4096), (1024, 4096), (256, 2048),
+                                       (512, 2048), (1024, 2048), (256, 1024), (512, 1024), (1024, 1024))) -> dict:
+    """gemma's head shape on random numbers: the old 128-position chunks against (positions x vocabulary) tiles."""
+    import torch
+    import torch.nn.functional as F
+
+    from cdr.backends.hf import TILES
+
+    vocab, hidden_size = 262144, 640
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(vocab, hidden_size, generator=generator) * 0.02
+    hidden = torch.randn(positions, hidden_size, generator=generator)
+    target = torch.randint(0, vocab, (positions,), generator=generator)
+
+    def tiled(rows_per_tile: int, width: int):
+        picked = (hidden * weight[target]).sum(-1)
+        parts = []
+        for s in range(0, positions, rows_per_tile):
+            rows = hidden[s : s + rows_per_tile]
+            lse = [torch.logsumexp(F.linear(rows, weight[v : v + width]), -1) for v in range(0, vocab, width)]
+            parts.append(torch.logsumexp(torch.stack(lse, -1), -1))
+        return picked - torch.cat(parts)
+
+    flops = 2 * positions * hidden_size * vocab
+    out = {"positions": positions, "vocab": vocab, "hidden": hidden_size, "shipped": list(TILES["cpu"]), "tiles": []}
+    with torch.inference_mode():
+        reference = tiled(128, vocab)  # one slice = the whole vocabulary: the old chunking
+        for rows_per_tile, width in tiles:
+            tiled(rows_per_tile, width)
+            best = min(_timed(lambda: tiled(rows_per_tile, width)) for _ in range(2))
+            diff = float((tiled(rows_per_tile, width) - reference).abs().max())
+            out["tiles"].append({"positions": rows_per_tile, "width": width, "seconds": best,
+                                 "gflops": flops / best / 1e9, "max_abs_diff": diff})
+    return out
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -259,7 +298,9 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
         else:
             diff_text = "-"
         flops = by.get((r["model"], "cdr"), {}).get("useful_flops")
-        mfu = f"{100 * flops / r['seconds'] / (peak['float32_gflops'] * 1e9):.0f}%" if flops and peak else "-"
+        # against the peak measured in the same command as this row when there is one (runs merge into one file)
+        gflops = r.get("matmul_gflops_same_run") or (peak or {}).get("float32_gflops")
+        mfu = f"{100 * flops / r['seconds'] / (gflops * 1e9):.0f}%" if flops and gflops else "-"
         engine = f"{r['engine']} (batch {r['lm_eval_batch']})" if r["engine"] == "lm-eval" else r["engine"]
         lines.append(f"| {r['model']} | {engine} | {r['responses']} | {r['tokens']} | {r['seconds']:.1f} | "
                      f"{r['tokens'] / r['seconds']:.0f} | {ratio} | {r['peak_rss_mib']:.0f} | "
@@ -269,13 +310,14 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="matmul,engines,pair,bestof8")
+    ap.add_argument("--parts", default="matmul,head,engines,pair,bestof8")
     ap.add_argument("--responses", type=int, default=460)
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--bf16-models", choices=("all", "first"), default="all")
     ap.add_argument("--lm-eval-batch", type=int, default=8)
     ap.add_argument("--bestof-prompts", type=int, default=6)
+    ap.add_argument("--head-positions", type=int, default=1024)
     ap.add_argument("--out", default=str(HERE / "results" / "scoring_speed.json"))
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--pair-child", nargs=3, help=argparse.SUPPRESS)
@@ -291,22 +333,29 @@ def main() -> None:
     report = json.loads(out.read_text()) if out.exists() else {}
     parts = args.parts.split(",")
     report["machine"] = {"cpus": os.cpu_count(), "command": " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])}
-    if "matmul" in parts:
-        report["matmul"] = matmul_peak()
+    peak_now = matmul_peak() if "matmul" in parts else None
+    if peak_now and ("engines" in parts or "matmul" not in report):
+        report["matmul"] = peak_now  # the peak the engine table's FLOP shares are taken against
     if "engines" in parts:  # a rerun of some (model, engine) replaces those entries and keeps the others
         fresh = run_engines(args)
+        for r in fresh:
+            r["matmul_gflops_same_run"] = peak_now["float32_gflops"] if peak_now else None
         done = {(r["model"], r["engine"]) for r in fresh}
         report["engines"] = [r for r in report.get("engines", []) if (r["model"], r["engine"]) not in done] + fresh
         report["engines"].sort(key=lambda r: (MODELS.index(r["model"]), ENGINES.index(r["engine"])
                                               if r["engine"] in ENGINES else len(ENGINES)))
     if "pair" in parts:
         report["pair"] = run_pair(args)
+    if "head" in parts:
+        report["head"] = head_tiles(args.head_positions) | {"matmul_same_run": peak_now}
     if "bestof8" in parts:
         report["bestof8"] = bestof8(args.bestof_prompts)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
     peak = report.get("matmul")
+    if peak_now:
+        print(f"Matmul peak now: fp32 {peak_now['float32_gflops']:.1f} GFLOP/s")
     if peak:
         print(f"Matmul peak ({peak['threads']} threads): fp32 {peak['float32_gflops']:.1f} GFLOP/s ({peak['size']}^3), "
               f"bf16 {peak['bfloat16_gflops']:.1f} GFLOP/s (512^3; CPU bf16 instructions: "
@@ -321,6 +370,16 @@ def main() -> None:
             print(f"| {r['mode']} (threads per model: {r['threads'] or 'all'}) | {r['responses']} | {r['load_s']:.1f} | "
                   f"{r['seconds']:.1f} | {r['rewards_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")
         print(f"\noverlap / sequential time: {ovl['seconds'] / seq['seconds']:.2f}x; max reward difference {diff:.1e}\n")
+    if report.get("head"):
+        h = report["head"]
+        old = h["tiles"][0]["seconds"]
+        print(f"LM head alone, {h['positions']} positions x {h['vocab']:,} words x {h['hidden']}:\n"
+              "| tile (positions x words) | seconds | GFLOP/s | time vs 128-position chunks | max abs diff |\n|---|---|---|---|---|")
+        for t in h["tiles"]:
+            name = "128 x all (before)" if t["width"] == h["vocab"] else f"{t['positions']} x {t['width']}"
+            name += " (shipped)" if [t["positions"], t["width"]] == h["shipped"] else ""
+            print(f"| {name} | {t['seconds']:.2f} | {t['gflops']:.1f} | {t['seconds'] / old:.2f}x | {t['max_abs_diff']:.1e} |")
+        print()
     if report.get("bestof8"):
         b = report["bestof8"]
         print(f"Best-of-8, {b['prompts']} prompts x 8 responses, prompt {b['mean_prompt_tokens']:.0f} tokens, response "
