@@ -345,7 +345,7 @@ def main() -> None:
         report["engines"].sort(key=lambda r: (MODELS.index(r["model"]), ENGINES.index(r["engine"])
                                               if r["engine"] in ENGINES else len(ENGINES)))
     if "pair" in parts:
-        report["pair"] = run_pair(args)
+        report["pair"] = [r | {"matmul_gflops_same_run": peak_now and peak_now["float32_gflops"]} for r in run_pair(args)]
     if "head" in parts:
         report["head"] = head_tiles(args.head_positions) | {"matmul_same_run": peak_now}
     if "bestof8" in parts:
