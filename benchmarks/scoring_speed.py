@@ -179,7 +179,7 @@ def head_tiles(positions: int, tiles=((128, 262144), (256, 4096), (512, 4096), (
     import torch
     import torch.nn.functional as F
 
-    from cdr.backends.hf import TILES
+    from cdr.backends.hf import TILES, tiled_logsumexp
 
     vocab, hidden_size = 262144, 640
     generator = torch.Generator().manual_seed(0)
@@ -187,14 +187,11 @@ def head_tiles(positions: int, tiles=((128, 262144), (256, 4096), (512, 4096), (
     hidden = torch.randn(positions, hidden_size, generator=generator)
     target = torch.randint(0, vocab, (positions,), generator=generator)
 
-    def tiled(rows_per_tile: int, width: int):
-        picked = (hidden * weight[target]).sum(-1)
-        parts = []
-        for s in range(0, positions, rows_per_tile):
-            rows = hidden[s : s + rows_per_tile]
-            lse = [torch.logsumexp(F.linear(rows, weight[v : v + width]), -1) for v in range(0, vocab, width)]
-            parts.append(torch.logsumexp(torch.stack(lse, -1), -1))
-        return picked - torch.cat(parts)
+    def logit_tile(rows, start: int, stop: int):
+        return F.linear(rows, weight[start:stop])
+
+    def tiled(rows_per_tile: int, width: int):  # what the hf backend's _token_logprobs does, with this tile
+        return (hidden * weight[target]).sum(-1) - tiled_logsumexp(hidden, logit_tile, vocab, (rows_per_tile, width))
 
     flops = 2 * positions * hidden_size * vocab
     out = {"positions": positions, "vocab": vocab, "hidden": hidden_size, "shipped": list(TILES["cpu"]), "tiles": []}

@@ -21,12 +21,26 @@ from cdr.models import ModelSource, converted_dir
 LOGIT_BUDGET = 1 << 25
 # Response scoring computes logits in tiles of positions x vocabulary slice, so that each slice of the head's
 # weight is multiplied by many positions while it is in cache. On this 2-core CPU (1 MiB L2, 32 MiB L3),
-# 512 x 1024 ran gemma's head at 96 GFLOP/s against 32-38 for chunks of 128 positions x the whole vocabulary,
-# which re-stream the 671 MB weight every 128 positions (docs/benchmarks.md section 12). On a GPU small
-# tiles only add kernel launches: the larger ones there are a reasoned default, not a measurement.
+# 512 x 1024 took 0.52x the time of chunks of 128 positions x the whole vocabulary on gemma's head, which
+# re-stream its 671 MB weight every 128 positions (docs/benchmarks.md section 12). On a GPU small tiles
+# only add kernel launches: the larger ones there are a reasoned default, not a measurement.
 TILES = {"cpu": (512, 1024), "cuda": (4096, 32768)}
 # Prompts shorter than this are batched with the rest: re-running them costs less than a batch of its own.
 MIN_SHARED_PROMPT = 64
+
+
+def tiled_logsumexp(hidden, logit_tile: Callable, vocab_size: int, tile: tuple[int, int]):
+    """logsumexp over the vocabulary at each row of hidden, from logit_tile(rows, start, stop) blocks of
+    tile = (positions, vocabulary slice): the full-vocabulary logits are never held at once."""
+    import torch
+
+    positions, width = tile
+    parts = []
+    for s in range(0, hidden.shape[0], positions):
+        rows = hidden[s : s + positions]
+        slices = [torch.logsumexp(logit_tile(rows, v, v + width), dim=-1) for v in range(0, vocab_size, width)]
+        parts.append(torch.logsumexp(torch.stack(slices, dim=-1), dim=-1))
+    return torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
 
 
 def resolve_device(device: str) -> str:
@@ -226,9 +240,6 @@ class TransformersBackend(Backend):
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def _logits(self, hidden):
-        return self._postprocess(self.head(hidden).float())
-
     def _logit_tile(self, hidden, start: int, stop: int):
         """Logits of the vocabulary slice [start, stop) at each row of hidden."""
         import torch.nn.functional as F
@@ -238,20 +249,12 @@ class TransformersBackend(Backend):
 
     def _token_logprobs(self, hidden, target):
         """log p(target) at each row: the target's logit as one dot product, minus a logsumexp over vocabulary slices."""
-        import torch
-
         weight, bias = self.head.weight, self.head.bias
         picked = (hidden.float() * weight[target].float()).sum(-1)
         if bias is not None:
             picked = picked + bias[target].float()
-        picked = self._postprocess(picked)
-        positions, width = TILES.get(hidden.device.type, TILES["cpu"])
-        parts = []
-        for s in range(0, hidden.shape[0], positions):
-            rows = hidden[s : s + positions]
-            slices = [torch.logsumexp(self._logit_tile(rows, v, v + width), dim=-1) for v in range(0, self.vocab_size, width)]
-            parts.append(torch.logsumexp(torch.stack(slices, dim=-1), dim=-1))
-        return picked - torch.cat(parts) if parts else torch.zeros(0, device=hidden.device)
+        tile = TILES.get(hidden.device.type, TILES["cpu"])
+        return self._postprocess(picked) - tiled_logsumexp(hidden, self._logit_tile, self.vocab_size, tile)
 
     def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -263,7 +266,7 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             if self.response_head_only:
                 hidden = self.decoder(input_ids=ids).last_hidden_state[0, first:]
-                logit_chunks = (self._logits(hidden[s : s + chunk]) for s in range(0, hidden.shape[0], chunk))
+                logit_chunks = (self._logit_tile(hidden[s : s + chunk], 0, self.vocab_size) for s in range(0, hidden.shape[0], chunk))
             else:
                 logits = self.model(input_ids=ids).logits[0, first:].float()
                 logit_chunks = (logits[s : s + chunk] for s in range(0, logits.shape[0], chunk))
