@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
@@ -64,8 +65,7 @@ def speed_child(model: str, backend: str, n: int) -> None:
     t0 = time.time()
     scorer.logprobs(convs, scorer.renderer, True)
     seconds = time.time() - t0
-    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork + exec)
-    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+    peak = status_mib("VmHWM")
     print(json.dumps({"model": model, "backend": backend, "responses": n, "tokens": tokens, "load_s": load_s,
                       "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": peak}))
 

@@ -43,14 +43,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 ENGINES = ("cdr", "lm-eval", "llamacpp")  # and "cdr-bf16" on request (--engines)
-
-
-def _status_mib(field: str) -> float:
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":")) / 1024
 
 
 def requests_for(scorer, n: int):
@@ -107,7 +104,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
         payload = [(("", ""), list(r.token_ids[: r.response_start]), list(r.token_ids[r.response_start :]))
                    for r in requests]
     load_s = time.time() - t0
-    rss_loaded = _status_mib("VmRSS")
+    rss_loaded = status_mib("VmRSS")
     t0 = time.time()
     if engine == "lm-eval":
         totals = [ll for ll, _ in lm._loglikelihood_tokens(payload, disable_tqdm=True)]
@@ -119,7 +116,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
               "response_tokens": sum(len(r.token_ids) - r.response_start for r in requests),
               "lengths": [len(r.token_ids) - r.response_start for r in requests],
               "load_s": load_s, "seconds": seconds, "threads": torch.get_num_threads(),
-              "rss_loaded_mib": rss_loaded, "peak_rss_mib": _status_mib("VmHWM"), "totals": totals}
+              "rss_loaded_mib": rss_loaded, "peak_rss_mib": status_mib("VmHWM"), "totals": totals}
     if engine in ("cdr", "lm-eval"):
         result["useful_flops"], result["flop_notes"] = useful_flops(scorer.backend.model, requests)
     if engine == "lm-eval":
@@ -144,7 +141,7 @@ def pair_child(mode: str, n: int, out_path: str) -> None:
     seconds = time.time() - t0
     Path(out_path).write_text(json.dumps({"mode": mode, "responses": len(convs), "load_s": load_s, "seconds": seconds,
                                           "rewards_per_s": len(convs) / seconds, "threads": reward.config.threads,
-                                          "rewards": rewards, "peak_rss_mib": _status_mib("VmHWM")}))
+                                          "rewards": rewards, "peak_rss_mib": status_mib("VmHWM")}))
 
 
 def run_pair(args) -> list[dict]:

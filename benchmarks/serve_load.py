@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+from proc_status import status_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,13 +53,6 @@ def offline_rewards(convs, args) -> list[float]:
         subprocess.run([sys.executable, "-m", "cdr.cli", "score", str(rows), "-o", str(out), "--cache", "none", "-q",
                         *args.reward_args], check=True, stdout=subprocess.DEVNULL)
         return [json.loads(line)["reward"] for line in out.open()]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Server:
@@ -138,18 +132,18 @@ def main() -> None:
     print(f"offline cdr score of {len(convs)} distinct conversations: {time.time() - t0:.1f} s", file=sys.stderr)
 
     server = Server(args, "--max-batch", str(args.max_batch))
-    rss = {"after_start": rss_mib(server.proc.pid)}
+    rss = {"after_start": status_mib("VmRSS", server.proc.pid)}
     bar = tqdm(total=args.requests, desc="load test", unit="req", file=sys.stderr)
     samples = []
 
     def progress(done: int) -> None:
         bar.update(1)
         if done % 250 == 0:
-            samples.append((done, rss_mib(server.proc.pid)))
+            samples.append((done, status_mib("VmRSS", server.proc.pid)))
 
     results, seconds = asyncio.run(drive(server.url, convs, args.requests, args.clients, args.timeout_s, progress))
     bar.close()
-    rss["after_load"] = rss_mib(server.proc.pid)
+    rss["after_load"] = status_mib("VmRSS", server.proc.pid)
     healthy = httpx.get(f"{server.url}/health").json()["status"] == "ok"
     diffs = [abs(reward - reference[i % len(convs)]) for i, status, _, reward in results if status == 200]
     wrong = sum(d > 1e-4 * max(1.0, abs(reference[0])) for d in diffs)

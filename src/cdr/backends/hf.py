@@ -157,7 +157,6 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             first = self.decoder(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
             prompt_cache, last = first.past_key_values, first.last_hidden_state[0, -1:]
-            out: list[np.ndarray] = []
             # suffix batches within the token budget, counting the prompt each row attends to
             order, start = sorted(range(len(batch)), key=lambda i: -len(batch[i].token_ids)), 0
             results: dict[int, np.ndarray] = {}
@@ -185,8 +184,7 @@ class TransformersBackend(Backend):
                 flat = self._token_logprobs(rows, target).double().cpu().numpy()
                 for i, lp in zip(chunk, np.split(flat, np.cumsum([len(x) for x in suffixes])[:-1])):
                     results[i] = lp
-            out = [results[i] for i in range(len(batch))]
-        return out
+        return [results[i] for i in range(len(batch))]
 
     def _batches(self, requests: Sequence[LogprobRequest]) -> list[list[int]]:
         """Longest first (an out-of-memory shows up at once), each batch within the padded-token budget."""
