@@ -302,6 +302,41 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
     return lines
 
 
+def ceilings(report: dict) -> list[str]:
+    """What the targets would need, from the measured useful FLOPs and the best fp32 matmul peak on record.
+
+    Ratios of measured quantities, no new timing: they say whether a target is reachable on this machine at all.
+    """
+    by = {(r["model"], r["engine"]): r for r in report.get("engines", []) if "error" not in r}
+    peaks = [r.get("matmul_gflops_same_run") for r in report.get("engines", []) + report.get("pair", [])]
+    peaks += [report.get("matmul", {}).get("float32_gflops"), report.get("head", {}).get("matmul_same_run", {}).get("float32_gflops")]
+    best_peak = max(p for p in peaks if p) * 1e9
+    lines = []
+    per_response = 0.0
+    for model in MODELS:
+        cdr, ref = by.get((model, "cdr")), by.get((model, "lm-eval"))
+        if not cdr:
+            continue
+        # generous: as if every prompt token were free (prompt sharing at its best), only response positions cost
+        per_response += cdr["useful_flops"] * cdr["response_tokens"] / cdr["tokens"] / cdr["responses"]
+        if ref:
+            peak = (ref.get("matmul_gflops_same_run") or best_peak / 1e9) * 1e9
+            share = cdr["useful_flops"] / ref["seconds"] / peak
+            lines.append(f"- {model}: lm-eval ran at {100 * share:.0f}% of its command's fp32 peak; 0.5x its time "
+                         f"needs {200 * share:.0f}% of that peak for the same FLOPs "
+                         f"({200 * share * cdr['response_tokens'] / cdr['tokens']:.0f}% if every prompt token were free)")
+    if per_response:
+        lines.append(f"- default pair: {per_response / 1e12:.3f} TFLOP per response counting response positions only; "
+                     f"at the best fp32 peak on record ({best_peak / 1e9:.1f} GFLOP/s) and 100% of it: "
+                     f"{best_peak / per_response:.2f} rewards/s at most")
+    if report.get("bestof8"):
+        b = report["bestof8"]
+        p, r = b["mean_prompt_tokens"], b["mean_response_tokens"]
+        lines.append(f"- best-of-8: token count alone allows {8 * (p + r) / (p + 8 * r):.2f}x "
+                     f"(8 x {p + r:.0f} tokens against {p:.0f} + 8 x {r:.0f})")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="matmul,head,engines,pair,bestof8")
@@ -313,6 +348,7 @@ def main() -> None:
     ap.add_argument("--bestof-prompts", type=int, default=6)
     ap.add_argument("--head-positions", type=int, default=1024)
     ap.add_argument("--out", default=str(HERE / "results" / "scoring_speed.json"))
+    ap.add_argument("--print-only", action="store_true", help="print the tables of the stored results, run nothing")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--pair-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -325,8 +361,9 @@ def main() -> None:
         return
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
-    parts = args.parts.split(",")
-    report["machine"] = {"cpus": os.cpu_count(), "command": " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])}
+    parts = [] if args.print_only else args.parts.split(",")
+    if parts:
+        report["machine"] = {"cpus": os.cpu_count(), "command": " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])}
     peak_now = matmul_peak() if "matmul" in parts else None
     if peak_now and ("engines" in parts or "matmul" not in report):
         report["matmul"] = peak_now  # the peak the engine table's FLOP shares are taken against
@@ -344,8 +381,9 @@ def main() -> None:
         report["head"] = head_tiles(args.head_positions) | {"matmul_same_run": peak_now}
     if "bestof8" in parts:
         report["bestof8"] = bestof8(args.bestof_prompts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    if parts:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
 
     peak = report.get("matmul")
     if peak_now:
@@ -378,7 +416,9 @@ def main() -> None:
         b = report["bestof8"]
         print(f"Best-of-8, {b['prompts']} prompts x 8 responses, prompt {b['mean_prompt_tokens']:.0f} tokens, response "
               f"{b['mean_response_tokens']:.0f} tokens: shared {b['best_s']['shared']:.1f} s, unshared "
-              f"{b['best_s']['unshared']:.1f} s, speed-up x{b['speedup']:.2f}; max abs diff {b['max_abs_diff_nats']:.1e} nats")
+              f"{b['best_s']['unshared']:.1f} s, speed-up x{b['speedup']:.2f}; max abs diff {b['max_abs_diff_nats']:.1e} nats\n")
+    if report.get("engines"):
+        print("What the targets need on this machine:\n" + "\n".join(ceilings(report)))
 
 
 if __name__ == "__main__":
