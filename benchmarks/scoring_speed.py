@@ -157,15 +157,19 @@ def run_pair(args) -> list[dict]:
 
 
 def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
-    """fp32 at ``size``; bf16 at 512 only: on a CPU without bf16 instructions it is ~50x slower than fp32."""
+    """fp32 at ``size`` (torch.mm); bf16 at 1024 through both torch.mm and F.linear, the call every nn.Linear
+    makes: on a CPU without bf16 instructions the two take different kernels, and mm's is far slower."""
     import torch
+    import torch.nn.functional as F
 
     out = {"threads": torch.get_num_threads(), "size": size,
            "cpu_bf16_instructions": any(f in open("/proc/cpuinfo").read() for f in ("avx512_bf16", "amx_bf16"))}
-    for name, dtype, n, k in (("float32", torch.float32, size, repeats), ("bfloat16", torch.bfloat16, 512, 2)):
+    cases = (("float32", torch.float32, size, repeats, torch.mm), ("bfloat16", torch.bfloat16, 1024, 2, torch.mm),
+             ("bfloat16_linear", torch.bfloat16, 1024, 3, F.linear), ("float32_linear", torch.float32, 1024, 3, F.linear))
+    for name, dtype, n, k, op in cases:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        torch.mm(a, b)
-        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(k))
+        op(a, b)
+        best = min(_timed(lambda: op(a, b)) for _ in range(k))
         out[name + "_gflops"] = 2 * n**3 / best / 1e9
     return out
 
@@ -302,6 +306,33 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
     return lines
 
 
+def bf16_agreement(results: list[dict]) -> list[str]:
+    """bf16 against fp32 (both cdr), where a run has both: per-token difference and the decisions of each row's
+    chosen (even index) against its rejected (odd index), per model and for the pair's mean_diff reward."""
+    from cdr.reward import combine
+
+    by = {(r["model"], r["engine"]): r for r in results if "error" not in r}
+    lines, pair = [], {}
+    for model in MODELS:
+        fp32, bf16 = by.get((model, "cdr")), by.get((model, "cdr-bf16"))
+        if not (fp32 and bf16) or fp32["responses"] != bf16["responses"]:
+            continue
+        a, b, n = np.array(fp32["totals"]), np.array(bf16["totals"]), np.array(fp32["lengths"])
+        rows = len(a) // 2
+        same = np.mean([(a[2 * i] > a[2 * i + 1]) == (b[2 * i] > b[2 * i + 1]) for i in range(rows)])
+        lines.append(f"- {model}: bf16 vs fp32 mean abs diff {np.abs(a - b).sum() / n.sum():.4f} nats/token, "
+                     f"single-model decisions agree on {same:.1%} of {rows} rows")
+        pair[model] = (a, b, n)
+    if len(pair) == 2:
+        (sa, sb, sn), (wa, wb, wn) = pair[MODELS[0]], pair[MODELS[1]]
+        fp = [combine("mean_diff", sa[k], sn[k], wa[k], wn[k]) for k in range(len(sa))]
+        bf = [combine("mean_diff", sb[k], sn[k], wb[k], wn[k]) for k in range(len(sa))]
+        rows = len(fp) // 2
+        same = np.mean([(fp[2 * i] > fp[2 * i + 1]) == (bf[2 * i] > bf[2 * i + 1]) for i in range(rows)])
+        lines.append(f"- the pair (mean_diff, both models in bf16): decisions agree on {same:.1%} of {rows} rows")
+    return lines
+
+
 def ceilings(report: dict) -> list[str]:
     """What the targets would need, from the measured useful FLOPs and the best fp32 matmul peak on record.
 
@@ -309,7 +340,8 @@ def ceilings(report: dict) -> list[str]:
     """
     by = {(r["model"], r["engine"]): r for r in report.get("engines", []) if "error" not in r}
     peaks = [r.get("matmul_gflops_same_run") for r in report.get("engines", []) + report.get("pair", [])]
-    peaks += [report.get("matmul", {}).get("float32_gflops"), report.get("head", {}).get("matmul_same_run", {}).get("float32_gflops")]
+    peaks += [report.get("matmul", {}).get("float32_gflops"), report.get("matmul_latest", {}).get("float32_gflops"),
+              report.get("head", {}).get("matmul_same_run", {}).get("float32_gflops")]
     best_peak = max(p for p in peaks if p) * 1e9
     lines = []
     per_response = 0.0
@@ -367,6 +399,8 @@ def main() -> None:
     peak_now = matmul_peak() if "matmul" in parts else None
     if peak_now and ("engines" in parts or "matmul" not in report):
         report["matmul"] = peak_now  # the peak the engine table's FLOP shares are taken against
+    if peak_now:
+        report["matmul_latest"] = peak_now
     if "engines" in parts:  # a rerun of some (model, engine) replaces those entries and keeps the others
         fresh = run_engines(args)
         for r in fresh:
@@ -387,13 +421,17 @@ def main() -> None:
 
     peak = report.get("matmul")
     if peak_now:
-        print(f"Matmul peak now: fp32 {peak_now['float32_gflops']:.1f} GFLOP/s")
+        print(f"Matmul peak now: fp32 {peak_now['float32_gflops']:.1f} GFLOP/s (mm, {peak_now['size']}^3); at 1024^3 "
+              f"fp32 F.linear {peak_now['float32_linear_gflops']:.1f}, bf16 F.linear {peak_now['bfloat16_linear_gflops']:.1f}, "
+              f"bf16 mm {peak_now['bfloat16_gflops']:.1f} GFLOP/s")
     if peak:
         print(f"Matmul peak ({peak['threads']} threads): fp32 {peak['float32_gflops']:.1f} GFLOP/s ({peak['size']}^3), "
-              f"bf16 {peak['bfloat16_gflops']:.1f} GFLOP/s (512^3; CPU bf16 instructions: "
+              f"bf16 {peak['bfloat16_gflops']:.1f} GFLOP/s (mm, {'1024' if 'bfloat16_linear_gflops' in peak else '512'}^3; CPU bf16 instructions: "
               f"{'yes' if peak['cpu_bf16_instructions'] else 'no'})\n")
     if report.get("engines"):
         print("\n".join(engine_table(report["engines"], peak)) + "\n")
+        if agree := bf16_agreement(report["engines"]):
+            print("bf16 against fp32:\n" + "\n".join(agree) + "\n")
     if report.get("pair"):
         seq, ovl = report["pair"]
         diff = max(abs(a - b) for a, b in zip(seq["rewards"], ovl["rewards"]))
