@@ -2,11 +2,19 @@
 contrasting contexts, with the embedded pair and with SmolLM2 against itself; router quality; the cost.
 
     python benchmarks/recipes_ablation.py --data mini --out benchmarks/results/recipes
+    python benchmarks/recipes_ablation.py --data mini+10 --out benchmarks/results/recipes_mini+10
+    python benchmarks/recipes_ablation.py --data ../shared/data/reward_bench/filtered.jsonl --variants vanilla,paper \
+        --subsets donotanswer,refusals-dangerous,refusals-offensive,xstest-should-refuse,xstest-should-respond \
+        --skip routers,timing --out benchmarks/results/recipes_safety     # one section, every row
+
+`--data mini+K` is the mini set (10 rows of each of the 23 subsets) plus K more rows of each subset drawn
+from the full filtered set (seeded, disjoint from the mini rows): a larger sample of the same design.
 
 Each recipe variant is one resumable `cdr eval` run in OUT/runs/ (not committed: its rows.jsonl holds
-RewardBench text); the same command again resumes, and the log-prob cache
-keeps finished model passes), so the script can be stopped and restarted. It then prints and writes:
+RewardBench text); the same command again resumes and the log-prob cache keeps finished model passes, so
+the script can be stopped and restarted. It then prints and writes:
 - a table per reward variant (sum, mean, mean_diff) of section scores with 95% bootstrap intervals,
+- each recipe minus vanilla on the same rows, with 95% paired bootstrap intervals (when vanilla ran in OUT),
 - the router's domain against the RewardBench section for the rules router (on --router-data, default the
   full filtered set when present) and the LLM router (on --data), with its cost per row,
 - the scoring time of the paper recipe against vanilla on the same rows with the cache off (side by side,
@@ -41,13 +49,32 @@ SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
 SECTION_DOMAIN = {"Chat": "CHAT", "Chat Hard": "CHAT", "Safety": "SAFETY", "Reasoning": "REASONING"}
 
 
-def run_eval(name: str, data: str, out: Path, quiet: bool) -> dict:
+def extended_mini(per_subset: int, out: Path, seed: int = 0) -> str:
+    """Write the mini rows plus `per_subset` more rows of each subset from the full set; return the file."""
+    import random
+
+    mini_text = (ROOT.parent / "shared" / "data" / "reward_bench" / "mini.jsonl").read_text().splitlines()
+    mini = [json.loads(line) for line in mini_text if line.strip()]
+    taken = {(r["subset"], r["id"]) for r in mini}
+    by_subset: dict[str, list[dict]] = defaultdict(list)
+    for line in FULL.read_text().splitlines():
+        if line.strip() and (row := json.loads(line)) and (row["subset"], row["id"]) not in taken:
+            by_subset[row["subset"]].append(row)
+    rng = random.Random(seed)
+    extra = [row for subset in sorted(by_subset) for row in rng.sample(by_subset[subset], per_subset)]
+    path = out / "runs" / f"mini+{per_subset}.jsonl"  # RewardBench text: under runs/, not committed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in mini + extra))
+    return str(path)
+
+
+def run_eval(name: str, data: str, out: Path, quiet: bool, subsets: str | None = None) -> dict:
     recipe_text, extra = VARIANTS[name]
     recipe = out / "recipes" / f"{name}.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(recipe_text)
     cmd = [sys.executable, "-m", "cdr.cli", "eval", data, "--output-dir", str(out / "runs" / name), "--recipe", str(recipe),
-           "--chunk-rows", "32", *extra] + (["-q"] if quiet else [])
+           "--chunk-rows", "32", *extra] + (["-q"] if quiet else []) + (["--subsets", subsets] if subsets else [])
     print("$ cdr " + " ".join(cmd[3:]), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -67,6 +94,68 @@ def ablation_table(results: dict[str, dict], variant: str) -> list[str]:
     for name, r in results.items():
         f = r["variants"][variant]
         lines.append(f"| {name} | " + " | ".join(cell(f, s) for s in SECTIONS) + f" | {cell(f, 'score')} |")
+    return lines
+
+
+def correctness(run_dir: Path, variant: str) -> dict[tuple[str, str], bool] | None:
+    """(subset, id) -> whether the variant preferred the chosen response, from a run's scores.jsonl."""
+    from cdr.rewardbench import is_correct
+
+    path = run_dir / "scores.jsonl"
+    if not path.exists():
+        return None
+    out = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        chosen, rejected = (row.get("rewards") or {}).get(variant) or (None, None)
+        out[(row["subset"], row["id"])] = is_correct(chosen, rejected)
+    return out
+
+
+def paired_differences(runs: Path, names: list[str], variant: str, n: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """Each recipe minus vanilla on the same rows: section and score differences with 95% paired bootstrap
+    intervals (the same resampled rows, within each subset, for both). Intervals of a difference are much
+    narrower than two overlapping intervals suggest, because the rows' difficulty cancels."""
+    import numpy as np
+
+    from cdr.rewardbench import score, section_scores
+
+    base = correctness(runs / "vanilla", variant)
+    if base is None:
+        return {}
+    keys = sorted(base)
+    subsets = sorted({k[0] for k in keys})
+    index = {s: np.array([i for i, k in enumerate(keys) if k[0] == s]) for s in subsets}
+    rng = np.random.default_rng(seed)
+    draws = [{s: idx[rng.integers(0, len(idx), len(idx))] for s, idx in index.items()} for _ in range(n)]
+
+    def figures(correct: np.ndarray, pick: dict[str, np.ndarray]) -> dict[str, float]:
+        sec = section_scores({s: float(correct[i].mean()) for s, i in pick.items()})
+        return sec | {"score": score(sec)}
+
+    b = np.array([base[k] for k in keys], dtype=float)
+    out = {}
+    for name in names:
+        other = correctness(runs / name, variant) if name != "vanilla" else None
+        if other is None or set(other) != set(base):
+            continue
+        o = np.array([other[k] for k in keys], dtype=float)
+        def minus(pick: dict[str, np.ndarray]) -> dict[str, float]:
+            ours, theirs = figures(o, pick), figures(b, pick)
+            return {k: v - theirs[k] for k, v in ours.items()}
+
+        point, samples = minus(index), [minus(d) for d in draws]
+        out[name] = {k: [point[k], float(np.percentile([x[k] for x in samples], 2.5)),
+                         float(np.percentile([x[k] for x in samples], 97.5))] for k in point}
+    return out
+
+
+def difference_table(diffs: dict[str, dict], variant: str) -> list[str]:
+    lines = [f"| recipe minus vanilla ({variant}) | " + " | ".join(SECTIONS) + " | score |",
+             "|---|" + "---|" * (len(SECTIONS) + 1)]
+    for name, d in diffs.items():
+        cells = [f"{d[k][0]:+.3f} [{d[k][1]:+.3f}, {d[k][2]:+.3f}]" if k in d else "-" for k in (*SECTIONS, "score")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -154,6 +243,7 @@ def main() -> None:
     p.add_argument("--router-data", default=str(FULL) if FULL.exists() else "mini")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recipes"))
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--subsets", help="only these RewardBench subsets (comma-separated), e.g. the Safety section's")
     p.add_argument("--timing-rows", type=int, default=24)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: routers, timing")
     p.add_argument("--report-only", action="store_true",
@@ -164,6 +254,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(","))
+    data = args.data
+    if data.startswith("mini+"):
+        data = extended_mini(int(data.removeprefix("mini+")), out)
 
     names = args.variants.split(",")
     results = {}
@@ -175,7 +268,7 @@ def main() -> None:
             if path.exists():
                 results[name] = json.loads(path.read_text())
         else:
-            results[name] = run_eval(name, args.data, out, quiet=True)
+            results[name] = run_eval(name, data, out, quiet=True, subsets=args.subsets)
     summary = {"data": args.data, "variants": {n: {"recipe": VARIANTS[n][0], "args": VARIANTS[n][1],
                                                    "model": r["model"], "ref_model": r["ref_model"],
                                                    "variants": r["variants"], "routing": r.get("routing"),
@@ -186,15 +279,20 @@ def main() -> None:
              "95% bootstrap intervals (rows resampled within subsets)."]
     for variant in ("sum", "mean", "mean_diff"):
         lines += [""] + ablation_table(results, variant)
+    summary["paired_differences"] = {}
+    for variant in ("sum", "mean", "mean_diff"):
+        if diffs := paired_differences(out / "runs", names, variant):
+            summary["paired_differences"][variant] = diffs
+            lines += [""] + difference_table(diffs, variant)
     if "routers" not in skip and not args.report_only:
-        (out / "routers.json").write_text(json.dumps(routers(args.data, args.router_data), indent=2))
+        (out / "routers.json").write_text(json.dumps(routers(data, args.router_data), indent=2))
     if (out / "routers.json").exists():
         summary["routers"] = r = json.loads((out / "routers.json").read_text())
         for label, title in (("rules", "Rules router"), ("rules_dev", "Rules router"), ("llm", f"LLM router ({SMOL})")):
             lines += ["", *matrix_lines(f"{title} on `{r[label]['data']}` ({r[label]['rows']} rows, "
                                         f"{1000 * r[label]['seconds_per_row']:.2f} ms/row)", r[label]["matrix"])]
     if "timing" not in skip and not args.report_only:
-        (out / "timing.json").write_text(json.dumps(timing(args.data, args.timing_rows), indent=2))
+        (out / "timing.json").write_text(json.dumps(timing(data, args.timing_rows), indent=2))
     if (out / "timing.json").exists():
         summary["timing"] = t = json.loads((out / "timing.json").read_text())
         lines += ["", f"Cost: {t['responses']} responses, cache off, best of 2 alternating runs: vanilla "

@@ -13,6 +13,8 @@ Parts:
     cdr        the hf backend as shipped (LM head on response positions only, tiled logsumexp, token-budget
                batches sorted by length, prompt sharing between a row's chosen and rejected);
     cdr-bf16   the same in bfloat16 (opt-in, --dtype bfloat16);
+    cdr-compiled  the same with the decoder body through torch.compile(dynamic=True) (an experiment: the
+               compile time on the first 8 responses is reported apart, not in the timed run);
     lm-eval    lm-evaluation-harness's HFLM._loglikelihood_tokens (the token-level core of HFLM.loglikelihood)
                on the same model object and the same token ids, --lm-eval-batch requests per batch;
     llamacpp   cdr's llama.cpp backend (one sequence at a time, eval + scores, own log-softmax) on the GGUF file.
@@ -96,6 +98,12 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
     dtype = "bfloat16" if engine == "cdr-bf16" else "float32"
     scorer = ModelScorer(resolve_model(model_name), backend, RewardConfig(cache="none", dtype=dtype), None)
     requests = requests_for(scorer, n)
+    warmup_s = None
+    if engine == "cdr-compiled":  # the decoder body through torch.compile (inductor); the first calls compile it
+        scorer.backend.decoder = torch.compile(scorer.backend.decoder, dynamic=True)
+        t1 = time.time()
+        scorer.backend.response_logprobs(requests[:8])
+        warmup_s = time.time() - t1
     if engine == "lm-eval":
         from lm_eval.models.huggingface import HFLM
 
@@ -116,7 +124,8 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
               "response_tokens": sum(len(r.token_ids) - r.response_start for r in requests),
               "lengths": [len(r.token_ids) - r.response_start for r in requests],
               "load_s": load_s, "seconds": seconds, "threads": torch.get_num_threads(),
-              "rss_loaded_mib": rss_loaded, "peak_rss_mib": status_mib("VmHWM"), "totals": totals}
+              "rss_loaded_mib": rss_loaded, "peak_rss_mib": status_mib("VmHWM"), "totals": totals,
+              "warmup_s": warmup_s}
     if engine in ("cdr", "lm-eval"):
         result["useful_flops"], result["flop_notes"] = useful_flops(scorer.backend.model, requests)
     if engine == "lm-eval":
@@ -306,6 +315,21 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
     return lines
 
 
+def compiled_vs_eager(results: list[dict]) -> list[str]:
+    """torch.compile'd decoder against the eager one (both cdr, fp32), where a run has both."""
+    by = {(r["model"], r["engine"]): r for r in results if "error" not in r}
+    lines = []
+    for model in MODELS:
+        eager, compiled = by.get((model, "cdr")), by.get((model, "cdr-compiled"))
+        if not (eager and compiled) or eager["responses"] != compiled["responses"]:
+            continue
+        diff = max(abs(a - b) / n for a, b, n in zip(eager["totals"], compiled["totals"], eager["lengths"]))
+        lines.append(f"- {model}: compiled {compiled['seconds']:.1f} s against eager {eager['seconds']:.1f} s "
+                     f"({compiled['seconds'] / eager['seconds']:.2f}x the time) after {compiled['warmup_s']:.1f} s of "
+                     f"compiling on 8 responses; max abs diff {diff:.1e} nats/token")
+    return lines
+
+
 def bf16_agreement(results: list[dict]) -> list[str]:
     """bf16 against fp32 (both cdr), where a run has both: per-token difference and the decisions of each row's
     chosen (even index) against its rejected (odd index), per model and for the pair's mean_diff reward."""
@@ -342,6 +366,8 @@ def ceilings(report: dict) -> list[str]:
     peaks = [r.get("matmul_gflops_same_run") for r in report.get("engines", []) + report.get("pair", [])]
     peaks += [report.get("matmul", {}).get("float32_gflops"), report.get("matmul_latest", {}).get("float32_gflops"),
               report.get("head", {}).get("matmul_same_run", {}).get("float32_gflops")]
+    if not any(peaks):
+        return ["- (no fp32 matmul peak in this report: run with --parts matmul first)"]
     best_peak = max(p for p in peaks if p) * 1e9
     lines = []
     per_response = 0.0
@@ -394,8 +420,10 @@ def main() -> None:
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
     parts = [] if args.print_only else args.parts.split(",")
-    if parts:
-        report["machine"] = {"cpus": os.cpu_count(), "command": " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])}
+    if parts:  # each part keeps the command that last measured it; a run of some parts leaves the others' alone
+        command = " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])
+        report["machine"] = {"cpus": os.cpu_count(), "commands": report.get("machine", {}).get("commands", {})
+                             | {part: command for part in parts}}
     peak_now = matmul_peak() if "matmul" in parts else None
     if peak_now and ("engines" in parts or "matmul" not in report):
         report["matmul"] = peak_now  # the peak the engine table's FLOP shares are taken against
@@ -432,6 +460,8 @@ def main() -> None:
         print("\n".join(engine_table(report["engines"], peak)) + "\n")
         if agree := bf16_agreement(report["engines"]):
             print("bf16 against fp32:\n" + "\n".join(agree) + "\n")
+        if compiled := compiled_vs_eager(report["engines"]):
+            print("torch.compile against eager:\n" + "\n".join(compiled) + "\n")
     if report.get("pair"):
         seq, ovl = report["pair"]
         diff = max(abs(a - b) for a, b in zip(seq["rewards"], ovl["rewards"]))
