@@ -53,8 +53,9 @@ def extended_mini(per_subset: int, out: Path, seed: int = 0) -> str:
     """Write the mini rows plus `per_subset` more rows of each subset from the full set; return the file."""
     import random
 
-    mini_text = (ROOT.parent / "shared" / "data" / "reward_bench" / "mini.jsonl").read_text().splitlines()
-    mini = [json.loads(line) for line in mini_text if line.strip()]
+    from cdr.pipelines.evaluate import mini_path
+
+    mini = [json.loads(line) for line in mini_path().read_text().splitlines() if line.strip()]
     taken = {(r["subset"], r["id"]) for r in mini}
     by_subset: dict[str, list[dict]] = defaultdict(list)
     for line in FULL.read_text().splitlines():
@@ -140,6 +141,7 @@ def paired_differences(runs: Path, names: list[str], variant: str, n: int = 2000
         if other is None or set(other) != set(base):
             continue
         o = np.array([other[k] for k in keys], dtype=float)
+
         def minus(pick: dict[str, np.ndarray]) -> dict[str, float]:
             ours, theirs = figures(o, pick), figures(b, pick)
             return {k: v - theirs[k] for k, v in ours.items()}
