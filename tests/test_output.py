@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdr.errors import CdrError
-from cdr.output import ResumableOutput
+from cdr.output import ResumableOutput, file_sha
 
 KEY = {"input": "x", "provenance": {"variant": "mean"}}
 
@@ -17,6 +17,7 @@ def test_crash_between_journal_write_and_state_update_loses_nothing(tmp_path):
     # including a half-written last line.
     with open(out.journal, "ab") as f:
         f.write(b'{"i": 2}\n{"i": 3, "trunc')
+    out.close()  # the process died: its lock went with it
     again = ResumableOutput(out_path, KEY)
     assert again.rows_done == 2 and again.state.counts == {"scored": 2}
     assert out.journal.read_text() == '{"i": 0}\n{"i": 1}\n'
@@ -25,6 +26,7 @@ def test_crash_between_journal_write_and_state_update_loses_nothing(tmp_path):
     assert [json.loads(line)["i"] for line in out_path.read_text().splitlines()] == [0, 1, 2, 3]
     assert json.loads(again.errors.read_text())["location"] == "line 5"
     assert not again.journal.exists()
+    again.close()
     done = ResumableOutput(out_path, KEY)
     assert done.complete
 
@@ -32,6 +34,7 @@ def test_crash_between_journal_write_and_state_update_loses_nothing(tmp_path):
 def test_settings_change_refuses_to_resume(tmp_path):
     out = ResumableOutput(tmp_path / "out.jsonl", KEY)
     out.append([{"i": 0}], [], 1, {})
+    out.close()
     with pytest.raises(CdrError, match="provenance changed"):
         ResumableOutput(tmp_path / "out.jsonl", {**KEY, "provenance": {"variant": "sum"}})
     fresh = ResumableOutput(tmp_path / "out.jsonl", {**KEY, "provenance": {"variant": "sum"}}, overwrite=True)
@@ -65,7 +68,10 @@ def test_kill_between_publish_and_state_update_keeps_the_output(tmp_path):
     out.append([{"i": 0}], [], 1, {})
     import os
 
+    out.state.published = {"sha256": file_sha(out.journal)}
+    out._save_state()
     os.replace(out.journal, out.path)  # finish() got this far, then the process died
+    out.close()
     again = ResumableOutput(tmp_path / "out.jsonl", KEY)
     assert again.complete
     assert (tmp_path / "out.jsonl").read_text() == '{"i": 0}\n'

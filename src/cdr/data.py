@@ -30,7 +30,8 @@ def detect_format(path: str | Path, explicit: str | None = None, output: bool = 
         return "dataset"
     fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
     if fmt is None:
-        raise CdrError(f"cannot tell the format of '{path}' from its extension; use .jsonl, .parquet or .csv (or --format)")
+        flag = "--output-format" if output else "--input-format"
+        raise CdrError(f"cannot tell the format of '{path}' from its extension; use .jsonl, .parquet or .csv (or {flag})")
     return fmt
 
 
@@ -42,6 +43,52 @@ class RawRow:
     location: str  # 'line 7' or 'row 7', for messages
     data: dict[str, Any] | None
     error: RowError | None = None
+    notes: tuple[RowError, ...] = ()  # problems the row survives (a duplicate key: the last value is used)
+
+
+MAX_DEPTH = 100  # JSON nesting a row may have (a conversation needs 4); deeper is a malformed row
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, list):
+            continue
+        if d > limit:
+            return True
+        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return False
+
+
+def parse_json_row(text: str, where: str) -> tuple[Any, RowError | None, tuple[RowError, ...]]:
+    """One JSON row: (value, error, notes). Malformed, too deeply nested or non-object rows get an error;
+    a key given twice in one object is a note (the last value wins, as in every JSON reader)."""
+    duplicates: list[str] = []
+
+    def pairs(items):
+        obj: dict[str, Any] = {}
+        for k, v in items:
+            if k in obj and k not in duplicates:
+                duplicates.append(k)
+            obj[k] = v
+        return obj
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        return None, RowError(where, None, f"not valid JSON: {exc.msg} at column {exc.colno}", "bad JSON"), ()
+    except RecursionError:
+        return None, RowError(where, None, f"nested deeper than {MAX_DEPTH} levels", "bad JSON"), ()
+    if not isinstance(data, dict):
+        return None, RowError(where, None, f"expected a JSON object, got {type(data).__name__}", "bad JSON"), ()
+    if _depth_exceeds(data, MAX_DEPTH):
+        return None, RowError(where, None, f"nested deeper than {MAX_DEPTH} levels", "bad JSON"), ()
+    notes = tuple(RowError(where, k, "appears twice in the row; the last value is used", "duplicate key")
+                  for k in duplicates)
+    return data, None, notes
 
 
 def count_rows(path: str | Path, fmt: str | None = None) -> int:
@@ -61,6 +108,8 @@ def count_rows(path: str | Path, fmt: str | None = None) -> int:
 
 def iter_rows(path: str | Path, fmt: str | None = None, batch_rows: int = 1024) -> Iterator[RawRow]:
     fmt = detect_format(path, fmt)
+    if Path(path).is_dir():
+        raise CdrError(f"input '{path}' is a directory, not a file")
     if not Path(path).exists():
         raise CdrError(f"input file '{path}' does not exist")
     if fmt == "jsonl":
@@ -86,21 +135,14 @@ def _iter_jsonl(path: str | Path, offset: int = 0, first_line: int = 1, first_in
             if not raw.strip():
                 continue
             where = f"line {lineno}"
-            data, error = None, None
+            data, error, notes = None, None, ()
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 error = RowError(where, None, f"not valid UTF-8 (byte {exc.start} of the line)", "not UTF-8")
             else:
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    error = RowError(where, None, f"not valid JSON: {exc.msg} at column {exc.colno}", "bad JSON")
-                else:
-                    if not isinstance(data, dict):
-                        error = RowError(where, None, f"expected a JSON object, got {type(data).__name__}", "bad JSON")
-                        data = None
-            yield RawRow(index, where, data, error)
+                data, error, notes = parse_json_row(text, where)
+            yield RawRow(index, where, data, error, notes)
             index += 1
 
 

@@ -1,25 +1,204 @@
 """Crash-safe, resumable output.
 
 Rows are appended to a journal (``OUT.cdr-partial.jsonl``) and fsynced chunk by chunk; a small state file
-(``OUT.cdr-state.json``, replaced atomically) records how many input rows are done and how many journal
-bytes belong to them. After a crash (even ``kill -9``) the journal is cut back to the recorded length and
-the run continues from the recorded row: nothing lost, nothing duplicated. When the run finishes, the
-journal becomes the output (renamed for JSONL, converted for Parquet/CSV) in one atomic replace.
+(``OUT.cdr-state.json``, replaced atomically) records, for every finished chunk, how many input rows are
+done, where the chunk ends in the journal and in the row reports, and a sha256 of its bytes in both. On a
+resume the journal is checked chunk by chunk against those records: bytes past the last recorded chunk
+(a run killed mid-chunk, even by ``kill -9``) are cut off, and a chunk that is missing, short or does not
+match its checksum (a truncated, deleted or edited journal) is computed again, with everything after it,
+with a warning naming it. So the output holds exactly the rows of the input, each once, never a damaged
+line. When the run finishes, the journal becomes the output (renamed for JSONL, converted for
+Parquet/CSV/dataset) in one atomic replace.
+
+While a run writes an output it holds an exclusive lock (``OUT.cdr-lock``, ``flock``): a second run on the
+same output is refused instead of interleaving its rows with the first one's.
+
+What cdr may delete: only its own files for this output, recognised by name (the journal, the state, the
+row reports, the lock) and, for a dataset directory, by the ``cdr-output.json`` marker cdr writes into
+it. ``--overwrite`` never deletes anything up front: the old output is replaced atomically when the new
+one is complete, and a directory cdr did not write is never replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cdr.data import detect_format
 from cdr.errors import CdrError
-from cdr.models import atomic_write_text
 
+STATE_FORMAT = 2
+MARKER = "cdr resumable output"
+DATASET_MARKER = "cdr-output.json"  # written into a dataset directory cdr publishes
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` so that a reader (or a crash) sees the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --- strict JSON -------------------------------------------------------------------------------------------
+
+def _finite(value: Any, path: str, found: list[str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(f"{path} ({'NaN' if value != value else 'Infinity' if value > 0 else '-Infinity'})")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+def strict_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every NaN/Infinity replaced by null (strict JSON parsers reject them), and the row's
+    ``cdr_error`` saying which fields were replaced and why."""
+    found: list[str] = []
+    clean = _finite(record, "", found)
+    if found:
+        why = "not a finite number, written as null: " + ", ".join(found)
+        clean["cdr_error"] = f"{clean['cdr_error']}; {why}" if clean.get("cdr_error") else why
+    return clean
+
+
+def encode_lines(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(strict_record(r), ensure_ascii=False, default=str, allow_nan=False) + "\n"
+                   for r in records).encode("utf-8")
+
+
+# --- the lock ------------------------------------------------------------------------------------------------
+
+class OutputLock:
+    """An exclusive ``flock`` on ``path`` (created if needed, removed on release), refusing at once when
+    another process holds it. ``what`` names the output in the message."""
+
+    def __init__(self, path: Path, what: Path):
+        import fcntl
+
+        self.path = path
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    holder = os.read(fd, 64).decode(errors="replace").strip()
+                except OSError:
+                    holder = ""
+                os.close(fd)
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise CdrError(f"'{what}' is being written by another cdr run{pid}; wait for it to finish, "
+                               "or choose another output") from None
+            try:  # the holder may have removed the file between our open and our lock: lock the new one then
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it, so no one locks a file about to vanish
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(output.name + ".cdr-lock")
+
+
+def check_lock_free(output: Path) -> None:
+    """Fail now if another run holds ``output``'s lock (before any model is loaded)."""
+    path = lock_path(output)
+    if not path.exists():
+        return
+    OutputLock(path, output).release()
+
+
+# --- output paths -------------------------------------------------------------------------------------------
+
+def companion_paths(output: Path) -> dict[str, Path]:
+    """The files cdr keeps beside an output: the only ones, besides the output, it may ever remove."""
+    return {"journal": output.with_name(output.name + ".cdr-partial.jsonl"),
+            "errors": output.with_name(output.name + ".errors.jsonl"),
+            "state": output.with_name(output.name + ".cdr-state.json"),
+            "lock": lock_path(output)}
+
+
+def is_cdr_dataset_dir(path: Path) -> bool:
+    return (path / DATASET_MARKER).is_file()
+
+
+def check_output_target(output: Path, fmt: str) -> None:
+    """Refuse outputs cdr must never replace: a directory it did not write, or one where a file belongs."""
+    if output.is_dir():
+        if fmt != "dataset":
+            raise CdrError(f"output '{output}' is a directory; give a file name ending in .jsonl, .parquet or .csv")
+        if any(output.iterdir()) and not is_cdr_dataset_dir(output):
+            raise CdrError(f"output '{output}' is a directory cdr did not write (it has no {DATASET_MARKER}); "
+                           "cdr never replaces such a directory, even with --overwrite: choose another output")
+
+
+def check_not_input(input_path: str | Path, output: Path) -> None:
+    """The output (or a file cdr keeps beside it) may never be the input: also through links."""
+    src = Path(input_path)
+    for name, p in {"output": output, **companion_paths(output)}.items():
+        same = False
+        try:
+            same = p.exists() and src.exists() and os.path.samefile(src, p)
+        except OSError:
+            pass
+        if same or p.resolve() == src.resolve():
+            what = f"output '{output}'" if name == "output" else f"{name} file of output '{output}' ('{p}')"
+            raise CdrError(f"the {what} is the input file '{input_path}'; choose another output")
+
+
+# --- the resumable output ------------------------------------------------------------------------------------
 
 @dataclass
 class RunState:
@@ -29,55 +208,126 @@ class RunState:
     errors_bytes: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     complete: bool = False
+    # one record per finished chunk: rows done after it, where it ends in the journal and in the row
+    # reports, the sha256 of its bytes in each, and what it added to the counts
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    published: dict[str, Any] | None = None  # set just before the journal becomes the output
+    cdr: str = MARKER
+    format: int = STATE_FORMAT
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 class ResumableOutput:
-    def __init__(self, output: str | Path, key: dict[str, Any], fmt: str | None = None, overwrite: bool = False):
+    def __init__(self, output: str | Path, key: dict[str, Any], fmt: str | None = None, overwrite: bool = False,
+                 log: Callable[[str], None] | None = None, input_path: str | Path | None = None):
         self.path = Path(output)
+        self.log = log or _log
         self.format = detect_format(self.path, fmt, output=True)
-        self.journal = self.path.with_name(self.path.name + ".cdr-partial.jsonl")
-        self.errors = self.path.with_name(self.path.name + ".errors.jsonl")
-        self.state_path = self.path.with_name(self.path.name + ".cdr-state.json")
+        paths = companion_paths(self.path)
+        self.journal, self.errors, self.state_path = paths["journal"], paths["errors"], paths["state"]
+        if input_path is not None:
+            check_not_input(input_path, self.path)
+        check_output_target(self.path, self.format)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        key = json.loads(json.dumps(key, default=str))
-        if overwrite:
-            if self.path.is_dir():
-                shutil.rmtree(self.path)
-            for p in (self.path, self.journal, self.errors, self.state_path):
-                p.unlink(missing_ok=True)
-        self.state = self._load_state(key)
-        if not self.state.complete and self.state.journal_bytes and not self.journal.exists() and self.path.exists():
-            # killed between publishing the output and recording that: the output is the whole journal
-            self.state.complete = True
-            self._save_state()
-        self._truncate(self.journal, self.state.journal_bytes)
-        self._truncate(self.errors, self.state.errors_bytes)
+        self._lock: OutputLock | None = OutputLock(paths["lock"], self.path)
+        try:
+            key = json.loads(json.dumps(key, default=str))
+            if overwrite:  # only cdr's own files; the old output stays until the new one replaces it
+                for p in (self.journal, self.errors, self.state_path):
+                    p.unlink(missing_ok=True)
+            self.state = self._load_state(key, overwrite)
+            if not self.state.complete:
+                self._verify()
+        except BaseException:
+            self.close()
+            raise
 
-    def _load_state(self, key: dict[str, Any]) -> RunState:
+    # -- state -------------------------------------------------------------------------------------------------
+
+    def _load_state(self, key: dict[str, Any], overwrite: bool) -> RunState:
         if not self.state_path.exists():
-            if self.path.exists():
+            if self.path.exists() and not overwrite and not (self.path.is_dir() and not any(self.path.iterdir())):
                 raise CdrError(f"'{self.path}' already exists and was not written by an unfinished cdr run; "
                                "pass --overwrite to replace it")
+            if self.errors.exists():
+                if not overwrite:
+                    raise CdrError(f"'{self.errors}' already exists and was not written by an unfinished cdr run; "
+                                   "pass --overwrite to replace it")
+                self.errors.unlink()
             return RunState(key)
         try:
-            state = RunState(**json.loads(self.state_path.read_text()))
-        except (json.JSONDecodeError, TypeError):
-            raise CdrError(f"'{self.state_path}' is damaged; pass --overwrite to start again") from None
+            raw = json.loads(self.state_path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict) or raw.get("cdr") != MARKER:
+                raise TypeError
+            if raw.get("format") != STATE_FORMAT:
+                raise CdrError(f"'{self.state_path}' was written by another version of cdr (state format "
+                               f"{raw.get('format')}, this one reads {STATE_FORMAT}); pass --overwrite to start again")
+            state = RunState(**raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+            raise CdrError(f"'{self.state_path}' is damaged or not a cdr state file; pass --overwrite to start again") from None
         if state.key != key:
             changed = sorted(k for k in set(key) | set(state.key) if key.get(k) != state.key.get(k))
             raise CdrError(
                 f"'{self.path}' belongs to a run with different settings ({', '.join(changed)} changed); "
                 "pass --overwrite to start again, or choose another output"
             )
+        if state.published and not state.complete and not self.journal.exists() and self.path.exists():
+            # killed between publishing the output and recording that
+            if self.format != "jsonl" or self.path.is_file() and file_sha(self.path) == state.published["sha256"]:
+                state.complete = True
+                self.state = state
+                self._save_state()
+            else:
+                raise CdrError(f"'{self.path}' is not the output this run published (its checksum differs) and the "
+                               "journal is gone; pass --overwrite to start again")
+        if state.complete and not self.path.exists():
+            self.log(f"cdr: {self.path} was finished before but is gone now; computing it again")
+            return RunState(key)
         return state
+
+    def _verify(self) -> None:
+        """Check the journal and the row reports chunk by chunk against the state; cut off what no chunk
+        records, and compute again (from the first bad chunk on) what is missing or damaged."""
+        s = self.state
+        good, problem = 0, None
+        j_size = self.journal.stat().st_size if self.journal.exists() else None
+        e_size = self.errors.stat().st_size if self.errors.exists() else None
+        j_end = e_end = 0
+        with _maybe_open(self.journal) as jf, _maybe_open(self.errors) as ef:
+            for c in s.chunks:
+                problem = (_check_part(jf, j_size, j_end, c["journal"], c["journal_sha256"], self.journal)
+                           or _check_part(ef, e_size, e_end, c["errors"], c["errors_sha256"], self.errors))
+                if problem:
+                    break
+                j_end, e_end = c["journal"], c["errors"]
+                good += 1
+        if good < len(s.chunks):
+            first_row = s.chunks[good - 1]["rows"] if good else 0
+            self.log(f"cdr: warning: {problem}; rows {first_row + 1}-{s.rows_done} are computed again")
+            s.chunks = s.chunks[:good]
+            s.rows_done = first_row
+            counts: dict[str, int] = {}
+            for c in s.chunks:
+                for k, v in c["counts"].items():
+                    counts[k] = counts.get(k, 0) + v
+            s.counts = {k: v for k, v in counts.items()}
+        s.journal_bytes, s.errors_bytes = j_end, e_end
+        s.published = None
+        self._truncate(self.journal, j_end)
+        self._truncate(self.errors, e_end)
+        self._save_state()
 
     @staticmethod
     def _truncate(path: Path, size: int) -> None:
         if size == 0:
             path.unlink(missing_ok=True)
-        elif path.exists() and path.stat().st_size != size:
+        elif path.exists() and path.stat().st_size > size:
             with open(path, "r+b") as f:
                 f.truncate(size)
+                os.fsync(f.fileno())
 
     @property
     def rows_done(self) -> int:
@@ -89,43 +339,116 @@ class ResumableOutput:
 
     def append(self, rows: list[dict[str, Any]], errors: list[dict[str, Any]], rows_done: int, counts: dict[str, int]) -> None:
         """Durably record a finished chunk: its output rows, its error reports, and the new position."""
-        self.state.journal_bytes = self._append_lines(self.journal, rows, self.state.journal_bytes)
-        self.state.errors_bytes = self._append_lines(self.errors, errors, self.state.errors_bytes)
-        self.state.rows_done = rows_done
-        self.state.counts = dict(counts)
+        s = self.state
+        j_data, e_data = encode_lines(rows), encode_lines(errors)
+        s.journal_bytes = self._append_bytes(self.journal, j_data, s.journal_bytes)
+        s.errors_bytes = self._append_bytes(self.errors, e_data, s.errors_bytes)
+        delta = {k: v - s.counts.get(k, 0) for k, v in counts.items() if v != s.counts.get(k, 0)}
+        s.chunks.append({"rows": rows_done, "journal": s.journal_bytes, "journal_sha256": _sha(j_data),
+                         "errors": s.errors_bytes, "errors_sha256": _sha(e_data), "counts": delta})
+        s.rows_done = rows_done
+        s.counts = dict(counts)
         self._save_state()
 
     @staticmethod
-    def _append_lines(path: Path, records: list[dict[str, Any]], size: int) -> int:
-        if not records:
+    def _append_bytes(path: Path, data: bytes, size: int) -> int:
+        if not data:
             return size
-        data = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records).encode()
         with open(path, "ab") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if size == 0:  # a new file: make its name durable too
+            fsync_dir(path.parent)
         return size + len(data)
 
     def _save_state(self) -> None:
-        atomic_write_text(self.state_path, json.dumps(self.state.__dict__, indent=1))
+        atomic_write_text(self.state_path, json.dumps(self.state.__dict__, separators=(",", ":")))
 
     def finish(self) -> None:
         """Publish the journal as the output file, atomically."""
         if not self.journal.exists():
             self.journal.write_bytes(b"")
+        check_output_target(self.path, self.format)  # nothing became a foreign directory meanwhile
+        self.state.published = {"sha256": file_sha(self.journal)}
+        self._save_state()
         if self.format == "jsonl":
             os.replace(self.journal, self.path)
         else:
             tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
+            _remove_own_tmp(tmp)
             _convert_jsonl(self.journal, tmp, self.format)
-            if self.path.is_dir():  # a dataset directory from an interrupted earlier publish
-                shutil.rmtree(self.path)
+            if self.format == "dataset":
+                (tmp / DATASET_MARKER).write_text(json.dumps({"cdr": MARKER, "state": self.state_path.name}))
+            old = None
+            if self.path.is_dir():  # our own dataset directory from an earlier run (checked above)
+                old = self.path.with_name(f".{self.path.name}.old{os.getpid()}")
+                _remove_own_tmp(old)
+                os.replace(self.path, old)
             os.replace(tmp, self.path)
+            if old is not None:
+                shutil.rmtree(old)
             self.journal.unlink()
+        fsync_dir(self.path.parent)
         self.state.complete = True
         self._save_state()
+
+    def close(self) -> None:
+        """Release the lock (the files stay: a later run resumes from them)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "ResumableOutput":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _maybe_open:
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = None
+
+    def __enter__(self):
+        if self.path.exists():
+            self.f = open(self.path, "rb")
+        return self.f
+
+    def __exit__(self, *exc):
+        if self.f:
+            self.f.close()
+
+
+def _check_part(f, size: int | None, start: int, end: int, sha: str, path: Path) -> str | None:
+    """None if bytes [start, end) of the open file ``f`` match ``sha``, else what is wrong."""
+    if end == start:
+        return None
+    if f is None:
+        return f"'{path}' is missing"
+    if size < end:
+        return f"'{path}' is shorter ({size} bytes) than its finished chunks ({end} bytes)"
+    f.seek(start)
+    if _sha(f.read(end - start)) != sha:
+        return f"'{path}' bytes {start}-{end} do not match their checksum (the file was changed or damaged)"
+    return None
+
+
+def _remove_own_tmp(path: Path) -> None:
+    """A temporary file or directory of cdr's own naming (``.NAME.tmpPID`` / ``.NAME.oldPID``)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,17 +18,63 @@ from typing import Any, Callable
 
 from cdr.data import RawRow, count_rows, detect_format, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.output import ResumableOutput
+from cdr.output import ResumableOutput, check_lock_free, check_not_input, check_output_target
 
 SHOWN_ERRORS = 20
+EXIT_NO_RESULTS = 3  # the run finished, but no row produced a result
+
+
+def check_input(input_path, input_format=None) -> str:
+    """The input's format, or a one-line error if it is not a readable file."""
+    fmt = detect_format(input_path, input_format)
+    path = Path(input_path)
+    if path.is_dir():
+        raise CdrError(f"input '{input_path}' is a directory, not a file")
+    if not path.exists():
+        raise CdrError(f"input file '{input_path}' does not exist")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise CdrError(f"cannot read input file '{input_path}': {exc.strerror}") from None
+    return fmt
+
+
+def check_writable(output_path) -> None:
+    """Fail now, not after the models loaded and the first chunk was scored, if the output's directory cannot
+    be created or written."""
+    path = Path(output_path).absolute()
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CdrError(f"cannot write output '{output_path}': '{probe}' is a file, not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".cdr-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CdrError(f"cannot write output '{output_path}': directory '{probe}' is not writable ({exc.strerror})") from None
 
 
 def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
-    """Fail fast, before any model is loaded, on paths that cannot work."""
-    detect_format(input_path, input_format)
-    detect_format(output_path, output_format, output=True)
-    if not Path(input_path).is_file():
-        raise CdrError(f"input file '{input_path}' does not exist")
+    """Fail fast, before any model is loaded, on paths that cannot work: an input that is not a readable
+    file, an output that is the input, a directory cdr did not write, an unwritable place, or an output
+    another run is writing."""
+    check_input(input_path, input_format)
+    out = Path(output_path)
+    fmt = detect_format(out, output_format, output=True)
+    check_not_input(input_path, out)
+    check_output_target(out, fmt)
+    check_writable(out)
+    check_lock_free(out)
+
+
+def report_notes(chunk: list[RawRow], ctx: "ChunkContext") -> None:
+    """Problems a row survives that the reader found (a duplicate key: the last value is used)."""
+    for raw in chunk:
+        for note in raw.notes:
+            ctx.report(note, skip_row=False)
 
 
 @dataclass
@@ -53,10 +100,26 @@ class RunSummary:
     order: tuple[str, ...] = ()
     skipped_kinds: dict[str, int] = field(default_factory=dict)
     extra: str = ""  # a pipeline's own report (e.g. annotate's length report)
+    result_key: str | None = None  # the count of rows that produced a result (None: rows not skipped)
+
+    @property
+    def failed(self) -> bool:
+        """True when there were rows and not one of them produced a result (all malformed or unscorable)."""
+        if self.rows == 0:
+            return False
+        produced = self.counts.get(self.result_key, 0) if self.result_key else self.rows - self.counts.get("skipped", 0)
+        return produced <= 0
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_NO_RESULTS if self.failed else 0
 
     def render(self) -> str:
         parts = [f"rows: {self.rows}"] + [f"{name}: {self.counts.get(name, 0)}" for name in self.order]
         lines = ["  ".join(parts)]
+        if self.failed:
+            lines.append(f"no row produced a result: all {self.rows} rows were skipped or unscorable "
+                         f"(exit status {EXIT_NO_RESULTS}; the row reports say why)")
         if self.skipped_kinds:
             lines.append("skipped by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_kinds.items())))
         lines.append(f"output: {self.output}")
@@ -85,23 +148,38 @@ def run_rows(
     desc: str = "rows",
     limit: int | None = None,
     log: Callable[[str], None] | None = None,
+    result_key: str | None = None,
 ) -> RunSummary:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     start = time.time()
     check_paths(input_path, output_path, input_format, output_format)
     if on_error not in ("skip", "fail"):
         raise CdrError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise CdrError(f"--chunk-rows must be a whole number >= 1, got {chunk_rows!r}")
+    if limit is not None and limit < 0:
+        raise CdrError(f"--limit must be >= 0, got {limit}")
     st = os.stat(input_path)
     key = {"input": str(Path(input_path).resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
            "on_error": on_error, "limit": limit, **key}
-    out = ResumableOutput(output_path, key, output_format, overwrite)
+    out = ResumableOutput(output_path, key, output_format, overwrite, log=log, input_path=input_path)
+    try:
+        return _run(out, input_path, process, summary_order, input_format, on_error, chunk_rows, progress, desc,
+                    limit, log, result_key, output_path, start)
+    finally:
+        out.close()
+
+
+def _run(out, input_path, process, summary_order, input_format, on_error, chunk_rows, progress, desc, limit, log,
+         result_key, output_path, start) -> RunSummary:
     counts: Counter = Counter(out.state.counts)
     resumed_from = out.rows_done
 
     def summary() -> RunSummary:
         kinds = {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ")}
         return RunSummary(out.path, out.rows_done, counts, time.time() - start,
-                          out.errors if out.errors.exists() else None, resumed_from, summary_order, kinds)
+                          out.errors if out.errors.exists() else None, resumed_from, summary_order, kinds,
+                          result_key=result_key)
 
     if out.complete:
         log(f"{output_path} is already complete; pass --overwrite to run again")
@@ -157,7 +235,9 @@ def run_rows(
         def note(location: str, kind: str, message: str) -> None:
             errors.append({"location": location, "field": None, "kind": kind, "error": message})
 
-        rows = process(chunk, ChunkContext(report, note, counts, advance))
+        ctx = ChunkContext(report, note, counts, advance)
+        report_notes(chunk, ctx)
+        rows = process(chunk, ctx)
         done += len(chunk)
         out.append(rows, errors, done, dict(counts))
         chunk = []

@@ -48,6 +48,7 @@ class ScoreJob:
     fields: Fields = Fields()
     summary_order = SUMMARY
     desc = "scoring"
+    result_key = "scored"  # a run where no row was scored failed (exit status 3)
 
     def key(self, provenance: dict[str, Any]) -> dict[str, Any]:
         """What identifies a run for resume: the job's options and what produces the rewards."""
@@ -89,4 +90,4 @@ def score_file(
     """
     job = ScoreJob(fields)
     return run_rows(input_path, output_path, job.processor(reward), key=job.key(reward.provenance), summary_order=job.summary_order,
-                    desc=job.desc, **run_options)
+                    desc=job.desc, result_key=job.result_key, **run_options)
