@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -36,8 +37,8 @@ from typing import Any
 
 from cdr.data import RawRow, count_rows, detect_format, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.models import atomic_write_text
-from cdr.pipelines.runner import ChunkContext, RunSummary
+from cdr.output import OutputLock, file_sha, atomic_write_text, check_lock_free, lock_path
+from cdr.pipelines.runner import ChunkContext, RunSummary, check_input, check_writable, report_notes
 
 STATE = "cdr-ray.json"
 
@@ -184,7 +185,9 @@ class PairActor:
             errors.append({"location": location, "field": None, "kind": kind, "error": message})
 
         try:
-            results = self.process(rows, ChunkContext(report, note, counts, lambda _: None))
+            ctx = ChunkContext(report, note, counts, lambda _: None)
+            report_notes(rows, ctx)
+            results = self.process(rows, ctx)
         except RowError as err:  # --on-error fail: the driver stops with this row's message
             return [("abort", str(err))]
         return ([("row", r) for r in results] + [("error", e) for e in errors]
@@ -210,22 +213,48 @@ def _init_ray(options: RayOptions):
     return ray
 
 
+SHARD_FILE = re.compile(r"part-\d{5}\.(parquet|json)|\.part-\d{5}\.parquet\.tmp\d+")
+
+
+def _own_files(out_dir: Path) -> list[Path]:
+    """The files of a Ray output directory cdr wrote (by name): the only ones it may remove there."""
+    return [p for p in out_dir.iterdir() if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))]
+
+
+def _read_state(state_path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("key"), dict):
+            raise TypeError
+        return state
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        raise CdrError(f"'{state_path}' is damaged or not a cdr state file; move the directory aside, or remove "
+                       f"'{state_path}' and pass --overwrite to start again") from None
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """A Ray output must be a new or empty directory, or one cdr's Ray engine wrote (it holds cdr-ray.json)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CdrError(f"with --engine ray the output is a directory of Parquet shards; '{out_dir}' is a file")
+    if out_dir.is_dir() and not (out_dir / STATE).exists() and any(out_dir.iterdir()):
+        raise CdrError(f"'{out_dir}' is a directory cdr did not write (it has no {STATE}); cdr never deletes or mixes "
+                       "into such a directory, even with --overwrite: choose another output")
+
+
 def _load_state(out_dir: Path, key: dict[str, Any], overwrite: bool) -> dict[str, Any]:
     state_path = out_dir / STATE
-    if overwrite and out_dir.exists():
-        for p in out_dir.iterdir():
-            if p.name.startswith(("part-", ".part-")) or p.name in (STATE, "errors.jsonl"):
-                p.unlink()
+    _check_out_dir(out_dir)
+    if overwrite and state_path.exists():
+        _read_state(state_path)  # cdr's own directory: remove only the files it wrote there
+        for p in _own_files(out_dir):
+            p.unlink()
     if state_path.exists():
-        state = json.loads(state_path.read_text())
+        state = _read_state(state_path)
         if state["key"] != key:
             changed = sorted(k for k in set(key) | set(state["key"]) if key.get(k) != state["key"].get(k))
             raise CdrError(f"'{out_dir}' belongs to a run with different settings ({', '.join(changed)} changed); "
                            "pass --overwrite to start again, or choose another output")
         return state
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CdrError(f"'{out_dir}' exists and is not a cdr Ray output directory; choose another output or "
-                       "pass --overwrite")
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"key": key, "complete": False}
     atomic_write_text(state_path, json.dumps(state, indent=1))
@@ -239,14 +268,40 @@ def _write_shard(out_dir: Path, shard: Shard, rows: list[dict], errors: list[dic
     columns = list(dict.fromkeys(k for r in rows for k in r))
     tmp = out_dir / f".{shard.name}.parquet.tmp{os.getpid()}"
     pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    sha = file_sha(tmp)
     os.replace(tmp, out_dir / f"{shard.name}.parquet")
     mark = {"shard": {"index": shard.index, "start": shard.start, "stop": shard.stop}, "output_rows": len(rows),
-            "counts": dict(counts), "errors": errors}
+            "parquet_sha256": sha, "counts": dict(counts), "errors": errors}
     atomic_write_text(out_dir / f"{shard.name}.json", json.dumps(mark, ensure_ascii=False))
 
 
+def _read_mark(out_dir: Path, shard: Shard) -> dict[str, Any] | None:
+    try:
+        mark = json.loads((out_dir / f"{shard.name}.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return mark if isinstance(mark, dict) else None
+
+
+def shard_problem(out_dir: Path, shard: Shard) -> str | None:
+    """None if the shard is finished and intact; else why it must be computed (again)."""
+    mark_path, parquet = out_dir / f"{shard.name}.json", out_dir / f"{shard.name}.parquet"
+    if not mark_path.exists():
+        return "not finished" if not parquet.exists() else "not finished (no completion mark)"
+    mark = _read_mark(out_dir, shard)
+    if mark is None or mark.get("shard") != {"index": shard.index, "start": shard.start, "stop": shard.stop}:
+        return f"its completion mark '{mark_path}' is damaged"
+    if not parquet.exists():
+        return f"'{parquet}' is missing"
+    if mark.get("parquet_sha256") != file_sha(parquet):
+        return f"'{parquet}' does not match its checksum (changed or damaged)"
+    return None
+
+
 def shard_done(out_dir: Path, shard: Shard) -> bool:
-    return (out_dir / f"{shard.name}.json").exists() and (out_dir / f"{shard.name}.parquet").exists()
+    return shard_problem(out_dir, shard) is None
 
 
 def read_shards(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -280,29 +335,56 @@ def run_rows_ray(
     (Parquet shards). ``key`` identifies the run, as for ``run_rows``; ``config`` is the RewardConfig each
     actor builds its reward from."""
     start = time.time()
-    fmt = detect_format(input_path, input_format)
-    if not Path(input_path).is_file():
-        raise CdrError(f"input file '{input_path}' does not exist")
+    fmt = check_input(input_path, input_format)
     if on_error not in ("skip", "fail"):
         raise CdrError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     out_dir = Path(output_dir)
     if out_dir.suffix in (".jsonl", ".json", ".parquet", ".csv"):
         raise CdrError(f"with --engine ray the output is a directory of Parquet shards; got '{out_dir}'")
+    check_ray_output(input_path, out_dir)
     st = os.stat(input_path)
     key = json.loads(json.dumps({"input": str(Path(input_path).resolve()), "input_size": st.st_size,
                                  "input_mtime_ns": st.st_mtime_ns, "on_error": on_error, "limit": limit,
                                  "shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}, default=str))
+    lock = OutputLock(lock_path(out_dir), out_dir)
+    try:
+        return _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit,
+                           log, start)
+    finally:
+        lock.release()
+
+
+def check_ray_output(input_path, out_dir: Path) -> None:
+    """The checks of a Ray output that need no model and no cluster."""
+    if Path(input_path).resolve() == out_dir.resolve():
+        raise CdrError(f"the output '{out_dir}' is the input file; choose another output")
+    _check_out_dir(out_dir)
+    check_writable(out_dir / STATE)
+    check_lock_free(out_dir)
+
+
+def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit, log,
+                start) -> RunSummary:
     state = _load_state(out_dir, key, overwrite)
     shards = plan_shards(input_path, fmt, options.shard_rows, options.batch_rows, limit)
-    pending = [s for s in shards if not shard_done(out_dir, s)]
+    pending = []
+    for s in shards:
+        problem = shard_problem(out_dir, s)
+        if problem is not None:
+            if problem not in ("not finished", "not finished (no completion mark)"):
+                log(f"cdr: warning: shard {s.name} (rows {s.start + 1}-{s.stop}): {problem}; it is computed again")
+            for p in (out_dir / f"{s.name}.json", out_dir / f"{s.name}.parquet"):
+                p.unlink(missing_ok=True)
+            pending.append(s)
     done_rows = sum(s.rows for s in shards if s not in pending)
     total_counts: Counter = Counter()
     for s in shards:
         if s not in pending:
-            total_counts.update(json.loads((out_dir / f"{s.name}.json").read_text())["counts"])
+            total_counts.update(_read_mark(out_dir, s)["counts"])
     if pending and done_rows:
         log(f"resuming {out_dir}: {len(shards) - len(pending)} of {len(shards)} shards already done")
     if pending:
+        state["complete"] = False
         _run_pending(pending, input_path, fmt, out_dir, job, config, options, on_error, state, total_counts,
                      progress, total_rows=sum(s.rows for s in shards), done_rows=done_rows)
     missing = [s.name for s in shards if not shard_done(out_dir, s)]
@@ -313,7 +395,7 @@ def run_rows_ray(
     errors_file = _merge_errors(out_dir, shards)
     kinds = {k.removeprefix("skipped: "): v for k, v in total_counts.items() if k.startswith("skipped: ")}
     return RunSummary(out_dir, sum(s.rows for s in shards), total_counts, time.time() - start, errors_file,
-                      done_rows, tuple(job.summary_order), kinds)
+                      done_rows, tuple(job.summary_order), kinds, result_key=getattr(job, "result_key", None))
 
 
 def _run_pending(pending: list[Shard], input_path, fmt: str, out_dir: Path, job, config, options: RayOptions,
@@ -399,7 +481,7 @@ def _merge_errors(out_dir: Path, shards: list[Shard]) -> Path | None:
     """All shards' row reports in one ``errors.jsonl`` beside the shards (None when there are none)."""
     lines = []
     for s in shards:
-        for e in json.loads((out_dir / f"{s.name}.json").read_text())["errors"]:
+        for e in _read_mark(out_dir, s)["errors"]:
             lines.append(json.dumps(e, ensure_ascii=False) + "\n")
     path = out_dir / "errors.jsonl"
     if not lines:
