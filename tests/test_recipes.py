@@ -278,12 +278,14 @@ def test_python_router_from_yaml(tmp_path):
 
     path = write(tmp_path, "name: x\nfallback: A\nrouter: {kind: python, callable: 'os.path:basename'}\n"
                            "domains:\n  A: {criteria: c}\n  B: {criteria: d}\n")
-    router = build_router(load_recipe(path))
+    with pytest.raises(CdrError, match="pass --allow-python-router"):  # a recipe file runs no code unless asked
+        build_router(load_recipe(path))
+    router = build_router(load_recipe(path), allow_python=True)
     assert router.name == "os.path:basename"
     bad = write(tmp_path, "name: x\nfallback: A\nrouter: {kind: python, callable: 'no_such_mod:f'}\n"
                           "domains:\n  A: {criteria: c}\n", "bad.yaml")
     with pytest.raises(CdrError, match="cannot be imported"):
-        build_router(load_recipe(bad))
+        build_router(load_recipe(bad), allow_python=True)
 
 
 def test_llm_router_takes_the_most_likely_domain_name(tmp_path, tiny_strong, tiny_weak):

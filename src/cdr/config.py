@@ -46,6 +46,7 @@ class RewardConfig:
     recipe: Any = field(default="vanilla", metadata={"help": "customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; see docs/recipes.md"})
     cache: str | None = field(default="default", metadata={"help": "log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
+    allow_python_router: bool = field(default=False, metadata={"help": "allow a recipe's python router to import and run the module:function it names (off unless asked)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.plain_format, dict):
@@ -59,6 +60,12 @@ class RewardConfig:
             raise CdrError(f"rendering must be one of {', '.join(RENDERINGS)}, got {self.rendering!r}")
         if self.batch_tokens < 1:
             raise CdrError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        for name in ("max_length", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CdrError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= 1, got {value!r}")
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise CdrError(f"concurrency (--concurrency) must be a whole number >= 1, got {self.concurrency!r}")
 
     @classmethod
     def help(cls, name: str) -> str:

@@ -132,6 +132,8 @@ def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
         data = _plain(node, "", lines)
     except _DuplicateKey as dup:
         raise RecipeError(source, dup.line, dup.key, "appears twice; the second would silently win") from None
+    except _BadScalar as bad:
+        raise RecipeError(source, bad.line, bad.key, bad.message) from None
     if "name" not in data:
         data["name"] = Path(spec).stem if source != f"preset '{spec}'" else spec
     base = data.pop("extends", None)
@@ -139,6 +141,9 @@ def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
         return data, lines, source
     if not isinstance(base, str):
         raise RecipeError(source, lines.get("extends"), "extends", "expected a preset name or a path")
+    if data.get("domains") is not None and not isinstance(data["domains"], dict):
+        raise RecipeError(source, lines.get("domains"), "domains",
+                          "expected a mapping of domain name to its criteria and exemplars")
     base_path = base if base in preset_names() or Path(base).is_absolute() or source.startswith("preset") \
         else str(Path(source).parent / base)
     parent, parent_lines, _ = _read(base_path, seen + (spec,))
@@ -150,6 +155,11 @@ def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
 class _DuplicateKey(Exception):
     def __init__(self, key: str, line: int):
         self.key, self.line = key, line
+
+
+class _BadScalar(Exception):
+    def __init__(self, key: str, line: int, message: str):
+        self.key, self.line, self.message = key, line, message
 
 
 def _plain(node, path: str, lines: dict[str, int]) -> Any:
@@ -173,7 +183,12 @@ def _plain(node, path: str, lines: dict[str, int]) -> Any:
             lines[sub] = item.start_mark.line + 1
             items.append(_plain(item, sub, lines))
         return items
-    return yaml.safe_load(yaml.serialize(node))
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # a tag safe YAML does not allow, or a bad value for one
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise _BadScalar(path or "(top level)", node.start_mark.line + 1,
+                         f"cannot read this value ({node.tag}): {reason}") from None
 
 
 # --- validation -----------------------------------------------------------------------------------------------

@@ -99,7 +99,10 @@ class CallableRouter:
     def route(self, prompts, rows=None) -> list[str | None]:
         out = []
         for prompt in prompts:
-            value = self.fn([m.as_dict() for m in prompt])
+            try:
+                value = self.fn([m.as_dict() for m in prompt])
+            except Exception as exc:  # the user's code: one line naming it, not a traceback
+                raise CdrError(f"router {self.name} failed: {type(exc).__name__}: {exc}") from None
             if value is not None and not isinstance(value, str):
                 raise CdrError(f"router {self.name} returned {value!r}; expected a domain name (a string) or None")
             out.append(value)
@@ -119,8 +122,10 @@ def import_callable(target: str) -> Callable:
     return obj
 
 
-def build_router(recipe: Recipe, reward=None) -> Router | None:
-    """The recipe's router; ``reward`` (a DensityRatio) lends its models to an LLM router."""
+def build_router(recipe: Recipe, reward=None, allow_python: bool | None = None) -> Router | None:
+    """The recipe's router; ``reward`` (a DensityRatio) lends its models to an LLM router. A ``python`` router
+    imports and calls code the recipe file names, so it is refused unless asked for: ``allow_python`` (or
+    the reward's ``allow_python_router`` option, flag ``--allow-python-router``)."""
     spec = recipe.router
     if spec.kind == "none":
         return None
@@ -129,6 +134,11 @@ def build_router(recipe: Recipe, reward=None) -> Router | None:
     if spec.kind == "column":
         return ColumnRouter(spec.column)
     if spec.kind == "python":
+        if allow_python is None:
+            allow_python = bool(getattr(getattr(reward, "config", None), "allow_python_router", False))
+        if not allow_python:
+            raise CdrError(f"recipe '{recipe.name}' has a python router ({spec.callable}), which imports and runs that "
+                           "code; pass --allow-python-router (allow_python_router: true in a config) if you trust it")
         return CallableRouter(import_callable(spec.callable), spec.callable)
     domains = {name: d.description for name, d in recipe.domains.items()}
     if reward is not None and spec.model in ("strong", "weak"):
