@@ -1,4 +1,9 @@
-"""The ``cdr`` command: a thin layer over the pipelines. User errors print one line and exit 2."""
+"""The ``cdr`` command: a thin layer over the pipelines.
+
+Exit status: 0 done; 2 a user error (bad input, option, path, or an output another run is writing), printed
+as one line; 3 the run finished but no row produced a result (every row malformed or unscorable); 130
+interrupted (run the same command again to resume). docs/guarantees.md says what each command promises.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ def add_reward_options(p: argparse.ArgumentParser) -> None:
                        help=RewardConfig.help(name))
     g.add_argument("--exclude-eot", action="store_true", help="do not score the end-of-turn token(s) after the response")
     g.add_argument("--trust-remote-code", action="store_true", help=RewardConfig.help("trust_remote_code"))
+    g.add_argument("--allow-python-router", action="store_true", help=RewardConfig.help("allow_python_router"))
     g.add_argument("--overlap", action="store_true", default=None, help=RewardConfig.help("overlap"))
     g.add_argument("--no-prompt-sharing", dest="prompt_sharing", action="store_false", default=None,
                    help="run every response's prompt again (the plain path; for measuring prompt sharing)")
@@ -37,6 +43,8 @@ def reward_config(args: argparse.Namespace) -> RewardConfig:
         overrides["include_eot"] = False
     if args.trust_remote_code:
         overrides["trust_remote_code"] = True
+    if getattr(args, "allow_python_router", False):
+        overrides["allow_python_router"] = True
     for flag in ("overlap", "prompt_sharing"):
         if getattr(args, flag, None) is not None:
             overrides[flag] = getattr(args, flag)
@@ -84,10 +92,13 @@ def ray_options(args: argparse.Namespace):
 
 
 def run_on_ray(args: argparse.Namespace, job, input_path, output, *, input_format=None, limit=None):
-    from cdr.pipelines.ray_runner import run_identity, run_rows_ray
+    from cdr.pipelines.ray_runner import check_ray_output, run_identity, run_rows_ray
+    from cdr.pipelines.runner import check_input
 
     options = ray_options(args)  # bad options fail before Ray starts
     config = reward_config(args)
+    check_input(input_path, input_format)  # and bad paths before any model is fingerprinted
+    check_ray_output(input_path, Path(output))
     if config.cache not in (None, "none", "", "default"):
         print("cdr: note: each Ray actor opens the log-prob cache on its own node", file=sys.stderr)
     return run_rows_ray(input_path, output, job, config, options, key=job.key(run_identity(config)),
@@ -115,13 +126,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from cdr.pipelines.score import ScoreJob
 
-        print(run_on_ray(args, ScoreJob(fields), args.input, args.output, input_format=args.input_format).render())
-        return 0
+        summary = run_on_ray(args, ScoreJob(fields), args.input, args.output, input_format=args.input_format)
+        print(summary.render())
+        return summary.exit_status
+    check_run_options(args)
     check_paths(args.input, args.output, args.input_format, args.output_format)
     reward = load_reward(args)
-    print(score_file(args.input, args.output, reward, fields=fields, **run_options(args)).render())
+    summary = score_file(args.input, args.output, reward, fields=fields, **run_options(args))
+    print(summary.render())
     print_cache_use(reward)
-    return 0
+    return summary.exit_status
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """Options that can be checked without a model: before one is loaded."""
+    if args.chunk_rows < 1:
+        raise CdrError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    reward_config(args)
 
 
 def load_reward(args: argparse.Namespace):
@@ -139,7 +160,11 @@ def load_reward(args: argparse.Namespace):
 def print_cache_use(reward) -> None:
     if reward.cache is not None:
         c = reward.cache
-        print(f"log-prob cache: {c.hits} reused, {c.misses} computed ({c.path})")
+        if getattr(c, "disabled", None):
+            print(f"log-prob cache: not used, '{c.path}' is unreadable ({c.disabled})")
+            return
+        damaged = f", {c.corrupt} damaged entries recomputed" if getattr(c, "corrupt", 0) else ""
+        print(f"log-prob cache: {c.hits} reused, {c.misses} computed{damaged} ({c.path})")
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
@@ -153,14 +178,16 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         summary = run_on_ray(args, job, args.input, args.output, input_format=args.input_format)
         summary.extra = write_length_report(summary.output)
         print(summary.render())
-        return 0
+        return summary.exit_status
+    check_run_options(args)
+    annotate_options(args)
     check_paths(args.input, args.output, args.input_format, args.output_format)
     reward = load_reward(args)
     summary = annotate_file(args.input, args.output, reward, options=annotate_options(args), prompt_field=args.prompt_field,
                             responses_field=args.responses_field, **run_options(args))
     print(summary.render())
     print_cache_use(reward)
-    return 0
+    return summary.exit_status
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -171,6 +198,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from cdr.pipelines.runner import check_paths
     from cdr.pipelines.sample import sample_file
 
+    check_run_options(args)
     check_paths(args.input, args.output, args.input_format, args.output_format)
     options = SamplingOptions(n=args.n, temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
@@ -182,9 +210,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     opts = run_options(args)
     if args.annotate:
         opts["output_format"] = "jsonl"
-    print(sample_file(args.input, candidates, policy, options, limit=args.limit, **opts).render())
-    if not args.annotate:
-        return 0
+    sampled = sample_file(args.input, candidates, policy, options, limit=args.limit, **opts)
+    print(sampled.render())
+    if not args.annotate or sampled.failed:
+        return sampled.exit_status
     del policy
     from cdr.pipelines.annotate import annotate_file
 
@@ -193,7 +222,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                             **{**run_options(args), "input_format": "jsonl"})
     print(summary.render())
     print_cache_use(reward)
-    return 0
+    return summary.exit_status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -412,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cdr: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment (disk full, permissions): say what and where, without a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"cdr: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
