@@ -71,14 +71,22 @@ def test_openrlhf_get_reward_splits_templated_queries(server, tiny_pair):
     queries = [CHATML_PROMPT + "4.<|im_end|>", gemma_prompt + "4.<end_of_turn>", raw_prompt + " 4."]
     body = httpx.post(f"{server}/get_reward", json={"query": queries, "prompts": [CHATML_PROMPT, gemma_prompt, raw_prompt],
                                                     "labels": [None, None, None]}).json()
-    expected = tiny_pair.score([conv(), conv(), conv("What is 2+2?\nAnswer:", "4.")])
-    assert body["rewards"] == pytest.approx([r.reward for r in expected], rel=1e-6)
+    from cdr import DensityRatio
+
+    expected = tiny_pair.score([conv(), conv()])
+    # the raw query has no end marker (cut off at the policy's limit): scored without the end-of-turn token
+    no_eot = DensityRatio(config=tiny_pair.config, include_eot=False).score([conv("What is 2+2?\nAnswer:", "4.")])
+    assert body["rewards"] == pytest.approx([r.reward for r in expected + no_eot], rel=1e-6)
     assert body["scores"] == body["rewards"] and len(body["extra_logs"]["strong_logprob"]) == 3
-    bad = httpx.post(f"{server}/get_reward", json={"query": [CHATML_PROMPT + "4.", "something else"],
+    assert body["extra_logs"]["cdr_no_eos"] == [0.0, 0.0, 1.0]
+    # a row that cannot be split gets the unscorable reward and a flag; the others their own reward
+    bad = httpx.post(f"{server}/get_reward", json={"query": [CHATML_PROMPT + "4.<|im_end|>", "something else"],
                                                    "prompts": [CHATML_PROMPT, CHATML_PROMPT]})
-    assert bad.status_code == 422
-    assert bad.json()["detail"] == [{"row": 1, "error": "the query does not start with its prompt"}]
-    assert httpx.post(f"{server}/get_reward", json={"query": ["x"]}).status_code == 422  # no prompts to split with
+    assert bad.status_code == 200
+    assert bad.json()["rewards"] == [pytest.approx(expected[0].reward, rel=1e-6), -1.0]
+    assert bad.json()["extra_logs"]["cdr_unscorable"] == [0.0, 1.0]
+    r = httpx.post(f"{server}/get_reward", json={"query": ["x"]})  # no prompts to split with: malformed
+    assert r.status_code == 422 and r.json()["error"]["param"] == "prompts"
 
 
 def test_completions_echo_matches_the_backend_in_vllm_shape(server, tiny_pair):

@@ -308,17 +308,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from cdr.serve.app import ServeSettings, create_app
     except ImportError as exc:
         raise CdrError(f"cdr serve needs the [serve] extra ({exc.name} is missing): pip install 'cdr-annotate[serve]'") from None
-    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    if args.api_key_env and not api_key:
-        raise CdrError(f"--api-key-env {args.api_key_env}: that environment variable is empty or not set")
-    settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             max_queue=args.max_queue, max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
-                             max_tokens=args.max_tokens, api_key=api_key)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"cdr: warning: listening on {args.host} without --api-key-env: anyone who can reach it can use it",
-              file=sys.stderr)
+    from cdr.serve.app import uvicorn_config
+    from cdr.serve.guard import parse_networks
+
+    secrets_ = {}
+    for flag, name in (("--api-key-env", args.api_key_env), ("--path-token-env", args.path_token_env)):
+        secrets_[flag] = os.environ.get(name) if name else None
+        if name and not secrets_[flag]:
+            raise CdrError(f"{flag} {name}: that environment variable is empty or not set")
+    path_token = secrets_["--path-token-env"]
+    if path_token and ("/" in path_token or "?" in path_token or "#" in path_token or len(path_token) < 16):
+        raise CdrError("--path-token-env: the token must be at least 16 characters with no '/', '?' or '#'")
+    try:
+        parse_networks(args.allow_client)
+    except ValueError as exc:
+        raise CdrError(str(exc)) from None
+    try:
+        settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                 max_queue=args.max_queue, max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
+                                 max_held_bytes=args.max_held_bytes, max_tokens=args.max_tokens,
+                                 body_timeout_s=args.body_timeout_s, idle_timeout_s=args.idle_timeout_s,
+                                 api_key=secrets_["--api-key-env"], path_token=path_token,
+                                 allow_clients=tuple(args.allow_client or ()), unscorable_reward=args.unscorable_reward,
+                                 extra_logs=args.extra_logs, result_cache_rows=args.result_cache_rows)
+    except ValueError as exc:
+        raise CdrError(str(exc)) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (settings.api_key or path_token or settings.allow_clients):
+        print(f"cdr: warning: listening on {args.host} without --api-key-env, --path-token-env or --allow-client: "
+              "anyone who can reach it can use it", file=sys.stderr)
     app = create_app(load_reward(args), settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace_s)
+    uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level,
+                                  timeout_graceful_shutdown=args.grace_s)).run()
     return 0
 
 
@@ -415,12 +435,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-env", help="name of an environment variable holding the bearer token clients must send")
-    p.add_argument("--max-batch", type=int, default=32, help="rows per model batch")
+    p.add_argument("--path-token-env", help="name of an environment variable holding a secret path prefix, for clients "
+                   "that send no Authorization header (OpenRLHF): http://HOST:PORT/<token>/get_reward")
+    p.add_argument("--allow-client", action="append", metavar="ADDR[/BITS]",
+                   help="only these client addresses or networks may connect (repeatable; others get 403)")
+    p.add_argument("--max-batch", type=int, default=32, help="rows per model batch (and per chunk of a large request)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests")
-    p.add_argument("--max-queue", type=int, default=1024, help="rows allowed to wait; beyond this requests get 503")
-    p.add_argument("--max-rows", type=int, default=256, help="rows per request; beyond this 413")
-    p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit; beyond this 413")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per sequence; beyond this 422")
+    p.add_argument("--max-queue", type=int, default=8192,
+                   help="rows allowed to wait; a request whose first chunk does not fit gets 503")
+    p.add_argument("--max-rows", type=int, default=16384, help="rows per request; beyond this 413")
+    p.add_argument("--max-body-bytes", type=int, default=64 << 20, help="request body limit; beyond this 413")
+    p.add_argument("--max-held-bytes", type=int, default=256 << 20,
+                   help="request bodies held at once; a body beyond this gets 503")
+    p.add_argument("--max-tokens", type=int, default=4096,
+                   help="tokens per sequence; beyond this 422 (in /get_reward: the unscorable reward)")
+    p.add_argument("--body-timeout-s", type=float, default=20.0, help="a request body must arrive within this; else 408")
+    p.add_argument("--idle-timeout-s", type=float, default=20.0,
+                   help="close connections that send no complete request head within this")
+    p.add_argument("--unscorable-reward", type=float, default=-1.0,
+                   help="/get_reward: the reward of a row that cannot be scored (flagged in extra_logs.cdr_unscorable)")
+    p.add_argument("--extra-logs", choices=("full", "none"), default="full",
+                   help="/get_reward: 'none' answers extra_logs {} (OpenRLHF 0.8.x cannot merge lists)")
+    p.add_argument("--result-cache-rows", type=int, default=16384,
+                   help="finished rows kept so a retried request gets them at once (0: off)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on shutdown, how long in-flight requests may take")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     add_reward_options(p)

@@ -1,14 +1,27 @@
 """The reward service (FastAPI): thin routes over a ``DensityRatio`` and one micro-batching model worker.
 
-``create_app(reward, settings)`` builds the app; ``cdr serve`` runs it with uvicorn. Limits answer with a
-message instead of failing late: body size (413), rows per request (413), sequence length and malformed
-input (422), a full queue (503 with Retry-After), a missing or wrong bearer token (401).
+``create_app(reward, settings)`` builds the app; ``cdr serve`` runs it with uvicorn (``uvicorn_config``
+adds an idle-connection timeout). Limits answer with a message instead of failing late: body size (413),
+rows per request (413), sequence length and malformed input (422), a full queue (503 with Retry-After),
+missing credentials (401), a client address outside the allow-list (403), a body that does not arrive
+in time (408); every error has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+
+Large requests are cut into chunks of ``max_batch`` rows that go through the micro-batcher one after
+another, so a trainer's whole rollout batch fits in one request. Finished rows are kept in a bounded
+cache keyed by their content: a client that timed out and retries gets the rows already done at once.
+In the RL endpoint (``/get_reward``) every row gets a reward: one that cannot be scored gets the
+configured ``unscorable_reward`` and is flagged in ``extra_logs``; only a malformed request is a 4xx.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import collections
+import copy
+import dataclasses
+import hashlib
+import json
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -16,14 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr.backends import LogprobRequest
 from cdr.conversation import Conversation, ConversationError
 from cdr.reward import DensityRatio
 from cdr.serve.batcher import MicroBatcher, QueueFull
+from cdr.serve.guard import Guard, error_body
 from cdr.serve.openrlhf import SplitError, split_query
 from cdr.serve.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                                 CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse, RewardItem,
@@ -35,20 +51,40 @@ from cdr.span import Unscorable
 class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 32  # rows per model batch
+    max_batch: int = 32  # rows per model batch (and per chunk of a large request)
     max_wait_ms: float = 10.0  # how long a batch waits for company
-    max_queue: int = 1024  # rows waiting; beyond this requests get 503
-    max_rows: int = 256  # rows per request; beyond this 413
-    max_body_bytes: int = 8 << 20
-    max_tokens: int = 4096  # tokens per rendered sequence; beyond this 422
-    api_key: str | None = None
+    max_queue: int = 8192  # rows waiting; a request whose first chunk does not fit gets 503
+    max_rows: int = 16384  # rows per request; beyond this 413
+    max_body_bytes: int = 64 << 20  # per request; beyond this 413
+    max_held_bytes: int = 256 << 20  # request bodies held at once; beyond this 503
+    max_tokens: int = 4096  # tokens per rendered sequence; beyond this 422 (or the unscorable reward)
+    body_timeout_s: float = 20.0  # the whole body must arrive within this; else 408
+    idle_timeout_s: float = 20.0  # a connection that sends no complete request head within this is closed
+    api_key: str | None = None  # bearer token
+    path_token: str | None = None  # secret first path segment: /<token>/get_reward
+    allow_clients: tuple[str, ...] = ()  # client addresses/networks; empty: any
     retry_after_s: int = 1
+    unscorable_reward: float = -1.0  # /get_reward: the reward of a row that cannot be scored
+    extra_logs: str = "full"  # /get_reward: "full" or "none" (extra_logs: {} for OpenRLHF 0.8.x)
+    result_cache_rows: int = 16384  # finished rows kept for retries; 0: off
+
+    def __post_init__(self):
+        if self.extra_logs not in ("full", "none"):
+            raise ValueError(f"extra_logs must be 'full' or 'none', got {self.extra_logs!r}")
+        if not math.isfinite(self.unscorable_reward):
+            raise ValueError(f"unscorable_reward must be a finite number, got {self.unscorable_reward}")
+        self.allow_clients = tuple(self.allow_clients)
 
 
 class ServiceError(Exception):
-    def __init__(self, status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None,
+                 param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.detail, self.headers = status, message, detail, headers
+        self.status, self.message, self.detail, self.headers, self.param = status, message, detail, headers, param
+
+
+class TooLong(Exception):
+    pass
 
 
 class Metrics:
@@ -64,22 +100,34 @@ class Metrics:
         self.batch = Histogram("cdr_batch_rows", "rows per model batch", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.disconnects = Counter("cdr_client_disconnects", "requests abandoned by their client", registry=self.registry)
+        self.unscorable = Counter("cdr_unscorable_rows", "/get_reward rows given the unscorable reward, by reason",
+                                  ["reason"], registry=self.registry)
+        self.cache_hits = Counter("cdr_result_cache_hits", "rows answered from the finished-row cache", registry=self.registry)
 
 
 class RewardService:
-    """What the routes call: validation, length limits, and the model work run on the batcher's thread."""
+    """What the routes call: validation, length limits, chunking, the finished-row cache, and the model
+    work run on the batcher's thread."""
 
     def __init__(self, reward: DensityRatio, settings: ServeSettings, metrics: Metrics):
         self.reward, self.settings, self.metrics = reward, settings, metrics
         self.batcher = MicroBatcher(self._run, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
                                     max_queue=settings.max_queue, on_batch=metrics.batch.observe)
         self.scorers = {"strong": reward.strong, "weak": reward.weak}
+        # the same pair scoring without the end-of-turn token (for responses cut off at the policy's limit)
+        self.views = {True: reward, False: reward}
+        if reward.config.include_eot:
+            no_eot = copy.copy(reward)
+            no_eot.config = dataclasses.replace(reward.config, include_eot=False)
+            self.views[False] = no_eot
+        self.cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.max_chars = {side: settings.max_tokens * 2 * longest_token(s.tokenizer) for side, s in self.scorers.items()}
         self.closing = False
 
     # --- runs on the model thread -------------------------------------------------------------------
     def _run(self, key: tuple, items: list[Any]) -> list[Any]:
         if key[0] == "reward":
-            return self.reward.score(items)
+            return self.views[key[1]].score(items)
         backend = self.scorers[key[1]].backend
         scorable = [i for i, (ids, _k, _g) in enumerate(items) if len(ids) > 1]
         lps = backend.response_logprobs([LogprobRequest(tuple(items[i][0]), 1) for i in scorable])
@@ -96,28 +144,79 @@ class RewardService:
         return out
 
     # --- called from the routes ---------------------------------------------------------------------
-    async def run(self, request, key: tuple, items: list[Any]) -> list[Any]:
-        """Queue the job; give up (and drop it) if the client disconnects first."""
-        self.metrics.queue.set(self.batcher.queued_rows + len(items))
-        task = asyncio.ensure_future(self.batcher.submit(key, items))
+    async def run(self, request, key: tuple, items: list[Any], on_result=None) -> list[Any]:
+        """Queue the rows in chunks of ``max_batch`` (two chunks in the queue at a time, so one large request
+        neither fills the queue nor leaves the model idle between its chunks); give up, dropping what has not
+        started, if the client disconnects first. Only the first chunk can be refused by a full queue."""
+        size = self.settings.max_batch
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        results: list[Any] = [None] * len(chunks)
+        window = asyncio.Semaphore(2)
+
+        async def one(index: int, chunk: list[Any]) -> None:
+            done = None if on_result is None else (lambda part, at=index * size: on_result(at, part))
+            async with window:
+                results[index] = await self.batcher.submit(key, chunk, force=index > 0, on_result=done)
+
+        self.metrics.queue.set(self.batcher.queued_rows + min(len(items), 2 * size))
+        first = asyncio.ensure_future(one(0, chunks[0]))
+        await asyncio.sleep(0)  # the first chunk is admitted (or refused) before the others queue up
+        tasks = [first] + [asyncio.ensure_future(one(i, c)) for i, c in enumerate(chunks[1:], start=1)]
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=0.1)
-                if done:
-                    return task.result()
-                if await request.is_disconnected():
-                    task.cancel()
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending | {gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone in done:
                     self.metrics.disconnects.inc()
                     raise ServiceError(499, "client disconnected")
+                pending.discard(gone)
+                for task in done:
+                    task.result()  # a failed chunk (or a refused first chunk) fails the request
         except QueueFull as exc:
             raise ServiceError(503, f"the queue is full ({exc}); retry later",
                                headers={"Retry-After": str(self.settings.retry_after_s)}) from None
         finally:
+            for task in tasks + [gone]:
+                task.cancel()
             self.metrics.queue.set(self.batcher.queued_rows)
+        return [r for part in results for r in part]
+
+    async def score(self, request, convs: list[Conversation], eots: list[bool]) -> list[Any]:
+        """Reward results for conversations (each scored with or without its end-of-turn token), rows
+        already finished coming from the cache."""
+        keys = [row_key(c, e) for c, e in zip(convs, eots)]
+        out: list[Any] = [self.cache.get(k) for k in keys]
+        hits = sum(r is not None for r in out)
+        if hits:
+            self.metrics.cache_hits.inc(hits)
+            for k, r in zip(keys, out):
+                if r is not None:
+                    self.cache.move_to_end(k)
+        for eot in (True, False):
+            todo = [i for i, r in enumerate(out) if r is None and eots[i] == eot]
+            if not todo:
+                continue
+            def finished(at: int, part: list[Any], todo=todo) -> None:  # per chunk, even after a disconnect
+                for i, r in zip(todo[at : at + len(part)], part):
+                    self.remember(keys[i], r)
+
+            results = await self.run(request, ("reward", eot), [convs[i] for i in todo], on_result=finished)
+            for i, r in zip(todo, results):
+                out[i] = r
+        return out
+
+    def remember(self, key: str, result) -> None:
+        if self.settings.result_cache_rows <= 0:
+            return
+        self.cache[key] = result
+        self.cache.move_to_end(key)
+        while len(self.cache) > self.settings.result_cache_rows:
+            self.cache.popitem(last=False)
 
     def check_rows(self, n: int, field: str) -> None:
         if n > self.settings.max_rows:
-            raise ServiceError(413, f"{n} rows in '{field}', at most {self.settings.max_rows} per request")
+            raise ServiceError(413, f"{n} rows in '{field}', at most {self.settings.max_rows} per request", param=field)
 
     def conversations(self, raw: list[list[dict[str, str]]], field: str) -> list[Conversation]:
         self.check_rows(len(raw), field)
@@ -126,68 +225,111 @@ class RewardService:
             try:
                 convs.append(Conversation.from_messages(messages, field=f"{field}[{i}]"))
             except ConversationError as exc:
-                raise ServiceError(422, f"{exc.field}: {exc.message}") from None
+                raise ServiceError(422, f"{exc.field}: {exc.message}", param=exc.field) from None
         return convs
+
+    def length_problem(self, conv: Conversation, include_eot: bool) -> str | None:
+        """Why the conversation cannot be scored within the limits (None when it can): text too long to
+        fit in ``max_tokens`` is refused before tokenizing it (bounded time and memory), then each model's
+        rendering is tokenized and counted."""
+        r = self.reward
+        chars = sum(len(m.content) for m in conv.messages)
+        for role, scorer, renderer in (("strong", r.strong, r.strong.renderer), ("weak", r.weak, r.weak_renderer)):
+            if chars > self.max_chars[role]:
+                raise TooLong(f"{chars} characters cannot fit in {self.settings.max_tokens} tokens under the {role} "
+                              "model")
+            try:
+                n = len(scorer.span(conv, renderer, include_eot).token_ids)
+            except Unscorable as exc:
+                return f"the {role} model cannot score it: {exc}"
+            if n > self.settings.max_tokens:
+                raise TooLong(f"{n} tokens under the {role} model, at most {self.settings.max_tokens} per sequence")
+        return None
 
     def check_lengths(self, convs: list[Conversation], field: str) -> None:
         """Tokenize under both models' renderings; refuse what exceeds the limit (or cannot be scored)."""
-        r = self.reward
         for i, conv in enumerate(convs):
-            for role, scorer, renderer in (("strong", r.strong, r.strong.renderer), ("weak", r.weak, r.weak_renderer)):
-                try:
-                    n = len(scorer.span(conv, renderer, r.config.include_eot).token_ids)
-                except Unscorable as exc:
-                    raise ServiceError(422, f"{field}[{i}]: the {role} model cannot score it: {exc}") from None
-                if n > self.settings.max_tokens:
-                    raise ServiceError(422, f"{field}[{i}]: {n} tokens under the {role} model, at most "
-                                       f"{self.settings.max_tokens} per sequence")
+            try:
+                problem = self.length_problem(conv, self.reward.config.include_eot)
+            except TooLong as exc:
+                raise ServiceError(422, f"{field}[{i}]: {exc}", param=f"{field}[{i}]") from None
+            if problem:
+                raise ServiceError(422, f"{field}[{i}]: {problem}", param=f"{field}[{i}]")
+
+    def prepare_rl_rows(self, queries: list[str], prompts: list[str]) -> list[tuple[Conversation, bool] | tuple[None, str]]:
+        """Each /get_reward row as (conversation, score the end-of-turn token?) or (None, reason); runs in a
+        worker thread (splitting and tokenizing are CPU work)."""
+        include_eot = self.reward.config.include_eot
+        rows: list[Any] = []
+        for query, prompt in zip(queries, prompts):
+            try:
+                split = split_query(query, prompt)
+                conv = Conversation.from_messages(split.messages)
+            except SplitError as exc:
+                rows.append((None, exc.reason))
+                continue
+            except ConversationError:
+                rows.append((None, "invalid_conversation"))
+                continue
+            eot = include_eot and split.ended  # a response cut off at the limit has no end-of-turn to score
+            try:
+                problem = self.length_problem(conv, eot)
+            except TooLong:
+                rows.append((None, "too_long"))
+                continue
+            rows.append((None, "unscorable") if problem else (conv, eot))
+        return rows
 
 
-ROUTES = ("/v1/reward", "/get_reward", "/v1/completions", "/health", "/metrics", "/openapi.json", "/docs")
+async def _disconnected(request) -> None:
+    """Returns when the client has gone (uvicorn sends http.disconnect once the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
-class LimitsAndMetrics:
-    """Plain ASGI middleware (so disconnect detection in the routes keeps working): body-size limits before
-    any parsing, and request counts and latency per endpoint."""
+def row_key(conv: Conversation, include_eot: bool) -> str:
+    return hashlib.sha256(json.dumps([include_eot, conv.as_dicts()], ensure_ascii=False).encode()).hexdigest()
 
-    def __init__(self, app, settings: ServeSettings, metrics: Metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        endpoint = scope["path"] if scope["path"] in ROUTES else "other"  # bounded label values
-        status = {"code": 500}
+def longest_token(tokenizer) -> int:
+    """Characters in the tokenizer's longest vocabulary entry: no token covers more text than that (its
+    entry spells every byte or character it covers), so text longer than max_tokens x this cannot fit."""
+    try:
+        return max(1, max(len(t) for t in tokenizer.get_vocab()))
+    except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary listing: no text pre-check
+        return 1 << 40
 
-        async def send_and_record(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
 
-        error = None
-        if scope["method"] == "POST":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is None:
-                error = (411, "a Content-Length header is required")
-            elif not length.isdigit():
-                error = (400, "Content-Length is not a number")
-            elif int(length) > self.settings.max_body_bytes:
-                error = (413, f"the body has {int(length)} bytes, at most {self.settings.max_body_bytes}")
-        try:
-            if error:
-                await JSONResponse({"error": error[1]}, status_code=error[0])(scope, receive, send_and_record)
-            else:
-                await self.app(scope, receive, send_and_record)
-        finally:
-            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+def _finite(value: Any) -> Any:
+    """JSON-safe copies of validation contexts (NaN and Infinity as strings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
 def reward_item(result) -> RewardItem:
     return RewardItem(reward=result.reward, strong_logprob=result.strong_logprob, weak_logprob=result.weak_logprob,
                       strong_tokens=result.strong_tokens, weak_tokens=result.weak_tokens, truncated=result.truncated,
                       domain=result.domain, error=result.error)
+
+
+def uvicorn_config(app, settings: ServeSettings, **kwargs):
+    """uvicorn's Config for the app, with connections that send no complete request head within
+    ``idle_timeout_s`` closed (uvicorn itself only times out idle keep-alive connections)."""
+    import uvicorn
+
+    from cdr.serve.idle import idle_timeout_protocol
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port,
+                          http=idle_timeout_protocol(settings.idle_timeout_s), **kwargs)
 
 
 def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
@@ -206,94 +348,97 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     app = FastAPI(title="cdr reward service", version=provenance["cdr_version"], lifespan=lifespan,
                   description="Density-ratio rewards log p_strong(y|x) - log p_weak(y|x) over HTTP.")
     app.state.service = service
-    app.add_middleware(LimitsAndMetrics, settings=settings, metrics=metrics)
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        body = {"error": exc.message} | ({"detail": exc.detail} if exc.detail is not None else {})
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(error_body(exc.status, exc.message, param=exc.param, detail=exc.detail),
+                            status_code=exc.status, headers=exc.headers)
 
-    def authorized(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), settings.api_key.encode()):
-            raise ServiceError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = [{k: _finite(v) for k, v in e.items() if k in ("type", "loc", "msg", "ctx")} for e in exc.errors()]
+        where = [".".join(str(x) for x in e.get("loc", ()) if x != "body") for e in errors]
+        message = "; ".join(f"{w or 'body'}: {e.get('msg', '')}" for w, e in zip(where, errors))
+        return JSONResponse(error_body(422, message, param=where[0] if where else None, detail=errors), status_code=422)
 
-    auth = [Depends(authorized)]
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health(status="shutting down" if service.closing else "ok", strong=provenance["strong"],
                       weak=provenance["weak"], queue_depth=service.batcher.queued_rows)
 
-    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         metrics.queue.set(service.batcher.queued_rows)
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/reward", response_model=RewardResponse, dependencies=auth)
+    @app.post("/v1/reward", response_model=RewardResponse)
     async def score(body: RewardRequest, request: Request) -> RewardResponse:
         convs = service.conversations([[m.model_dump() for m in c] for c in body.conversations], "conversations")
         await run_in_threadpool(service.check_lengths, convs, "conversations")
-        results = await service.run(request, ("reward",), convs)
+        eot = reward.config.include_eot
+        results = await service.score(request, convs, [eot] * len(convs))
         metrics.rows.labels("/v1/reward").inc(len(convs))
         return RewardResponse(results=[reward_item(r) for r in results], provenance=provenance)
 
-    @app.post("/get_reward", response_model=OpenRLHFResponse, dependencies=auth)
+    @app.post("/get_reward", response_model=OpenRLHFResponse)
     async def get_reward(body: OpenRLHFRequest, request: Request) -> OpenRLHFResponse:
         prompts = body.prompts
-        if prompts is not None and len(prompts) != len(body.query):
-            raise ServiceError(422, f"'prompts' has {len(prompts)} items but 'query' has {len(body.query)}")
-        messages, problems = [], []
-        for i, query in enumerate(body.query):
-            try:
-                messages.append(split_query(query, prompts[i] if prompts else None))
-            except SplitError as exc:
-                problems.append({"row": i, "error": str(exc)})
-        if problems:
-            raise ServiceError(422, f"{len(problems)} of {len(body.query)} queries cannot be split into prompt and "
-                               "response", detail=problems)
-        convs = service.conversations(messages, "query")
-        await run_in_threadpool(service.check_lengths, convs, "query")
-        results = await service.run(request, ("reward",), convs)
-        bad = [{"row": i, "error": r.error} for i, r in enumerate(results) if r.reward is None]
-        if bad:
-            raise ServiceError(422, f"{len(bad)} queries could not be scored", detail=bad)
-        metrics.rows.labels("/get_reward").inc(len(convs))
-        rewards = [float(r.reward) for r in results]
-        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={
-            "strong_logprob": [r.strong_logprob for r in results], "weak_logprob": [r.weak_logprob for r in results]})
+        if prompts is None:
+            raise ServiceError(422, "'prompts' is required: cdr splits each query at its prompt (OpenRLHF sends it)",
+                               param="prompts")
+        if len(prompts) != len(body.query):
+            raise ServiceError(422, f"'prompts' has {len(prompts)} items but 'query' has {len(body.query)}",
+                               param="prompts")
+        service.check_rows(len(body.query), "query")
+        rows = await run_in_threadpool(service.prepare_rl_rows, body.query, prompts)
+        good = [i for i, (conv, _) in enumerate(rows) if conv is not None]
+        results = await service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good])
+        reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
+        scored: list[Any] = [None] * len(rows)
+        for i, r in zip(good, results):
+            scored[i] = r
+            if r.reward is None:
+                reasons[i] = "unscorable"
+        for why in reasons:
+            if why:
+                metrics.unscorable.labels(why).inc()
+        metrics.rows.labels("/get_reward").inc(len(rows))
+        fallback = settings.unscorable_reward
+        rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
+        extra: dict[str, list[float]] = {}
+        if settings.extra_logs == "full":
+            extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
+                     "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
+                     "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
+                     "cdr_no_eos": [0.0 if conv is None or eot or not reward.config.include_eot else 1.0
+                                    for conv, eot in rows]}
+        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
 
-    @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False,
-              dependencies=auth)
+    @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
     async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
         side = _served_side(body.model, provenance)
         scorer = service.scorers[side]
         if body.stream:
-            raise ServiceError(422, "stream is not supported: this endpoint returns prompt log-probs in one response")
+            raise ServiceError(422, "stream is not supported: this endpoint returns prompt log-probs in one response",
+                               param="stream")
         if body.max_tokens > 1:
             raise ServiceError(422, f"max_tokens={body.max_tokens}: this server scores prompts and generates at most "
-                               "1 (greedy) token; use max_tokens 0 or 1")
-        prompts = _token_prompts(body.prompt, scorer.tokenizer)
-        service.check_rows(len(prompts), "prompt")
-        vocab = scorer.backend.vocab_size if hasattr(scorer.backend, "vocab_size") else len(scorer.tokenizer)
-        for i, ids in enumerate(prompts):
-            if not ids:
-                raise ServiceError(422, f"prompt[{i}] is empty")
-            if len(ids) > settings.max_tokens:
-                raise ServiceError(422, f"prompt[{i}] has {len(ids)} tokens, at most {settings.max_tokens}")
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise ServiceError(422, f"prompt[{i}] has token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
+                               "1 (greedy) token; use max_tokens 0 or 1", param="max_tokens")
         k = body.logprobs or 0
         greedy = body.max_tokens == 1
         if (k or greedy) and not scorer.backend.has_top_logprobs:
             raise ServiceError(422, f"the {scorer.backend.name} backend serving '{side}' returns no top-k log-probs: "
                                "use logprobs=0 and max_tokens=0 (the prompt's own log-probs still come back)")
+        # tokenizing text is CPU work: off the event loop, after a length check that needs no tokenizing
+        prompts = await run_in_threadpool(_checked_prompts, body.prompt, scorer, service, side)
         results = await service.run(request, ("echo", side), [(ids, k, greedy) for ids in prompts])
         metrics.rows.labels("/v1/completions").inc(len(prompts))
         choices = [_choice(i, ids, res, body, scorer.tokenizer) for i, (ids, res) in enumerate(zip(prompts, results))]
@@ -306,6 +451,34 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     return app
 
 
+def _checked_prompts(prompt, scorer, service: RewardService, side: str) -> list[list[int]]:
+    settings = service.settings
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    if not prompt:
+        raise ServiceError(422, "prompt is empty", param="prompt")
+    service.check_rows(len(prompt), "prompt")
+    for i, p in enumerate(prompt):
+        if isinstance(p, str) and len(p) > service.max_chars[side]:
+            raise ServiceError(422, f"prompt[{i}] has {len(p)} characters, which cannot fit in {settings.max_tokens} "
+                               "tokens", param=f"prompt[{i}]")
+    prompts = [scorer.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]
+    vocab = scorer.backend.vocab_size if hasattr(scorer.backend, "vocab_size") else len(scorer.tokenizer)
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise ServiceError(422, f"prompt[{i}] is empty", param=f"prompt[{i}]")
+        if len(ids) > settings.max_tokens:
+            raise ServiceError(422, f"prompt[{i}] has {len(ids)} tokens, at most {settings.max_tokens}",
+                               param=f"prompt[{i}]")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ServiceError(422, f"prompt[{i}] has token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}",
+                               param=f"prompt[{i}]")
+    return prompts
+
+
 def _served_side(model: str | None, provenance: dict) -> str:
     if model in (None, "", "strong", provenance["strong"]):
         return "strong"
@@ -313,16 +486,6 @@ def _served_side(model: str | None, provenance: dict) -> str:
         return "weak"
     raise ServiceError(404, f"model {model!r} is not served here; use 'strong' ({provenance['strong']}) or "
                        f"'weak' ({provenance['weak']})")
-
-
-def _token_prompts(prompt, tokenizer) -> list[list[int]]:
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        prompt = [prompt]
-    if not prompt:
-        raise ServiceError(422, "prompt is empty")
-    return [tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]
 
 
 def _choice(index: int, ids: list[int], result, body: CompletionRequest, tokenizer) -> CompletionChoice:

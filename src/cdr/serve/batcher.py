@@ -27,6 +27,7 @@ class Job:
     items: list[Any]
     future: asyncio.Future
     queued_at: float = field(default_factory=time.monotonic)
+    on_result: Callable[[list[Any]], None] | None = None  # called with the results even if the job was cancelled
 
 
 class MicroBatcher:
@@ -57,12 +58,15 @@ class MicroBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, key: Hashable, items: list[Any]) -> list[Any]:
-        if self._closing:
+    async def submit(self, key: Hashable, items: list[Any], force: bool = False,
+                     on_result: Callable[[list[Any]], None] | None = None) -> list[Any]:
+        """``force``: skip the queue bound (a later chunk of a request the bound already admitted).
+        ``on_result``: called with the results once computed, even if the caller has gone meanwhile."""
+        if self._closing and not force:
             raise QueueFull("shutting down")
-        if self.queued_rows + len(items) > self.max_queue:
+        if not force and self.queued_rows + len(items) > self.max_queue:
             raise QueueFull(f"{self.queued_rows} rows queued, limit {self.max_queue}")
-        job = Job(key, items, asyncio.get_running_loop().create_future())
+        job = Job(key, items, asyncio.get_running_loop().create_future(), on_result=on_result)
         self._jobs.append(job)
         self._wakeup.set()
         if self._rows_of(key) >= self.max_batch:
@@ -119,6 +123,8 @@ class MicroBatcher:
                     for job in batch:
                         part = results[start : start + len(job.items)]
                         start += len(job.items)
+                        if job.on_result is not None:
+                            job.on_result(part)
                         if not job.future.done():
                             job.future.set_result(part)
             self._jobs.clear()

@@ -53,9 +53,13 @@ class OpenRLHFRequest(BaseModel):
 
 
 class OpenRLHFResponse(BaseModel):
+    """One reward per query, always (a row that cannot be scored gets the server's ``--unscorable-reward``
+    and ``extra_logs.cdr_unscorable`` 1.0). ``extra_logs`` holds numbers only (OpenRLHF makes tensors of
+    them), or nothing with ``--extra-logs none`` (OpenRLHF 0.8.x cannot merge lists)."""
+
     rewards: list[float]
     scores: list[float]
-    extra_logs: dict[str, list[Optional[float]]]
+    extra_logs: dict[str, list[float]]
 
 
 class CompletionRequest(BaseModel):
@@ -105,9 +109,18 @@ class CompletionResponse(BaseModel):
     usage: CompletionUsage
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+    detail: Optional[Any] = None  # cdr's addition: the rows at fault, where there are several
+
+
 class ErrorBody(BaseModel):
-    error: str
-    detail: Optional[Any] = None
+    """Every error, in the shape OpenAI clients read."""
+
+    error: ErrorDetail
 
 
 class Health(BaseModel):
