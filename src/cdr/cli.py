@@ -253,6 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from cdr.pipelines.evaluate import evaluate, load_rewardbench
 
+    check_run_options(args)
     chosen = selection(args)
     loaded = load_rewardbench(args.data, chosen, args.on_error)  # bad data fails before any model loads
     common = dict(selection=chosen, on_error=args.on_error, overwrite=args.overwrite, progress=not args.quiet,
@@ -272,6 +273,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if results["unscorable"]:
         print(f"{results['unscorable']} row(s) could not be scored (counted wrong); see {args.output_dir}/scores.jsonl.errors.jsonl")
     print_cache_use(reward)
+    if results["unscorable"] and results["unscorable"] >= results["data"]["rows"]:
+        print(f"no row produced a result: all {results['data']['rows']} rows were unscorable (exit status 3)")
+        return 3
     return 0
 
 

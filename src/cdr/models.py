@@ -273,7 +273,11 @@ def converted_dir(source: ModelSource, part: str) -> Path:
     transformers de-quantizes GGUF weights and rebuilds the tokenizer on every load (about 25 s for gemma's
     262k-word tokenizer, 30 s for its weights); saving the result once makes later loads take a second.
     """
-    target = cache_dir() / "converted" / source.fingerprint()[:24] / part
+    # the tokenizer's directory names its conversion version: one made by an older cdr is made again
+    from cdr.gguf_tokenizer import CONVERSION_VERSION
+
+    name = f"tokenizer-v{CONVERSION_VERSION}" if part == "tokenizer" else part
+    target = cache_dir() / "converted" / source.fingerprint()[:24] / name
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -283,8 +287,13 @@ def converted_dir(source: ModelSource, part: str) -> Path:
     if part == "tokenizer":
         from transformers import AutoTokenizer
 
+        from cdr import gguf_tokenizer
+
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        fields = gguf_tokenizer.read_fields(gguf)
+        repairs = gguf_tokenizer.repair(tok, fields)
         tok.save_pretrained(tmp)
+        gguf_tokenizer.save_check(gguf_tokenizer.check(tok, gguf, fields, repairs), tmp)
     elif part == "model":
         import torch
         from transformers import AutoModelForCausalLM

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -22,6 +23,7 @@ from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation
 from cdr.errors import ModelNotAvailable
+from cdr.gguf_tokenizer import verify as verify_tokenizer
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
 from cdr.recipes import CallableRouter, Customized, Recipe, build_router, customize, load_recipe, route
 from cdr.rendering import Renderer
@@ -104,6 +106,9 @@ class ModelScorer:
             self.tokenizer = load_tokenizer(tok_path, self.fingerprint, config.trust_remote_code, **kwargs)
         except OSError as exc:
             raise ModelNotAvailable(f"could not load the tokenizer of '{source.name}': {exc}") from None
+        # a tokenizer rebuilt from a GGUF file is checked against llama.cpp's (docs/tokenization.md)
+        self.tokenizer_check = verify_tokenizer(self.tokenizer, Path(tok_path), source.gguf_path, source.name) \
+            if source.kind == "gguf" else None
         self.tokenization = Tokenization(self.tokenizer)
         self.renderer = Renderer(self.tokenizer, config.plain_format)
         options = BackendOptions(
@@ -127,6 +132,13 @@ class ModelScorer:
         self.cache_key = f"{self.fingerprint}|{self.backend.name}|{self.backend.precision}"
         limits = [x for x in (config.max_length, self.backend.max_length) if x]
         self.max_length = min(limits) if limits else None
+
+    @property
+    def tokenizer_origin(self) -> str:
+        """Where the tokens come from: the model's own tokenizer files, or cdr's conversion of a GGUF file."""
+        if self.tokenizer_check is None:
+            return "model files"
+        return f"converted from GGUF by cdr (v{self.tokenizer_check.conversion_version})"
 
     def span(self, conversation: Conversation, renderer: Renderer, include_eot: bool) -> ResponseSpan:
         return locate_response(self.tokenization, renderer.render(conversation), include_eot, self.max_length)
@@ -243,6 +255,8 @@ class DensityRatio:
             "weak": c.weak if c.weak != "default" else self.weak.source.name,
             "weak_sha256": self.weak.fingerprint,
             "weak_backend": self.weak.backend.name,
+            "strong_tokenizer": self.strong.tokenizer_origin,
+            "weak_tokenizer": self.weak.tokenizer_origin,
             "rendering": c.rendering,
             "strong_template": self.strong.renderer.description,
             "strong_template_sha256": self.strong.renderer.sha256(),

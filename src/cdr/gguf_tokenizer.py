@@ -1,0 +1,191 @@
+"""A GGUF file's tokenizer, rebuilt for transformers so that it tokenizes as the model's runtime does.
+
+A GGUF file carries its vocabulary, merges and token types, and names its pre-tokenizer in
+``tokenizer.ggml.pre``; llama.cpp (the runtime the file was made for) turns that name into the split rules
+the model was trained with. transformers rebuilds the tokenizer from the same fields but not everything
+survives, and every reward computed on the result would be computed on token sequences the model never saw:
+
+- the StarCoder family of pre-tokenizers (``smollm``, ``starcoder``, ``refact``, ...) isolates every digit
+  before the GPT-2 split. transformers 5.x has no entry for them and keeps only the GPT-2 split, so
+  SmolLM2 got "\\n\\n" before a digit ("steps:\\n\\n1.") as two "\\n" tokens instead of its one "\\n\\n" token
+  (75 of the 460 mini RewardBench responses; the model itself scores the merged form 5 to 71 nats higher).
+- user-defined tokens (token type 4) are matched whole in the text by llama.cpp (and by SentencePiece).
+  transformers re-spells gemma's runs of spaces ("  " -> "\u2581\u2581") and then no longer finds them
+  among the user-defined tokens, so a run of 39 spaces became 16 + 23 instead of 31 + 8.
+
+``repair`` fixes both on the converted tokenizer; ``check`` compares it with llama.cpp's own tokenizer of the
+same file (a vocabulary-only load, when llama-cpp-python is installed) on ``PROBE_TEXTS``. The conversion in
+``models.converted_dir`` runs both once and stores the outcome beside the tokenizer; ``verify`` reads it
+back at load time and warns loudly on a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger("cdr")
+
+# Bumped whenever the rebuilt tokenizer changes, so tokenizers converted by an older cdr are converted again.
+CONVERSION_VERSION = 2
+CHECK_FILE = "cdr_tokenizer_check.json"
+
+# llama.cpp's pre-tokenizers that isolate each digit (\p{N}) before the GPT-2 split (llama-vocab.cpp).
+DIGITS_THEN_GPT2 = ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva")
+
+# Texts where tokenizers of one vocabulary tend to disagree: newlines before words, digits and
+# punctuation, runs of spaces and tabs, code, emoji, non-Latin scripts, and a few special-token spellings.
+PROBE_TEXTS = (
+    "Here are the steps:\n\n1. Preheat the oven.\n2. Mix 250 g of flour with 3 eggs.\n\nDone!",
+    "Hello\n\nWorld\n\n\nAgain \n \n  end\n",
+    "x  \n\n  y\t\tz   \t  \n",
+    "Prices: $1,234.56 and 7,000,000 units in 2024-12-04 at 09:30.",
+    "def f(x):\n    return x ** 2  # square\n\n\nprint(f(3))\n\tif a != b: pass\n",
+    "| Name | Points Discussed" + " " * 39 + "|\n|------|" + "-" * 20 + "|\n",
+    "Emoji 😀🎉 and symbols © ™ → ∞ ≠ ½",
+    "日本語のテキストと中文文本。",
+    "Привет, мир! Ελληνικά. עברית. العربية. हिन्दी.",
+    "   leading spaces and trailing ones   ",
+    "don't won't I'll you're we've she'd it's",
+    "<|im_start|>user\nHi<|im_end|>\n<start_of_turn>model\nHello<end_of_turn>",
+)
+
+
+@dataclass
+class TokenizerCheck:
+    """The outcome of comparing a converted tokenizer with llama.cpp's on the probe texts."""
+
+    status: str  # "match", "mismatch" or "unverified" (no reference tokenizer to compare with)
+    reference: str | None = None  # e.g. "llama-cpp-python 0.3.36"
+    pre_tokenizer: str | None = None  # the file's tokenizer.ggml.pre
+    repairs: list[str] = field(default_factory=list)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    conversion_version: int = CONVERSION_VERSION
+
+    def summary(self) -> str:
+        what = f"{self.status}" + (f" against {self.reference}" if self.reference else "")
+        return what + (f" ({len(self.mismatches)} of {len(PROBE_TEXTS)} probe texts differ)" if self.mismatches else "")
+
+
+def read_fields(gguf_path: Path) -> dict[str, Any]:
+    """The tokenizer fields of a GGUF file that ``repair`` needs."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+
+    def value(key: str):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    return {
+        "model": value("tokenizer.ggml.model"),
+        "pre": value("tokenizer.ggml.pre"),
+        "tokens": value("tokenizer.ggml.tokens") or [],
+        "token_type": value("tokenizer.ggml.token_type") or [],
+    }
+
+
+def repair(tokenizer, fields: dict[str, Any]) -> list[str]:
+    """Make a tokenizer converted by transformers split text as llama.cpp does for this file. Returns what changed."""
+    from tokenizers import AddedToken, pre_tokenizers
+
+    repairs = []
+    backend = tokenizer.backend_tokenizer
+    if fields.get("model") == "gpt2" and fields.get("pre") in DIGITS_THEN_GPT2:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ])
+        repairs.append(f"pre-tokenizer '{fields['pre']}': each digit isolated before the GPT-2 split, as in llama.cpp")
+    added = tokenizer.added_tokens_decoder
+    normalizer = backend.normalizer
+    missing = []
+    for index, (text, kind) in enumerate(zip(fields.get("tokens", []), fields.get("token_type", []))):
+        if kind != 4 or index in added:  # 4: USER_DEFINED
+            continue
+        spelled = tokenizer.convert_ids_to_tokens(index)
+        # Only tokens whose normalized text is their vocabulary spelling can be matched on normalized text.
+        normalized = normalizer.normalize_str(text) if normalizer is not None else text
+        if spelled is not None and normalized == spelled:
+            missing.append(AddedToken(spelled, normalized=True, special=False))
+    if missing:
+        size = len(tokenizer)
+        tokenizer.add_tokens(missing)
+        assert len(tokenizer) == size, "user-defined tokens must keep their ids in the vocabulary"
+        repairs.append(f"{len(missing)} user-defined tokens matched whole, as in llama.cpp")
+    return repairs
+
+
+def reference_tokenizer(gguf_path: Path) -> tuple[Callable[[str], list[int]], str] | None:
+    """llama.cpp's tokenizer of the file (vocabulary only, no weights) and its name, or None if not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+
+    def tokenize(text: str) -> list[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    return tokenize, f"llama-cpp-python {llama_cpp.__version__}"
+
+
+def check(tokenizer, gguf_path: Path, fields: dict[str, Any] | None = None, repairs: list[str] | None = None,
+          texts: tuple[str, ...] = PROBE_TEXTS) -> TokenizerCheck:
+    """Compare ``tokenizer`` with llama.cpp's tokenizer of ``gguf_path`` on ``texts``."""
+    pre = (fields or {}).get("pre")
+    reference = reference_tokenizer(gguf_path)
+    if reference is None:
+        return TokenizerCheck("unverified", None, pre, list(repairs or []))
+    tokenize, name = reference
+    mismatches = []
+    for text in texts:
+        ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+        theirs = tokenize(text)
+        if list(ours) != list(theirs):
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            mismatches.append({"text": text, "at_token": at, "cdr": list(ours[at : at + 4]), "llama.cpp": list(theirs[at : at + 4])})
+    return TokenizerCheck("mismatch" if mismatches else "match", name, pre, list(repairs or []), mismatches)
+
+
+def save_check(result: TokenizerCheck, directory: Path) -> None:
+    (directory / CHECK_FILE).write_text(json.dumps(asdict(result), indent=1, ensure_ascii=False))
+
+
+def load_check(directory: Path) -> TokenizerCheck | None:
+    try:
+        return TokenizerCheck(**json.loads((directory / CHECK_FILE).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def verify(tokenizer, directory: Path, gguf_path: Path, name: str) -> TokenizerCheck:
+    """At load time: the stored check of a converted tokenizer (made again when llama.cpp has since become
+    available to compare with), with a loud warning on a mismatch."""
+    result = load_check(directory)
+    if result is None or (result.status == "unverified" and _llama_cpp_installed()):
+        fields = read_fields(gguf_path)
+        result = check(tokenizer, gguf_path, fields, result.repairs if result else None)
+        try:
+            save_check(result, directory)
+        except OSError:  # a read-only cache: check again next time
+            pass
+    if result.status == "mismatch":
+        first = result.mismatches[0]
+        logger.warning(
+            "cdr: WARNING: the tokenizer converted from %s does not tokenize as llama.cpp does on %d of %d probe "
+            "texts (first: %r at token %d, cdr %s vs llama.cpp %s); its rewards are computed on token sequences the "
+            "model may never have seen. Use the model's original tokenizer (a transformers directory) if you can.",
+            name, len(result.mismatches), len(PROBE_TEXTS), first["text"][:40], first["at_token"], first["cdr"],
+            first["llama.cpp"],
+        )
+    return result
+
+
+def _llama_cpp_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
