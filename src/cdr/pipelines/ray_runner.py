@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cdr.data import RawRow, count_rows, detect_format, iter_rows
+from cdr.data import RawRow, count_rows, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.output import OutputLock, file_sha, atomic_write_text, check_lock_free, lock_path
 from cdr.pipelines.runner import ChunkContext, RunSummary, check_input, check_writable, report_notes
