@@ -203,17 +203,25 @@ def test_openrlhf_real_client(version, tiny_strong, tiny_weak, tmp_path):
         pytest.skip(f"OpenRLHF {version} is not installed: pip install --no-deps --target /tmp/orlhf-{version} "
                     f"openrlhf=={version} (or set CDR_OPENRLHF_TARGETS={version}=DIR)")
     needed = "requests" if version.startswith("0.8") else "aiohttp"
-    pytest.importorskip(needed, reason=f"OpenRLHF {version}'s client uses {needed}")
+    deps = os.environ.get("CDR_OPENRLHF_DEPS", "/tmp/orlhf-deps")  # e.g. pip install --target /tmp/orlhf-deps aiohttp
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), deps, str(HERE)])}
+    if subprocess.run([sys.executable, "-c", f"import {needed}"], env=env, capture_output=True).returncode:
+        pytest.skip(f"OpenRLHF {version}'s client uses {needed}, which is not installed (pip install --target {deps} {needed})")
     from cdr import DensityRatio
 
     reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none")
     extra = {"extra_logs": "none"} if version.startswith("0.8") else {}
     with running(reward, **extra) as url:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(HERE)])}
         proc = subprocess.run([sys.executable, str(HERE / "openrlhf_driver.py"), version, f"{url}/get_reward",
                                str(tiny_strong)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(report)
     assert report["samples"] == report["rewards"] and report["failed"] == 0, report
     if version.startswith("0.8"):
         assert report["crash_with_list_extra_logs"], report  # why --extra-logs none exists
+        assert report["unscorable_reward_rows"] == 9  # 8 EOS-only responses, 1 truncated prompt: flagged, not lost
+    else:
+        # sample 2's prompt was truncated, 3 is EOS only: both flagged; 4 was cut off at max_tokens (no EOS)
+        assert report["unscorable"] == [0.0, 0.0, 1.0, 1.0, 0.0] and report["unscorable_rows"] == 9, report
+        assert report["no_eos"] == [0.0, 0.0, 0.0, 0.0, 1.0] and report["truncated"] == [False] * 4 + [True], report

@@ -307,12 +307,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the [serve] extra is installed)
 
         from cdr.serve.app import ServeSettings, create_app
     except ImportError as exc:
         raise CdrError(f"cdr serve needs the [serve] extra ({exc.name} is missing): pip install 'cdr-annotate[serve]'") from None
-    from cdr.serve.app import uvicorn_config
+    from cdr.serve.app import uvicorn_server
     from cdr.serve.guard import parse_networks
 
     secrets_ = {}
@@ -341,8 +341,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cdr: warning: listening on {args.host} without --api-key-env, --path-token-env or --allow-client: "
               "anyone who can reach it can use it", file=sys.stderr)
     app = create_app(load_reward(args), settings)
-    uvicorn.Server(uvicorn_config(app, settings, log_level=args.log_level,
-                                  timeout_graceful_shutdown=args.grace_s)).run()
+    uvicorn_server(app, settings, log_level=args.log_level, timeout_graceful_shutdown=args.grace_s).run()
     return 0
 
 

@@ -79,8 +79,8 @@ def parse_networks(specs) -> list:
 
 
 class Guard:
-    def __init__(self, app, settings, metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app, settings, metrics, state=None):
+        self.app, self.settings, self.metrics, self.state = app, settings, metrics, state
         self.networks = parse_networks(settings.allow_clients)
         self.held_bytes = 0  # request bodies being read or processed right now
 
@@ -164,6 +164,9 @@ class Guard:
             if body is None:
                 return await send_error(send_and_record, 408, f"the body did not arrive within {s.body_timeout_s:g} s "
                                         f"({size} bytes declared)", close=True)
+            if body == "exiting":
+                return await send_error(send_and_record, 503, "the server is shutting down", close=True,
+                                        headers={"Retry-After": str(s.retry_after_s)})
             if isinstance(body, str):  # the client went away while sending
                 status["code"] = 499
                 return
@@ -186,17 +189,21 @@ class Guard:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     async def _read_body(self, receive, size: int):
-        """The whole body, None when the deadline passed first, "gone" when the client disconnected."""
+        """The whole body; None when the deadline passed first, "gone" when the client disconnected,
+        "exiting" when the server began shutting down while waiting for it."""
         chunks, got = [], 0
         deadline = time.monotonic() + self.settings.body_timeout_s
+        exiting = getattr(self.state, "exiting", None)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
+            if exiting is not None and exiting():
+                return "exiting"
             try:
-                message = await asyncio.wait_for(receive(), left)
+                message = await asyncio.wait_for(receive(), min(left, 0.25))
             except asyncio.TimeoutError:
-                return None
+                continue
             if message["type"] == "http.disconnect":
                 return "gone"
             chunk = message.get("body", b"")
