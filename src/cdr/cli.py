@@ -18,13 +18,15 @@ from cdr.rendering import RENDERINGS
 
 REWARD_FLAGS = ("strong", "weak", "backend", "strong_backend", "weak_backend", "variant", "rendering",
                 "max_length", "device", "dtype", "batch_tokens", "threads", "cache", "strong_url", "weak_url",
-                "strong_served_model", "weak_served_model", "remote_api_key_env", "concurrency", "recipe")
+                "strong_served_model", "weak_served_model", "remote_api_key_env", "concurrency", "recipe",
+                "vllm_kv_cache_gib", "vllm_memory_fraction")
 
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reward (defaults come from --config, then from cdr's defaults)")
     g.add_argument("--config", help="YAML file with reward options (keys as below, with underscores)")
-    types = {"max_length": int, "batch_tokens": int, "threads": int, "concurrency": int}
+    types = {"max_length": int, "batch_tokens": int, "threads": int, "concurrency": int,
+             "vllm_kv_cache_gib": float, "vllm_memory_fraction": float}
     choices = {"variant": VARIANTS, "rendering": RENDERINGS}
     for name in REWARD_FLAGS:
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=types.get(name, str), choices=choices.get(name),
@@ -33,6 +35,8 @@ def add_reward_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trust-remote-code", action="store_true", help=RewardConfig.help("trust_remote_code"))
     g.add_argument("--allow-python-router", action="store_true", help=RewardConfig.help("allow_python_router"))
     g.add_argument("--overlap", action="store_true", default=None, help=RewardConfig.help("overlap"))
+    g.add_argument("--vllm-compile", action="store_true", default=None, help=RewardConfig.help("vllm_compile"))
+    g.add_argument("--vllm-multiprocessing", action="store_true", default=None, help=RewardConfig.help("vllm_multiprocessing"))
     g.add_argument("--no-prompt-sharing", dest="prompt_sharing", action="store_false", default=None,
                    help="run every response's prompt again (the plain path; for measuring prompt sharing)")
 
@@ -45,7 +49,7 @@ def reward_config(args: argparse.Namespace) -> RewardConfig:
         overrides["trust_remote_code"] = True
     if getattr(args, "allow_python_router", False):
         overrides["allow_python_router"] = True
-    for flag in ("overlap", "prompt_sharing"):
+    for flag in ("overlap", "prompt_sharing", "vllm_compile", "vllm_multiprocessing"):
         if getattr(args, flag, None) is not None:
             overrides[flag] = getattr(args, flag)
     if args.config:

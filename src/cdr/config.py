@@ -23,7 +23,7 @@ DEFAULT_RENDERING = "own"
 class RewardConfig:
     strong: str = field(default="default", metadata={"help": "strong (better aligned) model: 'default', a packaged name, a path (dir or .gguf) or a hub id"})
     weak: str = field(default="default", metadata={"help": "weak (less aligned) model, same forms as strong"})
-    backend: str = field(default="default", metadata={"help": "backend for both models: default, hf, openai"})
+    backend: str = field(default="default", metadata={"help": "backend for both models: default (hf), hf, llamacpp, vllm, openai"})
     strong_backend: str | None = field(default=None, metadata={"help": "backend for the strong model only (overrides backend)"})
     weak_backend: str | None = field(default=None, metadata={"help": "backend for the weak model only (overrides backend)"})
     variant: str = field(default=DEFAULT_VARIANT, metadata={"help": "sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; mean_diff: strong mean log-prob - weak mean log-prob"})
@@ -43,6 +43,10 @@ class RewardConfig:
     weak_served_model: str | None = field(default=None, metadata={"help": "openai backend: the weak model's name on its server (default: --weak)"})
     remote_api_key_env: str | None = field(default=None, metadata={"help": "openai backend: environment variable with the servers' bearer token"})
     concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once, per model"})
+    vllm_kv_cache_gib: float | None = field(default=None, metadata={"help": "vllm backend: KV cache per model in GiB (default: 2 on a CPU; on a GPU, from vllm_memory_fraction)"})
+    vllm_memory_fraction: float | None = field(default=None, metadata={"help": "vllm backend: vLLM's gpu_memory_utilization per model (default on a GPU: 0.45, so the pair's two engines fit)"})
+    vllm_compile: bool = field(default=False, metadata={"help": "vllm backend: let vLLM compile the models (torch.compile; minutes of start-up per model on a CPU) instead of running eagerly"})
+    vllm_multiprocessing: bool = field(default=False, metadata={"help": "vllm backend: each engine in its own process, started with spawn (a calling script then needs an if __name__ == '__main__' guard); default: in this process"})
     recipe: Any = field(default="vanilla", metadata={"help": "customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; see docs/recipes.md"})
     cache: str | None = field(default="default", metadata={"help": "log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
@@ -66,6 +70,12 @@ class RewardConfig:
                 raise CdrError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= 1, got {value!r}")
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise CdrError(f"concurrency (--concurrency) must be a whole number >= 1, got {self.concurrency!r}")
+        for name, top in (("vllm_kv_cache_gib", None), ("vllm_memory_fraction", 1.0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+                                      or (top is not None and value > top)):
+                bound = "in (0, 1]" if top else "a number > 0"
+                raise CdrError(f"{name} (--{name.replace('_', '-')}) must be {bound}, got {value!r}")
 
     @classmethod
     def help(cls, name: str) -> str:

