@@ -2,6 +2,8 @@
 
     python benchmarks/dump_mini_logprobs.py      # scores each response once per model and rendering
     python benchmarks/choose_defaults.py         # this table, from those log-probs
+    python benchmarks/choose_defaults.py --compare benchmarks/results/mini_logprobs.tokenizer-v1.jsonl
+                                                 # and each method minus itself under other log-probs
 
 RewardBench protocol (ties are wrong, official section weights), 95% bootstrap intervals resampling
 rows within each subset. The mini set has 10 rows per subset (230 rows), so intervals are wide.
@@ -15,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from cdr.reward import combine
-from cdr.rewardbench import SECTIONS, bootstrap, score, section_scores, subset_accuracy
+from cdr.rewardbench import SECTIONS, bootstrap, paired_bootstrap, score, section_scores, subset_accuracy
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,12 +47,9 @@ def rewards(rec: dict) -> dict[str, float | None]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--logprobs", default=str(HERE / "results" / "mini_logprobs.jsonl"))
-    ap.add_argument("--bootstrap", type=int, default=2000)
-    args = ap.parse_args()
-    pairs = load(Path(args.logprobs))
+def correctness(path: Path) -> tuple[dict[str, list[tuple[str, bool]]], int, int]:
+    """(subset, correct) per row for every method, in file order; the count of unscorable rows; rows."""
+    pairs = load(path)
     rows_by_method: dict[str, list[tuple[str, bool]]] = defaultdict(list)
     unscorable = 0
     for (subset, _), sides in pairs.items():
@@ -62,8 +61,28 @@ def main() -> None:
             else:
                 correct = rc[method] > rr[method]
             rows_by_method[method].append((subset, correct))
+    return rows_by_method, unscorable, len(pairs)
+
+
+def compare(rows_by_method: dict[str, list[tuple[str, bool]]], other: Path, n: int) -> None:
+    before, _, _ = correctness(other)
+    print(f"\n| method: this minus {other.name}, paired | " + " | ".join(SECTIONS) + " | score (95% CI) |")
+    print("|" + "---|" * (len(SECTIONS) + 2))
+    for method, rows in rows_by_method.items():
+        d = paired_bootstrap(rows, before[method], n=n)
+        cells = [f"{d[s][0]:+.3f} [{d[s][1]:+.2f}, {d[s][2]:+.2f}]" for s in SECTIONS]
+        print(f"| {method} | " + " | ".join(cells) + f" | **{d['score'][0]:+.3f}** [{d['score'][1]:+.3f}, {d['score'][2]:+.3f}] |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logprobs", default=str(HERE / "results" / "mini_logprobs.jsonl"))
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--compare", help="another log-prob file of the same responses: print this minus that, paired")
+    args = ap.parse_args()
+    rows_by_method, unscorable, n_pairs = correctness(Path(args.logprobs))
     header = "| method | " + " | ".join(SECTIONS) + " | score (95% CI) |"
-    print(f"{len(pairs)} pairs, {unscorable} unscorable\n")
+    print(f"{n_pairs} pairs, {unscorable} unscorable\n")
     print(header)
     print("|" + "---|" * (len(SECTIONS) + 2))
     for method, rows in rows_by_method.items():
@@ -71,6 +90,8 @@ def main() -> None:
         ci = bootstrap(rows, n=args.bootstrap)
         cells = [f"{sec[s]:.3f} [{ci[s][0]:.2f}, {ci[s][1]:.2f}]" for s in SECTIONS]
         print(f"| {method} | " + " | ".join(cells) + f" | **{score(sec):.3f}** [{ci['score'][0]:.3f}, {ci['score'][1]:.3f}] |")
+    if args.compare:
+        compare(rows_by_method, Path(args.compare), args.bootstrap)
 
 
 if __name__ == "__main__":

@@ -115,40 +115,20 @@ def correctness(run_dir: Path, variant: str) -> dict[tuple[str, str], bool] | No
 
 def paired_differences(runs: Path, names: list[str], variant: str, n: int = 2000, seed: int = 0) -> dict[str, dict]:
     """Each recipe minus vanilla on the same rows: section and score differences with 95% paired bootstrap
-    intervals (the same resampled rows, within each subset, for both). Intervals of a difference are much
-    narrower than two overlapping intervals suggest, because the rows' difficulty cancels."""
-    import numpy as np
-
-    from cdr.rewardbench import score, section_scores
+    intervals (``cdr.rewardbench.paired_bootstrap``: the same resampled rows, within each subset, for both)."""
+    from cdr.rewardbench import paired_bootstrap
 
     base = correctness(runs / "vanilla", variant)
     if base is None:
         return {}
     keys = sorted(base)
-    subsets = sorted({k[0] for k in keys})
-    index = {s: np.array([i for i, k in enumerate(keys) if k[0] == s]) for s in subsets}
-    rng = np.random.default_rng(seed)
-    draws = [{s: idx[rng.integers(0, len(idx), len(idx))] for s, idx in index.items()} for _ in range(n)]
-
-    def figures(correct: np.ndarray, pick: dict[str, np.ndarray]) -> dict[str, float]:
-        sec = section_scores({s: float(correct[i].mean()) for s, i in pick.items()})
-        return sec | {"score": score(sec)}
-
-    b = np.array([base[k] for k in keys], dtype=float)
     out = {}
     for name in names:
         other = correctness(runs / name, variant) if name != "vanilla" else None
         if other is None or set(other) != set(base):
             continue
-        o = np.array([other[k] for k in keys], dtype=float)
-
-        def minus(pick: dict[str, np.ndarray]) -> dict[str, float]:
-            ours, theirs = figures(o, pick), figures(b, pick)
-            return {k: v - theirs[k] for k, v in ours.items()}
-
-        point, samples = minus(index), [minus(d) for d in draws]
-        out[name] = {k: [point[k], float(np.percentile([x[k] for x in samples], 2.5)),
-                         float(np.percentile([x[k] for x in samples], 97.5))] for k in point}
+        diff = paired_bootstrap([(k[0], other[k]) for k in keys], [(k[0], base[k]) for k in keys], n=n, seed=seed)
+        out[name] = {k: list(v) for k, v in diff.items()}
     return out
 
 

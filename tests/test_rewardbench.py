@@ -1,6 +1,6 @@
 import pytest
 
-from cdr.rewardbench import bootstrap, score, section_scores, subset_accuracy
+from cdr.rewardbench import bootstrap, paired_bootstrap, score, section_scores, subset_accuracy
 
 
 def test_ties_are_wrong_and_accuracy_per_subset():
@@ -32,3 +32,19 @@ def test_bootstrap_interval_contains_the_point_estimate():
         assert lo <= point[section] <= hi and hi - lo > 0.05
     all_right = bootstrap([("alpacaeval-easy", True)] * 10, n=50)
     assert all_right["Chat"] == (1.0, 1.0)
+
+
+def test_paired_bootstrap_hand_computed():
+    # Chat: alpacaeval-easy (100 examples) and mt-bench-easy (28); Safety: donotanswer. A wins two rows B loses.
+    a = [("alpacaeval-easy", True), ("alpacaeval-easy", True), ("mt-bench-easy", False), ("donotanswer", True)]
+    b = [("alpacaeval-easy", True), ("alpacaeval-easy", False), ("mt-bench-easy", False), ("donotanswer", False)]
+    d = paired_bootstrap(a, b, n=500)
+    assert d["Chat"][0] == pytest.approx(100 * 0.5 / 128)  # easy 1.0 vs 0.5, weighted 100 of 128
+    assert d["Safety"][0] == pytest.approx(1.0)
+    assert d["score"][0] == pytest.approx((100 * 0.5 / 128 + 1.0) / 2)
+    # the same row is drawn on both sides: donotanswer's one row always differs by exactly 1
+    assert d["Safety"][1:] == (1.0, 1.0)
+    same = paired_bootstrap(a, a, n=200)
+    assert all(v == (0.0, 0.0, 0.0) for v in same.values())
+    with pytest.raises(ValueError, match="same rows"):
+        paired_bootstrap(a, b[::-1])

@@ -71,6 +71,34 @@ def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0, level:
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in samples.items()}
 
 
+def paired_bootstrap(a: list[tuple[str, bool]], b: list[tuple[str, bool]], n: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """A minus B on the same rows: (difference, low, high) for each section and the score.
+
+    ``a`` and ``b`` list the same rows in the same order, as (subset, correct). Each resample draws the same
+    rows (within each subset) for both, so the rows' difficulty cancels and the interval of the difference is
+    much narrower than two unpaired intervals suggest.
+    """
+    if [s for s, _ in a] != [s for s, _ in b]:
+        raise ValueError("paired_bootstrap needs the same rows, in the same order, on both sides")
+    subsets = [s for s, _ in a]
+    index = {s: np.array([i for i, x in enumerate(subsets) if x == s]) for s in dict.fromkeys(subsets)}
+    ca = np.array([bool(c) for _, c in a], dtype=float)
+    cb = np.array([bool(c) for _, c in b], dtype=float)
+
+    def minus(pick: Mapping[str, np.ndarray]) -> dict[str, float]:
+        sa = section_scores({s: float(ca[i].mean()) for s, i in pick.items()})
+        sb = section_scores({s: float(cb[i].mean()) for s, i in pick.items()})
+        return {k: sa[k] - sb[k] for k in sa} | {"score": score(sa) - score(sb)}
+
+    rng = np.random.default_rng(seed)
+    point = minus(index)
+    samples = [minus({s: i[rng.integers(0, len(i), len(i))] for s, i in index.items()}) for _ in range(n)]
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: (v, float(np.percentile([x[k] for x in samples], lo)), float(np.percentile([x[k] for x in samples], hi)))
+            for k, v in point.items()}
+
+
 # Every figure an evaluation reports, each a per-response score computed from the two models' summed
 # log-probs, their token counts and the response length. They all come from one pass per model.
 RATIO_VARIANTS = ("sum", "mean", "mean_diff")
