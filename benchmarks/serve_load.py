@@ -10,6 +10,15 @@
 4. Micro-batching gain: the same COMPARE_REQUESTS requests against the batched server and a server with
    --max-batch 1, one after the other in this run.
 Everything binds to 127.0.0.1 and is bounded by --requests and --timeout-s.
+
+    python benchmarks/serve_load.py --openrlhf sample,batch --samples 1024
+
+OpenRLHF's shapes instead (#25), with its clients' exact request/retry/timeout behaviour (tests/serve_clients.py):
+`sample` sends SAMPLES single-sample requests at once (0.9.10+: a new connection per try, 180 s per try
+queueing included, 5 tries 1 s apart, Retry-After ignored); `batch` sends one request of SAMPLES samples
+(<= 0.9: requests.post with timeout=180, 5 tries). Rows are distinct short ChatML samples ending in
+<|im_end|> (a few response tokens). Reported: samples without a reward after 5 tries, tries per sample,
+latency percentiles (first try to answer), wall time, and server RSS (peak sampled every 0.5 s, after).
 """
 
 from __future__ import annotations
@@ -113,6 +122,98 @@ def summarize(results, seconds):
             "mean_s": statistics.fmean(lat) if lat else float("nan")}
 
 
+def openrlhf_rows(n: int, offset: int) -> list[tuple[str, str]]:
+    """(query, prompt) as OpenRLHF sends them for a ChatML policy: distinct, a few response tokens, EOS."""
+    rows = []
+    for i in range(offset, offset + n):
+        prompt = f"<|im_start|>user\nWhat is {i} plus {i % 9}?<|im_end|>\n<|im_start|>assistant\n"
+        rows.append((prompt + f"{i + i % 9}.<|im_end|>", prompt))
+    return rows
+
+
+class RssSampler:
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0.0, None
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, status_mib("VmRSS", self.pid))
+                self._stop.wait(0.5)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def percentiles(values) -> dict:
+    v = sorted(x for x in values if x is not None)
+    pick = lambda p: round(v[min(len(v) - 1, int(p * len(v)))], 2) if v else None  # noqa: E731
+    return {"p50_s": pick(0.5), "p90_s": pick(0.9), "p99_s": pick(0.99), "max_s": round(v[-1], 2) if v else None}
+
+
+def openrlhf_main(args) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from serve_clients import post_batch_0_8, rollout_0_9
+
+    server = Server(args, "--max-batch", str(args.max_batch))
+    report = {"samples": args.samples, "reward_args": args.reward_args, "max_batch": args.max_batch,
+              "rss_mib_after_start": round(status_mib("VmRSS", server.proc.pid))}
+    offset = 0
+    try:
+        for shape in args.openrlhf.split(","):
+            rows = openrlhf_rows(args.samples, offset)
+            offset += args.samples
+            t0 = time.perf_counter()
+            with RssSampler(server.proc.pid) as rss:
+                if shape == "sample":
+                    answers, tries, seconds = asyncio.run(rollout_0_9(f"{server.url}/get_reward", rows, args.try_timeout_s))
+                    failed = sum(isinstance(a, Exception) for a in answers)
+                    unscorable = sum(a["extra_logs"]["cdr_unscorable"][0] for a in answers if not isinstance(a, Exception))
+                    n_tries = [len(t) for t in tries]
+                    lat = percentiles(seconds)
+                elif shape == "batch":
+                    tries_b: list = []
+                    try:
+                        body = post_batch_0_8(f"{server.url}/get_reward", {"query": [q for q, _ in rows],
+                                              "prompts": [p for _, p in rows], "labels": [None] * len(rows)},
+                                              args.try_timeout_s, tries_b)
+                        failed = len(rows) - len(body["rewards"])
+                        unscorable = sum(body["extra_logs"]["cdr_unscorable"])
+                    except RuntimeError:
+                        failed, unscorable = len(rows), 0
+                    n_tries, lat = [len(tries_b)], {"try_statuses": tries_b}
+                else:
+                    raise SystemExit(f"--openrlhf: unknown shape {shape!r} (sample, batch)")
+            wall = time.perf_counter() - t0
+            report[shape] = {"failed_samples": failed, "unscorable_samples": unscorable, "wall_s": round(wall, 1),
+                             "samples_per_s": round((len(rows) - failed) / wall, 3),
+                             "tries": {str(k): n_tries.count(k) for k in sorted(set(n_tries))},
+                             **lat, "rss_mib_peak": round(rss.peak), "rss_mib_after": round(status_mib("VmRSS", server.proc.pid))}
+            print(shape, json.dumps(report[shape]), file=sys.stderr, flush=True)
+        report["healthy_after"] = httpx.get(f"{server.url}/health").json()["status"] == "ok"
+        report["server_metrics"] = [line for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+                                    if line.startswith(("cdr_result_cache_hits_total", "cdr_client_disconnects_total",
+                                                        "cdr_unscorable_rows_total"))]
+    finally:
+        server.stop()
+    out = Path(args.out if args.out != DEFAULT_OUT else ROOT / "benchmarks" / "results" / "serve_openrlhf.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+DEFAULT_OUT = str(ROOT / "benchmarks" / "results" / "serve_load.json")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000)
@@ -121,9 +222,14 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--timeout-s", type=float, default=3600)
     ap.add_argument("--reward-args", default="", help="extra reward options for both score and serve, one string")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT, help="default: results/serve_load.json (serve_openrlhf.json with --openrlhf)")
+    ap.add_argument("--openrlhf", help="OpenRLHF's shapes instead of the load test: sample, batch or sample,batch")
+    ap.add_argument("--samples", type=int, default=1024, help="samples per OpenRLHF shape")
+    ap.add_argument("--try-timeout-s", type=float, default=180.0, help="OpenRLHF's timeout per try")
     args = ap.parse_args()
     args.reward_args = shlex.split(args.reward_args)
+    if args.openrlhf:
+        return openrlhf_main(args)
     from tqdm import tqdm
 
     convs = demo_conversations()

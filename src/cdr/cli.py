@@ -338,7 +338,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  body_timeout_s=args.body_timeout_s, idle_timeout_s=args.idle_timeout_s,
                                  api_key=secrets_["--api-key-env"], path_token=path_token,
                                  allow_clients=tuple(args.allow_client or ()), unscorable_reward=args.unscorable_reward,
-                                 extra_logs=args.extra_logs, result_cache_rows=args.result_cache_rows)
+                                 extra_logs=args.extra_logs, result_cache_rows=args.result_cache_rows,
+                                 heartbeat_s=args.heartbeat_s)
     except ValueError as exc:
         raise CdrError(str(exc)) from None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (settings.api_key or path_token or settings.allow_clients):
@@ -456,8 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request bodies held at once; a body beyond this gets 503")
     p.add_argument("--max-tokens", type=int, default=4096,
                    help="tokens per sequence; beyond this 422 (in /get_reward: the unscorable reward)")
-    p.add_argument("--body-timeout-s", type=float, default=20.0, help="a request body must arrive within this; else 408")
-    p.add_argument("--idle-timeout-s", type=float, default=20.0,
+    p.add_argument("--body-timeout-s", type=float, default=60.0, help="a request body must arrive within this; else 408")
+    p.add_argument("--idle-timeout-s", type=float, default=60.0,
                    help="close connections that send no complete request head within this")
     p.add_argument("--unscorable-reward", type=float, default=-1.0,
                    help="/get_reward: the reward of a row that cannot be scored (flagged in extra_logs.cdr_unscorable)")
@@ -465,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="/get_reward: 'none' answers extra_logs {} (OpenRLHF 0.8.x cannot merge lists)")
     p.add_argument("--result-cache-rows", type=int, default=16384,
                    help="finished rows kept so a retried request gets them at once (0: off)")
+    p.add_argument("--heartbeat-s", type=float, default=15.0,
+                   help="/get_reward slower than this answers 200 at once and sends a space every so often until "
+                   "the JSON (clients timing out between bytes wait for long batches; 0: off)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on shutdown, how long in-flight requests may take")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     add_reward_options(p)

@@ -32,7 +32,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr.backends import LogprobRequest
@@ -58,8 +58,8 @@ class ServeSettings:
     max_body_bytes: int = 64 << 20  # per request; beyond this 413
     max_held_bytes: int = 256 << 20  # request bodies held at once; beyond this 503
     max_tokens: int = 4096  # tokens per rendered sequence; beyond this 422 (or the unscorable reward)
-    body_timeout_s: float = 20.0  # the whole body must arrive within this; else 408
-    idle_timeout_s: float = 20.0  # a connection that sends no complete request head within this is closed
+    body_timeout_s: float = 60.0  # the whole body must arrive within this; else 408
+    idle_timeout_s: float = 60.0  # a connection that sends no complete request head within this is closed
     api_key: str | None = None  # bearer token
     path_token: str | None = None  # secret first path segment: /<token>/get_reward
     allow_clients: tuple[str, ...] = ()  # client addresses/networks; empty: any
@@ -67,6 +67,7 @@ class ServeSettings:
     unscorable_reward: float = -1.0  # /get_reward: the reward of a row that cannot be scored
     extra_logs: str = "full"  # /get_reward: "full" or "none" (extra_logs: {} for OpenRLHF 0.8.x)
     result_cache_rows: int = 16384  # finished rows kept for retries; 0: off
+    heartbeat_s: float = 15.0  # /get_reward slower than this: 200 at once, a space every heartbeat_s, then JSON; 0: off
 
     def __post_init__(self):
         if self.extra_logs not in ("full", "none"):
@@ -272,6 +273,9 @@ class RewardService:
                 rows.append((None, "invalid_conversation"))
                 continue
             eot = include_eot and split.ended  # a response cut off at the limit has no end-of-turn to score
+            if row_key(conv, eot) in self.cache:  # scored before (a retry): no need to tokenize it again
+                rows.append((conv, eot))
+                continue
             try:
                 problem = self.length_problem(conv, eot)
             except TooLong:
@@ -411,27 +415,39 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
         service.check_rows(len(body.query), "query")
         rows = await run_in_threadpool(service.prepare_rl_rows, body.query, prompts)
         good = [i for i, (conv, _) in enumerate(rows) if conv is not None]
-        results = await service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good])
-        reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
-        scored: list[Any] = [None] * len(rows)
-        for i, r in zip(good, results):
-            scored[i] = r
-            if r.reward is None:
-                reasons[i] = "unscorable"
-        for why in reasons:
-            if why:
-                metrics.unscorable.labels(why).inc()
-        metrics.rows.labels("/get_reward").inc(len(rows))
-        fallback = settings.unscorable_reward
-        rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
-        extra: dict[str, list[float]] = {}
-        if settings.extra_logs == "full":
-            extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
-                     "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
-                     "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
-                     "cdr_no_eos": [0.0 if conv is None or eot or not reward.config.include_eot else 1.0
-                                    for conv, eot in rows]}
-        return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+        work = asyncio.ensure_future(service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good]))
+
+        def answer(results: list[Any]) -> OpenRLHFResponse:
+            reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
+            scored: list[Any] = [None] * len(rows)
+            for i, r in zip(good, results):
+                scored[i] = r
+                if r.reward is None:
+                    reasons[i] = "unscorable"
+            for why in reasons:
+                if why:
+                    metrics.unscorable.labels(why).inc()
+            metrics.rows.labels("/get_reward").inc(len(rows))
+            fallback = settings.unscorable_reward
+            rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
+            extra: dict[str, list[float]] = {}
+            if settings.extra_logs == "full":
+                extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
+                         "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
+                         "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
+                         "cdr_no_eos": [0.0 if conv is None or eot or not reward.config.include_eot else 1.0
+                                        for conv, eot in rows]}
+            return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+
+        if settings.heartbeat_s > 0:
+            try:
+                done, _ = await asyncio.wait({work}, timeout=settings.heartbeat_s)
+            except asyncio.CancelledError:
+                work.cancel()
+                raise
+            if not done:  # slow: commit to 200 and keep the connection alive until the answer
+                return StreamingResponse(_heartbeat(work, answer, settings.heartbeat_s), media_type="application/json")
+        return answer(await work)
 
     @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
     async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
@@ -460,6 +476,22 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
                                   total_tokens=n_prompt + body.max_tokens * len(prompts)))
 
     return app
+
+
+async def _heartbeat(work: asyncio.Future, answer, every_s: float):
+    """A body of whitespace, one space every ``every_s`` while ``work`` runs, then the JSON answer (leading
+    whitespace is valid JSON). Clients whose timeout runs between received bytes (``requests``, OpenRLHF up
+    to 0.9.x) wait for a long batch instead of giving up after 180 s. If the work fails the connection is
+    cut before the body is complete, which the client sees as a failed try."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=every_s)
+            if done:
+                break
+            yield b" "
+        yield answer(work.result()).model_dump_json().encode()
+    finally:
+        work.cancel()
 
 
 def _checked_prompts(prompt, scorer, service: RewardService, side: str) -> list[list[int]]:
