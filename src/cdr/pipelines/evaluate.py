@@ -26,7 +26,7 @@ from cdr.conversation import Conversation, ConversationError, validate_prompt
 from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.models import HUB_ID, atomic_write_text
-from cdr.output import write_if_changed
+from cdr.output import encode_lines, write_if_changed
 from cdr.pipelines.runner import ChunkContext, run_rows
 from cdr.reward import DensityRatio, ResponseLogprobs
 from cdr.rewardbench import (
@@ -279,7 +279,7 @@ def evaluate_on_ray(
     summary = run_rows_ray(out_dir / "rows.jsonl", out_dir / "shards", job, config, options,
                            key=job.key(run_identity(config)), on_error=on_error, overwrite=overwrite, progress=progress)
     records = read_shards(out_dir / "shards")
-    atomic_write_text(out_dir / "scores.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(out_dir / "scores.jsonl", encode_lines(records).decode("utf-8"))  # strict JSON: NaN -> null
     timing = {"engine": "ray", "num_actors": options.num_actors, "scoring_s_this_run": round(time.time() - start, 2),
               "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
     return _write_results(out_dir, records, run_provenance(out_dir / "shards"), n_bootstrap, source, rows_text,
