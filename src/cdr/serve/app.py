@@ -413,11 +413,16 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
             raise ServiceError(422, f"'prompts' has {len(prompts)} items but 'query' has {len(body.query)}",
                                param="prompts")
         service.check_rows(len(body.query), "query")
-        rows = await run_in_threadpool(service.prepare_rl_rows, body.query, prompts)
-        good = [i for i, (conv, _) in enumerate(rows) if conv is not None]
-        work = asyncio.ensure_future(service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good]))
 
-        def answer(results: list[Any]) -> OpenRLHFResponse:
+        async def prepare_and_score():
+            rows = await run_in_threadpool(service.prepare_rl_rows, body.query, prompts)
+            good = [i for i, (conv, _) in enumerate(rows) if conv is not None]
+            return rows, good, await service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good])
+
+        work = asyncio.ensure_future(prepare_and_score())
+
+        def answer(out) -> OpenRLHFResponse:
+            rows, good, results = out
             reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
             scored: list[Any] = [None] * len(rows)
             for i, r in zip(good, results):
