@@ -371,6 +371,17 @@ def test_a_run_where_every_row_failed_exits_non_zero(tmp_path, tiny_strong, tiny
     assert some.returncode == 0 and "no row produced" not in some.stdout
 
 
+def test_an_annotate_run_where_no_row_was_scored_exits_non_zero(tmp_path, tiny_strong, tiny_weak):
+    # one malformed row (a single candidate) and one whose candidates are all unscorable (the prompt alone
+    # fills --max-length): nothing was annotated, so the run failed
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x", "responses": ["only one"]},
+                                              {"prompt": "a long prompt " * 20, "responses": ["A.", "B."]}])
+    proc = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "pairs.jsonl"), "--max-length", "8",
+                          *pair_args(tiny_strong, tiny_weak))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "skipped: 1" in proc.stdout and "unscorable: 1" in proc.stdout and "no row produced a result" in proc.stdout
+
+
 # --- 8. deep nesting is a malformed row --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("on_error", ["skip", "fail"])

@@ -151,6 +151,9 @@ class AnnotateJob:
     responses_field: str = "responses"
     summary_order = SUMMARY
     desc = "annotating"
+    # a row produced a result when its candidates were scored (a tie or a margin below the threshold is a
+    # result too); a run where every row was malformed or unscorable failed (exit status 3)
+    result_key = "scored_rows"
 
     @property
     def annotation(self) -> dict[str, Any]:
@@ -190,6 +193,8 @@ class AnnotateJob:
                 pairs, reason = choose_pairs(scores, options, pid)
                 if reason:
                     ctx.counts[reason] += 1
+                if reason != "unscorable":
+                    ctx.counts["scored_rows"] += 1
                 all_scores = [None] * (max(row.indices) + 1)
                 for i, s in zip(row.indices, scores):
                     all_scores[i] = s
@@ -230,7 +235,7 @@ def annotate_file(
 ) -> RunSummary:
     job = AnnotateJob(options, prompt_field, responses_field)
     summary = run_rows(input_path, output_path, job.processor(reward), key=job.key(reward.provenance), summary_order=job.summary_order,
-                       desc=job.desc, **run_options)
+                       desc=job.desc, result_key=job.result_key, **run_options)
     if length_report:
         from cdr.length_report import write_length_report
 
