@@ -12,7 +12,8 @@ from documented options (``BackendOptions.vllm_*``, ``--vllm-*`` on the command 
 * process model: by default the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a
   script that uses cdr needs no ``if __name__ == "__main__":`` guard and both models of the pair live in
   one process. ``vllm_multiprocessing`` gives each engine its own process (vLLM's default, started with
-  spawn: then the calling script needs the guard).
+  spawn: then the calling script needs the guard). In-process engines are kept until the process exits
+  (see ``_IN_PROCESS_ENGINES``).
 * memory: on a CPU, ``gpu_memory_utilization`` is the fraction of the NUMA node's memory vLLM reserves
   (default 0.92, so a second engine cannot start); cdr sets an explicit KV cache instead
   (``vllm_kv_cache_gib``, default 2 GiB per model on a CPU), which skips that reservation. On a GPU, each
@@ -44,6 +45,11 @@ from cdr.models import ModelSource, converted_dir
 LOGIT_BUDGET = 1 << 28
 DEFAULT_CPU_KV_CACHE_GIB = 2.0
 DEFAULT_GPU_MEMORY_FRACTION = 0.45  # two engines (the pair) share one device
+# In-process engines share the process's torch.distributed / model-parallel state, and tearing one down
+# (its LLM garbage-collected) destroys that state under the others, which then fail with "pipeline model
+# parallel group is not initialized". So engines started in this process are kept until it exits (their
+# KV cache included); `r = DensityRatio(...)` twice in a notebook keeps both pairs' memory.
+_IN_PROCESS_ENGINES: list[Any] = []
 
 
 def logprob_value(entry: Any) -> float:
@@ -146,6 +152,8 @@ class VLLMBackend(Backend):
             self.llm = LLM(**kwargs)
         except (OSError, ValueError) as exc:
             raise ModelNotAvailable(f"vLLM could not load '{source.name}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if not options.vllm_multiprocessing:
+            _IN_PROCESS_ENGINES.append(self.llm)
         self.precision = str(kwargs["dtype"])
         self.engine_args = kwargs
         self._max_length = self.llm.llm_engine.model_config.max_model_len
