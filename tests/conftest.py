@@ -162,18 +162,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(reward, **settings):
-    """A real server in a thread of this process, on a free loopback port."""
+def serving(reward, **settings):
+    """A real server in a thread of this process, on a free loopback port, built as `cdr serve` builds it
+    (uvicorn_server: the idle-connection timeout, the shutdown signal). Yields (url, port)."""
     import threading
     import time
 
-    import uvicorn
-
-    from cdr.serve.app import ServeSettings, create_app
+    from cdr.serve.app import ServeSettings, create_app, uvicorn_server
 
     port = free_port()
-    app = create_app(reward, ServeSettings(port=port, **settings))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    s = ServeSettings(port=port, **settings)
+    server = uvicorn_server(create_app(reward, s), s, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -181,10 +180,46 @@ def running(reward, **settings):
         assert time.time() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", port
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextlib.contextmanager
+def running(reward, **settings):
+    """``serving``, yielding the URL only."""
+    with serving(reward, **settings) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_process(args: list[str], timeout: float = 120, **popen):
+    """`cdr serve ARGS --port P` in its own process, yielded as (url, process) once /health answers 200."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", "serve", "--port", str(port), *args], **popen)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            assert time.time() < deadline and proc.poll() is None, "server did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def write_jsonl(path: Path, rows) -> Path:

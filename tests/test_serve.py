@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +16,7 @@ pytest.importorskip("fastapi")
 
 from cdr.backends import LogprobRequest  # noqa: E402
 from cdr.serve.client import RewardClient  # noqa: E402
-from conftest import free_port, running  # noqa: E402
+from conftest import running, serve_process  # noqa: E402
 
 CHATML_PROMPT = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -204,19 +202,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_pair)
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(tmp_path, tiny_strong, tiny_weak):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", "serve", "--port", str(port), "--strong", str(tiny_strong),
-                             "--weak", str(tiny_weak), "--cache", "none", "--max-wait-ms", "1500", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert time.time() < deadline and proc.poll() is None, "server did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            time.sleep(0.2)
+    args = ["--strong", str(tiny_strong), "--weak", str(tiny_weak), "--cache", "none", "--max-wait-ms", "1500",
+            "--log-level", "warning"]
+    with serve_process(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"}) as (url, proc):
         result = {}
         thread = threading.Thread(target=lambda: result.update(r=httpx.post(f"{url}/v1/reward", json={"conversations": [conv()]}, timeout=60)))
         thread.start()
@@ -225,9 +214,6 @@ def test_graceful_shutdown_finishes_in_flight_requests(tmp_path, tiny_strong, ti
         thread.join(60)
         assert result["r"].status_code == 200 and result["r"].json()["results"][0]["reward"] is not None
         assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_serve_binds_loopback_by_default():

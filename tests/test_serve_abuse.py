@@ -4,13 +4,11 @@ server on loopback; raw sockets where a well-behaved HTTP client could not misbe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -19,28 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from conftest import free_port  # noqa: E402
-
-
-@contextlib.contextmanager
-def serving(reward, **settings):
-    """Like conftest.running, but through cdr's own uvicorn_config (the idle-connection timeout)."""
-    from cdr.serve.app import ServeSettings, create_app, uvicorn_server
-
-    port = free_port()
-    s = ServeSettings(port=port, **settings)
-    server = uvicorn_server(create_app(reward, s), s, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        server.should_exit = True
-        thread.join(30)
+from conftest import serve_process, serving  # noqa: E402
 
 
 def conv(question="What is 2+2?", answer="4."):
@@ -102,19 +79,11 @@ def test_a_keep_alive_connection_still_serves_several_requests(guarded):
 def test_a_slow_body_does_not_hold_up_shutdown(tiny_strong, tiny_weak_fast):
     """SIGTERM with a request still 'sending' its body: that request is answered 503 at once and the server
     stops, instead of waiting out the whole --grace-s (or the body deadline)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", "serve", "--port", str(port), "--strong", str(tiny_strong),
-                             "--weak", str(tiny_weak_fast), "--cache", "none", "--log-level", "warning",
-                             "--body-timeout-s", "60", "--grace-s", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert time.time() < deadline and proc.poll() is None, "server did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            time.sleep(0.2)
+    args = ["--strong", str(tiny_strong), "--weak", str(tiny_weak_fast), "--cache", "none", "--log-level", "warning",
+            "--body-timeout-s", "60", "--grace-s", "60"]
+    with serve_process(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"}) as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(b"POST /v1/reward HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{")
         time.sleep(0.3)
@@ -125,31 +94,14 @@ def test_a_slow_body_does_not_hold_up_shutdown(tiny_strong, tiny_weak_fast):
         proc.wait(45)
         assert time.monotonic() - t0 < 10
         sock.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
 def process_server(tiny_strong, tiny_weak_fast):
     """`cdr serve` in its own process (so the GIL of this one does not blur what the server does)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", "serve", "--port", str(port), "--strong", str(tiny_strong),
-                             "--weak", str(tiny_weak_fast), "--cache", "none", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert time.time() < deadline and proc.poll() is None, "server did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            time.sleep(0.2)
+    args = ["--strong", str(tiny_strong), "--weak", str(tiny_weak_fast), "--cache", "none", "--log-level", "warning"]
+    with serve_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(60)
 
 
 def test_a_huge_prompt_does_not_stall_the_event_loop(process_server):
