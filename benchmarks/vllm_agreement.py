@@ -190,6 +190,7 @@ def cpu_info() -> dict:
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=230, help="mini-set rows (2 responses each) for hf and vllm float32")
     ap.add_argument("--bf16-rows", type=int, help="rows for vllm bfloat16 (default: --rows)")
@@ -199,7 +200,9 @@ def main() -> None:
     ap.add_argument("--sampling", nargs=3, type=int, metavar=("PROMPTS", "N", "MAX_NEW_TOKENS"),
                     help="only measure cdr sample's engines (hf, vllm) on the embedded strong model, float32")
     ap.add_argument("--child", nargs=4, metavar=("MODEL", "BACKEND", "DTYPE", "RESPONSES"), help=argparse.SUPPRESS)
+    ap.add_argument("--results", default=str(OUT), help="folder for the per-response files and the summaries")
     args = ap.parse_args()
+    OUT = Path(args.results)
     if args.child:
         if args.child[0] == "sampling":
             n, max_new_tokens = map(int, args.child[3].split(":"))
@@ -226,7 +229,7 @@ def main() -> None:
                     continue
                 n = args.bf16_rows if dtype == "bfloat16" and args.bf16_rows is not None else args.rows
                 subprocess.run([sys.executable, __file__, "--child", model, backend, dtype, str(2 * min(n, len(rows))),
-                                "--slice", str(args.slice)], check=True, stdout=subprocess.DEVNULL)
+                                "--slice", str(args.slice), "--results", str(OUT)], check=True, stdout=subprocess.DEVNULL)
     result = report(rows)
     import torch
 
