@@ -233,7 +233,7 @@ def test_openapi_fuzz_finds_no_server_errors(server):
     for operation in schema.get_all_operations():
         op = operation.ok()
 
-        @settings(max_examples=25, deadline=None, database=None,
+        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy())
         def check(case):
