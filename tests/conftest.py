@@ -53,32 +53,36 @@ def gemma_templated_tokenizer(gemma_tokenizer):
     return tok
 
 
-def build_tiny_llama(tokenizer, path: Path, seed: int) -> Path:
+def build_tiny_llama(tokenizer, path: Path, seed: int, **sizes) -> Path:
+    """A random llama with ``tokenizer``; ``sizes`` override config fields (e.g. a larger head for vLLM)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
-    )
+    config = LlamaConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+        "tie_word_embeddings": False, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": None, **sizes,
+    })
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-def build_tiny_gemma3(tokenizer, path: Path, seed: int) -> Path:
+def build_tiny_gemma3(tokenizer, path: Path, seed: int, **sizes) -> Path:
+    """A random gemma-3 with ``tokenizer``; ``sizes`` override config fields."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
-        sliding_window=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
-    )
+    config = Gemma3TextConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "max_position_embeddings": 1024,
+        "sliding_window": 16, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": 0, **sizes,
+    })
     model = Gemma3ForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

