@@ -65,10 +65,6 @@ class TokenizerCheck:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     conversion_version: int = CONVERSION_VERSION
 
-    def summary(self) -> str:
-        what = f"{self.status}" + (f" against {self.reference}" if self.reference else "")
-        return what + (f" ({len(self.mismatches)} of {len(PROBE_TEXTS)} probe texts differ)" if self.mismatches else "")
-
 
 def read_fields(gguf_path: Path) -> dict[str, Any]:
     """The tokenizer fields of a GGUF file that ``repair`` needs."""

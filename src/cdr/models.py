@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cdr import gguf_tokenizer
 from cdr.errors import ModelNotAvailable
 
 
@@ -274,9 +275,7 @@ def converted_dir(source: ModelSource, part: str) -> Path:
     262k-word tokenizer, 30 s for its weights); saving the result once makes later loads take a second.
     """
     # the tokenizer's directory names its conversion version: one made by an older cdr is made again
-    from cdr.gguf_tokenizer import CONVERSION_VERSION
-
-    name = f"tokenizer-v{CONVERSION_VERSION}" if part == "tokenizer" else part
+    name = f"tokenizer-v{gguf_tokenizer.CONVERSION_VERSION}" if part == "tokenizer" else part
     target = cache_dir() / "converted" / source.fingerprint()[:24] / name
     if (target / ".complete").exists():
         return target
@@ -286,8 +285,6 @@ def converted_dir(source: ModelSource, part: str) -> Path:
     quiet_transformers()
     if part == "tokenizer":
         from transformers import AutoTokenizer
-
-        from cdr import gguf_tokenizer
 
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         fields = gguf_tokenizer.read_fields(gguf)
