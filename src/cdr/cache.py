@@ -71,7 +71,7 @@ class LogprobCache:
         if self._db is not None:
             try:
                 self._db.close()
-            except sqlite3.Error:
+            except sqlite3.Error:  # the file is already unusable; the warning below says so
                 pass
         self._db = None
         self._warn(f"cdr: warning: the log-prob cache '{self.path}' cannot be used ({exc}); carrying on without it "

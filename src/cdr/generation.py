@@ -109,7 +109,7 @@ class VLLMPolicy:
         try:
             eos = GenerationConfig.from_pretrained(model_path, **kwargs).eos_token_id
             stop.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        except OSError:
+        except OSError:  # no generation_config.json: the tokenizer's EOS below is the stop token
             pass
         if self.tokenizer.eos_token_id is not None:
             stop.add(self.tokenizer.eos_token_id)

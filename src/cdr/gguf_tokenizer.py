@@ -167,8 +167,8 @@ def verify(tokenizer, directory: Path, gguf_path: Path, name: str) -> TokenizerC
         result = check(tokenizer, gguf_path, fields, result.repairs if result else None)
         try:
             save_check(result, directory)
-        except OSError:  # a read-only cache: check again next time
-            pass
+        except OSError as exc:  # a read-only cache: check again next time
+            logger.debug("cdr: could not store the tokenizer check in %s: %s", directory, exc)
     if result.status == "mismatch":
         first = result.mismatches[0]
         logger.warning(

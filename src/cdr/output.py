@@ -50,7 +50,7 @@ def fsync_dir(path: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # some filesystems cannot fsync a directory; the file itself was fsynced
         pass
     finally:
         os.close(fd)
@@ -191,7 +191,7 @@ def check_not_input(input_path: str | Path, output: Path) -> None:
         same = False
         try:
             same = p.exists() and src.exists() and os.path.samefile(src, p)
-        except OSError:
+        except OSError:  # cannot stat one of them: the resolved-path comparison below still applies
             pass
         if same or p.resolve() == src.resolve():
             what = f"output '{output}'" if name == "output" else f"{name} file of output '{output}' ('{p}')"
