@@ -96,7 +96,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
     t0 = time.time()
     backend = "llamacpp" if engine == "llamacpp" else "hf"
     dtype = "bfloat16" if engine == "cdr-bf16" else "float32"
-    scorer = ModelScorer(resolve_model(model_name), backend, RewardConfig(cache="none", dtype=dtype), None)
+    scorer = ModelScorer(resolve_model(model_name), backend, RewardConfig.from_flat(cache="none", dtype=dtype), None)
     requests = requests_for(scorer, n)
     warmup_s = None
     if engine == "cdr-compiled":  # the decoder body through torch.compile (inductor); the first calls compile it
@@ -149,7 +149,7 @@ def pair_child(mode: str, n: int, out_path: str) -> None:
     rewards = [r.reward for r in reward.score(convs)]
     seconds = time.time() - t0
     Path(out_path).write_text(json.dumps({"mode": mode, "responses": len(convs), "load_s": load_s, "seconds": seconds,
-                                          "rewards_per_s": len(convs) / seconds, "threads": reward.config.threads,
+                                          "rewards_per_s": len(convs) / seconds, "threads": reward.config.strong_options.threads,
                                           "rewards": rewards, "peak_rss_mib": status_mib("VmHWM")}))
 
 

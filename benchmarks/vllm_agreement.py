@@ -72,7 +72,7 @@ def child(model: str, backend: str, dtype: str, responses: int, slice_size: int)
         return
     _, convs = conversations()
     t0 = time.time()
-    scorer = ModelScorer(resolve_model(model), backend, RewardConfig(cache="none", dtype=dtype), None)
+    scorer = ModelScorer(resolve_model(model), backend, RewardConfig.from_flat(cache="none", dtype=dtype), None)
     load_s = time.time() - t0
     with path.open("a") as f:
         f.write(json.dumps({"kind": "load", "seconds": load_s}) + "\n")

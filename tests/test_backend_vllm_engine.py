@@ -202,7 +202,7 @@ def test_openai_backend_against_a_real_vllm_server_equals_the_in_process_engine(
 
     strong, _ = tiny32
     remote = ModelScorer(resolve_model(str(strong)), "openai",
-                         RewardConfig(strong_url=vllm_server, strong_served_model="tiny", cache="none"))
+                         RewardConfig.from_flat(strong_url=vllm_server, strong_served_model="tiny", cache="none"))
     local = tiny_vllm_pair.strong
     got = remote.logprobs(CONVERSATIONS, remote.renderer, True)
     want = local.logprobs(CONVERSATIONS, local.renderer, True)

@@ -167,13 +167,14 @@ def test_speed_flags_reach_the_config(tmp_path):
 
     parser = argparse.ArgumentParser()
     add_reward_options(parser)
-    assert (reward_config(parser.parse_args([])).overlap, reward_config(parser.parse_args([])).prompt_sharing) == (False, True)
+    default = reward_config(parser.parse_args([]))
+    assert (default.overlap, default.strong_options.prompt_sharing, default.weak_options.prompt_sharing) == (False, True, True)
     config = reward_config(parser.parse_args(["--overlap", "--no-prompt-sharing"]))
-    assert config.overlap is True and config.prompt_sharing is False
+    assert config.overlap is True and config.strong_options.prompt_sharing is False
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("overlap: true\nprompt_sharing: false\n")
     from_file = reward_config(parser.parse_args(["--config", str(cfg)]))
-    assert from_file.overlap is True and from_file.prompt_sharing is False  # absent flags do not override the file
+    assert from_file.overlap is True and from_file.weak_options.prompt_sharing is False  # absent flags do not override the file
 
 
 def test_hub_model_offline_is_a_clear_error(tmp_path, tiny_weak):

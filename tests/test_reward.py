@@ -107,7 +107,7 @@ def test_overlap_scores_both_models_at_once_with_the_same_numbers(tiny_strong, t
     threads = torch.get_num_threads()
     try:
         overlapped = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", overlap=True)
-        assert overlapped.config.threads == max(1, (os.cpu_count() or 2) // 2)
+        assert overlapped.config.strong_options.threads == max(1, (os.cpu_count() or 2) // 2)
         convs = [conv(a) for a in ["Paris.", "Berlin is the capital of France. " * 5, "Paris, of course."]]
         done = []
         pair = overlapped.model_logprobs(as_conversations(convs), on_progress=done.append)

@@ -12,49 +12,31 @@ import sys
 from pathlib import Path
 
 from cdr import __version__
-from cdr.config import VARIANTS, RewardConfig
+from cdr.config import RewardConfig, flat_options
 from cdr.errors import CdrError
-from cdr.rendering import RENDERINGS
-
-REWARD_FLAGS = ("strong", "weak", "backend", "strong_backend", "weak_backend", "variant", "rendering",
-                "max_length", "device", "dtype", "batch_tokens", "threads", "cache", "strong_url", "weak_url",
-                "strong_served_model", "weak_served_model", "remote_api_key_env", "concurrency", "recipe",
-                "vllm_kv_cache_gib", "vllm_memory_fraction")
-
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:
+    """The reward's flags, made from the config dataclasses (cdr.config.flat_options): one per option."""
     g = p.add_argument_group("reward (defaults come from --config, then from cdr's defaults)")
     g.add_argument("--config", help="YAML file with reward options (keys as below, with underscores)")
-    types = {"max_length": int, "batch_tokens": int, "threads": int, "concurrency": int,
-             "vllm_kv_cache_gib": float, "vllm_memory_fraction": float}
-    choices = {"variant": VARIANTS, "rendering": RENDERINGS}
-    for name in REWARD_FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), dest=name, type=types.get(name, str), choices=choices.get(name),
-                       help=RewardConfig.help(name))
-    g.add_argument("--exclude-eot", action="store_true", help="do not score the end-of-turn token(s) after the response")
-    g.add_argument("--trust-remote-code", action="store_true", help=RewardConfig.help("trust_remote_code"))
-    g.add_argument("--allow-python-router", action="store_true", help=RewardConfig.help("allow_python_router"))
-    g.add_argument("--overlap", action="store_true", default=None, help=RewardConfig.help("overlap"))
-    g.add_argument("--vllm-compile", action="store_true", default=None, help=RewardConfig.help("vllm_compile"))
-    g.add_argument("--vllm-multiprocessing", action="store_true", default=None, help=RewardConfig.help("vllm_multiprocessing"))
-    g.add_argument("--no-prompt-sharing", dest="prompt_sharing", action="store_false", default=None,
-                   help="run every response's prompt again (the plain path; for measuring prompt sharing)")
+    for opt in flat_options():
+        if not opt.on_cli:
+            continue
+        default = opt.field.default
+        if isinstance(default, bool):  # a flag that sets the opposite of the default
+            g.add_argument(opt.flag, dest=opt.name, action="store_false" if default else "store_true", default=None,
+                           help=opt.flag_help)
+            continue
+        kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(opt.field.type, str)
+        g.add_argument(opt.flag, dest=opt.name, type=kind, choices=opt.choices, help=opt.help)
 
 
 def reward_config(args: argparse.Namespace) -> RewardConfig:
-    overrides = {name: getattr(args, name) for name in REWARD_FLAGS if getattr(args, name) is not None}
-    if args.exclude_eot:
-        overrides["include_eot"] = False
-    if args.trust_remote_code:
-        overrides["trust_remote_code"] = True
-    if getattr(args, "allow_python_router", False):
-        overrides["allow_python_router"] = True
-    for flag in ("overlap", "prompt_sharing", "vllm_compile", "vllm_multiprocessing"):
-        if getattr(args, flag, None) is not None:
-            overrides[flag] = getattr(args, flag)
+    overrides = {opt.name: getattr(args, opt.name) for opt in flat_options()
+                 if getattr(args, opt.name, None) is not None}
     if args.config:
         return RewardConfig.from_yaml(args.config, **overrides)
-    return RewardConfig(**overrides)
+    return RewardConfig.from_flat(overrides)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -197,7 +179,6 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cdr.backends.base import BackendOptions
     from cdr.generation import SamplingOptions, load_policy
     from cdr.models import resolve_model
     from cdr.pipelines.runner import check_paths
@@ -209,15 +190,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               max_new_tokens=args.max_new_tokens, seed=args.seed, engine=args.policy_engine)
     if options.n < 1 or options.max_new_tokens < 1 or options.temperature <= 0 or not 0 < options.top_p <= 1:
         raise CdrError("need -n >= 1, --max-new-tokens >= 1, --temperature > 0 and 0 < --top-p <= 1")
-    engine = {}
-    if args.policy_engine == "vllm":  # the --vllm-* and --threads options apply to the policy's engine too
-        config = reward_config(args)
-        engine["options"] = BackendOptions(threads=config.threads, batch_tokens=config.batch_tokens,
-                                           vllm_kv_cache_gib=config.vllm_kv_cache_gib,
-                                           vllm_memory_fraction=config.vllm_memory_fraction,
-                                           vllm_compile=config.vllm_compile, vllm_multiprocessing=config.vllm_multiprocessing)
-    policy = load_policy(args.policy_engine, resolve_model(args.policy, "strong"), device=args.device or "auto",
-                         dtype=args.dtype or "auto", trust_remote_code=args.trust_remote_code, **engine)
+    # the policy is loaded as the strong model is: --device, --dtype, --threads, --vllm-* apply to it too
+    engine_options = reward_config(args).options_for("policy")
+    policy = load_policy(args.policy_engine, resolve_model(args.policy, "strong"), device=engine_options.device,
+                         dtype=engine_options.dtype, trust_remote_code=engine_options.trust_remote_code,
+                         **({"options": engine_options} if args.policy_engine == "vllm" else {}))
     candidates = Path(f"{args.output}.candidates.jsonl") if args.annotate else Path(args.output)
     opts = run_options(args)
     if args.annotate:
@@ -372,8 +349,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A bad flag or value is one line naming it (``cdr score: error: argument --dtype: invalid choice: ...``),
+    like every other user error, instead of argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdr", description="Training-free rewards from a density ratio of two LLMs: "
+    parser = OneLineErrors(prog="cdr", description="Training-free rewards from a density ratio of two LLMs: "
                                      "log p_strong(y|x) - log p_weak(y|x).")
     parser.add_argument("--version", action="version", version=f"cdr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

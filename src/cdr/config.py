@@ -1,13 +1,27 @@
-"""Configuration as a dataclass with a help string per field, loadable from YAML (as TRL's configs are)."""
+"""The reward's configuration: one dataclass tree, the single source of every reward option.
+
+``RewardConfig`` holds what the reward does (models, variant, rendering, recipe, cache) and nests one
+``BackendOptions`` per model (``strong_options``, ``weak_options``) for how each is loaded and run. Every
+field carries its help text and allowed values (``cdr.options``), is checked in one place when the object is
+built, and becomes a command-line flag of every reward-computing subcommand (``flat_options``), as TRL
+derives its CLI from its config dataclasses.
+
+Outside Python the tree is flat: YAML keys, flags and ``DensityRatio(**options)`` use one name per option
+(``dtype``, ``strong_url``, ``remote_timeout_s``). A backend option named without a side sets both models;
+a per-side one (``strong_url``) sets one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdr.backends import BACKENDS
+from cdr.backends.base import BackendOptions
 from cdr.errors import CdrError
+from cdr.options import check, flag_of, flat_name, option
 from cdr.rendering import RENDERINGS, PlainFormat
 
 VARIANTS = ("sum", "mean", "mean_diff")
@@ -18,72 +32,131 @@ VARIANTS = ("sum", "mean", "mean_diff")
 # (0.581 vs 0.565).
 DEFAULT_VARIANT = "mean_diff"
 DEFAULT_RENDERING = "own"
+SIDES = ("strong", "weak")
+BACKEND_CHOICES = ("default", *BACKENDS)
+_BACKEND_HELP = f"{', '.join(BACKEND_CHOICES)} (default: hf, transformers)"
+PLAIN_FORMAT_KEYS = tuple(f.name for f in dataclasses.fields(PlainFormat))
+
+
+def _plain_format(value: Any) -> PlainFormat:
+    """A ``PlainFormat`` from itself or from a mapping (YAML), with one-line errors naming the key."""
+    if isinstance(value, PlainFormat):
+        return value
+    if not isinstance(value, dict):
+        raise CdrError(f"plain_format must be a mapping with some of the keys {', '.join(PLAIN_FORMAT_KEYS)}, "
+                       f"got {value!r}")
+    for key, text in value.items():
+        if key not in PLAIN_FORMAT_KEYS:
+            raise CdrError(f"plain_format: unknown key '{key}'; expected some of {', '.join(PLAIN_FORMAT_KEYS)}")
+        if not isinstance(text, str):
+            raise CdrError(f"plain_format.{key} must be a string, got {text!r}")
+    try:
+        return PlainFormat(**value)
+    except ValueError as exc:
+        raise CdrError(f"plain_format: {exc}") from None
 
 
 @dataclass
 class RewardConfig:
-    strong: str = field(default="default", metadata={"help": "strong (better aligned) model: 'default', a packaged name, a path (dir or .gguf) or a hub id"})
-    weak: str = field(default="default", metadata={"help": "weak (less aligned) model, same forms as strong"})
-    backend: str = field(default="default", metadata={"help": "backend for both models: default (hf), hf, llamacpp, vllm, openai"})
-    strong_backend: str | None = field(default=None, metadata={"help": "backend for the strong model only (overrides backend)"})
-    weak_backend: str | None = field(default=None, metadata={"help": "backend for the weak model only (overrides backend)"})
-    variant: str = field(default=DEFAULT_VARIANT, metadata={"help": "sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; mean_diff: strong mean log-prob - weak mean log-prob"})
-    rendering: str = field(default=DEFAULT_RENDERING, metadata={"help": "own: each model uses its own chat template (plain format without one); shared: the strong model's rendering goes to both"})
-    include_eot: bool = field(default=True, metadata={"help": "score the end-of-turn token(s) that close the response"})
-    plain_format: PlainFormat = field(default_factory=PlainFormat, metadata={"help": "format for models without a chat template: system/user/assistant with {content}, end_of_turn ({eos} = EOS token)"})
-    max_length: int | None = field(default=None, metadata={"help": "truncate sequences longer than this (default: the model's context); truncated rows are flagged"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"})
-    batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward batch"})
-    prompt_sharing: bool = field(default=True, metadata={"help": "responses sharing a prompt of 64+ tokens run it once and reuse its key/value cache (transformers backend)"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads per model (default: all cores; half of them each with --overlap)"})
-    overlap: bool = field(default=False, metadata={"help": "score the strong and the weak model at the same time, in two threads (see docs/benchmarks.md for when it pays)"})
-    strong_url: str | None = field(default=None, metadata={"help": "openai backend: base URL of the server holding the strong model (e.g. http://127.0.0.1:8000/v1)"})
-    weak_url: str | None = field(default=None, metadata={"help": "openai backend: base URL of the server holding the weak model"})
-    strong_served_model: str | None = field(default=None, metadata={"help": "openai backend: the strong model's name on its server (default: --strong)"})
-    weak_served_model: str | None = field(default=None, metadata={"help": "openai backend: the weak model's name on its server (default: --weak)"})
-    remote_api_key_env: str | None = field(default=None, metadata={"help": "openai backend: environment variable with the servers' bearer token"})
-    concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once, per model"})
-    vllm_kv_cache_gib: float | None = field(default=None, metadata={"help": "vllm backend: KV cache per model in GiB (default: 2 on a CPU; on a GPU, from vllm_memory_fraction)"})
-    vllm_memory_fraction: float | None = field(default=None, metadata={"help": "vllm backend: vLLM's gpu_memory_utilization per model (default on a GPU: 0.45, so the pair's two engines fit)"})
-    vllm_compile: bool = field(default=False, metadata={"help": "vllm backend: let vLLM compile the models (torch.compile; minutes of start-up per model on a CPU) instead of running eagerly"})
-    vllm_multiprocessing: bool = field(default=False, metadata={"help": "vllm backend: each engine in its own process, started with spawn (a calling script then needs an if __name__ == '__main__' guard); default: in this process"})
-    recipe: Any = field(default="vanilla", metadata={"help": "customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; see docs/recipes.md"})
-    cache: str | None = field(default="default", metadata={"help": "log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub to run (off unless asked)"})
-    allow_python_router: bool = field(default=False, metadata={"help": "allow a recipe's python router to import and run the module:function it names (off unless asked)"})
+    strong: str = option("default", help="strong (better aligned) model: 'default', a packaged name, a path (dir or "
+                                         ".gguf) or a hub id")
+    weak: str = option("default", help="weak (less aligned) model, same forms as strong")
+    backend: str = option("default", choices=BACKEND_CHOICES, help=f"backend for both models: {_BACKEND_HELP}")
+    strong_backend: str | None = option(None, choices=BACKEND_CHOICES,
+                                        help="backend for the strong model only (overrides --backend)")
+    weak_backend: str | None = option(None, choices=BACKEND_CHOICES,
+                                      help="backend for the weak model only (overrides --backend)")
+    variant: str = option(DEFAULT_VARIANT, choices=VARIANTS,
+                          help="sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; "
+                               "mean_diff: strong mean log-prob - weak mean log-prob")
+    rendering: str = option(DEFAULT_RENDERING, choices=RENDERINGS,
+                            help="own: each model uses its own chat template (plain format without one); shared: the "
+                                 "strong model's rendering goes to both")
+    include_eot: bool = option(True, flag="exclude-eot", help="score the end-of-turn token(s) that close the response",
+                               flag_help="do not score the end-of-turn token(s) after the response")
+    plain_format: PlainFormat = option(
+        default_factory=PlainFormat, cli=False,
+        help="format for models without a chat template: system/user/assistant with {content}, end_of_turn ({eos} = "
+             "EOS token)")
+    max_length: int | None = option(None, minimum=1, help="truncate sequences longer than this (default: the model's "
+                                                          "context); truncated rows are flagged")
+    overlap: bool = option(False, help="score the strong and the weak model at the same time, in two threads (see "
+                                       "docs/benchmarks.md for when it pays)")
+    recipe: Any = option("vanilla", help="customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; "
+                                         "see docs/recipes.md")
+    cache: str | None = option("default", help="log-prob cache (SQLite file): 'default' is "
+                                               "~/.cache/cdr/logprobs.sqlite, 'none' turns it off")
+    allow_python_router: bool = option(False, help="allow a recipe's python router to import and run the "
+                                                   "module:function it names (off unless asked)")
+    strong_options: BackendOptions = option(default_factory=BackendOptions, cli=False,
+                                            help="how the strong model is loaded and run")
+    weak_options: BackendOptions = option(default_factory=BackendOptions, cli=False,
+                                          help="how the weak model is loaded and run")
 
     def __post_init__(self) -> None:
-        if isinstance(self.plain_format, dict):
-            try:
-                self.plain_format = PlainFormat(**self.plain_format)
-            except TypeError as exc:
-                raise CdrError(f"plain_format: {exc}") from None
-        if self.variant not in VARIANTS:
-            raise CdrError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.rendering not in RENDERINGS:
-            raise CdrError(f"rendering must be one of {', '.join(RENDERINGS)}, got {self.rendering!r}")
-        if self.batch_tokens < 1:
-            raise CdrError(f"batch_tokens must be positive, got {self.batch_tokens}")
-        for name in ("max_length", "threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise CdrError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= 1, got {value!r}")
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise CdrError(f"concurrency (--concurrency) must be a whole number >= 1, got {self.concurrency!r}")
-        for name, top in (("vllm_kv_cache_gib", None), ("vllm_memory_fraction", 1.0)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
-                                      or (top is not None and value > top)):
-                bound = "in (0, 1]" if top else "a number > 0"
-                raise CdrError(f"{name} (--{name.replace('_', '-')}) must be {bound}, got {value!r}")
+        self.plain_format = _plain_format(self.plain_format)
+        for side in SIDES:
+            if not isinstance(self.options_for(side), BackendOptions):
+                raise CdrError(f"{side}_options must be a BackendOptions, got {self.options_for(side)!r}")
+        check(self)
+
+    def options_for(self, role: str) -> BackendOptions:
+        """The backend options of a model: 'weak' gets the weak side's, any other role (the strong model, a
+        router's model, a policy) the strong side's."""
+        return self.weak_options if role == "weak" else self.strong_options
+
+    def backend_for(self, role: str) -> str:
+        own = self.weak_backend if role == "weak" else self.strong_backend
+        return own or self.backend
+
+    def flat(self) -> dict[str, Any]:
+        """Every option under its flat name, the form YAML files and keyword arguments use (provenance, the
+        Ray engine's resume key)."""
+        values: dict[str, Any] = {}
+        for opt in flat_options():
+            side_values = [getattr(self.options_for(side), opt.field.name) for side in opt.sides] if opt.sides \
+                else [getattr(self, opt.field.name)]
+            if len(set(map(repr, side_values))) == 1:
+                values[opt.name] = side_values[0]
+            else:  # set differently per model (in Python): both, under per-side names
+                values.update({f"{side}_{opt.name}": v for side, v in zip(opt.sides, side_values)})
+        values["plain_format"] = dataclasses.asdict(self.plain_format)
+        return values
+
+    def replace(self, **flat: Any) -> "RewardConfig":
+        """A copy with options changed, by flat name. A backend option without a side changes both models;
+        a per-side one (``strong_url``) wins over it."""
+        table = {opt.name: opt for opt in flat_options()}
+        top: dict[str, Any] = {}
+        per_side: dict[str, dict[str, Any]] = {side: {} for side in SIDES}
+        for name, value in flat.items():
+            if name in ("strong_options", "weak_options", "plain_format") or (name in table and not table[name].sides):
+                top[name] = value
+            elif name in table:
+                for side in table[name].sides:
+                    per_side[side][table[name].field.name] = value
+            else:
+                raise CdrError(f"unknown reward option '{name}'; known options: {', '.join(sorted(table))}")
+        for side in SIDES:
+            base = top.pop(f"{side}_options", self.options_for(side))
+            if per_side[side]:
+                base = dataclasses.replace(base, **per_side[side])
+            top[f"{side}_options"] = base
+        return dataclasses.replace(self, **top)
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any] | None = None, **more: Any) -> "RewardConfig":
+        """Build from flat options: ``RewardConfig.from_flat(strong='x', dtype='bfloat16', strong_url=...)``."""
+        return cls().replace(**{**(flat or {}), **more})
 
     @classmethod
     def help(cls, name: str) -> str:
-        return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+        """The help text of an option, by flat name."""
+        return next(opt.help for opt in flat_options() if opt.name == name)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "RewardConfig":
+        """Flat keys as on the command line (with underscores); ``overrides`` (not None) win over the file."""
         import yaml
 
         text = Path(path).read_text()
@@ -94,7 +167,7 @@ class RewardConfig:
             raise CdrError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise CdrError(f"{path}: expected a mapping of option: value at the top level")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {opt.name for opt in flat_options()} | {"plain_format"}
         for key_node, _ in node.value:
             if key_node.value not in names:
                 raise CdrError(
@@ -103,6 +176,49 @@ class RewardConfig:
                 )
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return cls(**data)
-        except TypeError as exc:
+            return cls.from_flat(data)
+        except CdrError as exc:
             raise CdrError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class FlatOption:
+    """One option as YAML, keyword arguments and the command line see it."""
+
+    name: str
+    field: dataclasses.Field
+    sides: tuple[str, ...]  # () for a reward-level option; the models it sets for a backend option
+
+    @property
+    def flag(self) -> str:
+        return flag_of(self.field, self.sides[0] if len(self.sides) == 1 else None)
+
+    @property
+    def help(self) -> str:
+        text = self.field.metadata["help"]
+        return text.replace("{side}", self.sides[0]) if len(self.sides) == 1 else text
+
+    @property
+    def flag_help(self) -> str:
+        return self.field.metadata.get("flag_help") or self.help
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        return self.field.metadata.get("choices")
+
+    @property
+    def on_cli(self) -> bool:
+        return self.field.metadata.get("cli", True)
+
+
+def flat_options() -> list[FlatOption]:
+    """The reward options in their flat form: the reward-level ones, then the backend ones (a per-side
+    backend option once per model)."""
+    out = [FlatOption(f.name, f, ()) for f in dataclasses.fields(RewardConfig) if f.name not in
+           ("strong_options", "weak_options", "plain_format")]
+    for f in dataclasses.fields(BackendOptions):
+        if f.metadata.get("per_side"):
+            out += [FlatOption(flat_name(f, side), f, (side,)) for side in SIDES]
+        else:
+            out.append(FlatOption(flat_name(f), f, SIDES))
+    return out

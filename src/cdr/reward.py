@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from cdr import __version__
-from cdr.backends import BackendOptions, LogprobRequest, load_backend
+from cdr.backends import LogprobRequest, load_backend
 from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation
@@ -103,7 +103,8 @@ class ModelScorer:
         else:
             tok_path, kwargs = source.path, ({"revision": source.revision} if source.revision else {})
         try:
-            self.tokenizer = load_tokenizer(tok_path, self.fingerprint, config.trust_remote_code, **kwargs)
+            self.tokenizer = load_tokenizer(tok_path, self.fingerprint, config.options_for(role).trust_remote_code,
+                                            **kwargs)
         except OSError as exc:
             raise ModelNotAvailable(f"could not load the tokenizer of '{source.name}': {exc}") from None
         # a tokenizer rebuilt from a GGUF file is checked against llama.cpp's (docs/tokenization.md)
@@ -111,22 +112,7 @@ class ModelScorer:
             if source.kind == "gguf" else None
         self.tokenization = Tokenization(self.tokenizer)
         self.renderer = Renderer(self.tokenizer, config.plain_format)
-        options = BackendOptions(
-            device=config.device,
-            dtype=config.dtype,
-            batch_tokens=config.batch_tokens,
-            threads=config.threads,
-            trust_remote_code=config.trust_remote_code,
-            prompt_sharing=config.prompt_sharing,
-            url=config.strong_url if role == "strong" else config.weak_url,
-            served_model=config.strong_served_model if role == "strong" else config.weak_served_model,
-            api_key_env=config.remote_api_key_env,
-            concurrency=config.concurrency,
-            vllm_kv_cache_gib=config.vllm_kv_cache_gib,
-            vllm_memory_fraction=config.vllm_memory_fraction,
-            vllm_compile=config.vllm_compile,
-            vllm_multiprocessing=config.vllm_multiprocessing,
-        )
+        options = config.options_for(role)
         self.backend = load_backend(backend_name, source, options)
         if source.kind == "hub" and getattr(self.backend, "commit_hash", None):
             # 'main' moves; the commit the weights came from does not
@@ -230,17 +216,18 @@ class DensityRatio:
     def __init__(self, strong: str = "default", weak: str = "default", *, config: RewardConfig | None = None,
                  router: Any = None, **options: Any):
         if config is None:
-            config = RewardConfig(strong=strong, weak=weak, **options)
+            config = RewardConfig.from_flat(options, strong=strong, weak=weak)
         elif options:
-            config = dataclasses.replace(config, **options)
-        if config.overlap and config.threads is None:
+            config = config.replace(**options)
+        if config.overlap and config.strong_options.threads is None:
             # torch's thread setting is per process: two models computing at once each get half the cores
-            config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 2) // 2))
+            config = config.replace(threads=max(1, (os.cpu_count() or 2) // 2))
         self.config = config
         self.recipe: Recipe = load_recipe(config.recipe)
         self.cache = open_cache(config.cache)
-        self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.strong_backend or config.backend, config, self.cache)
-        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.weak_backend or config.backend, config, self.cache,
+        self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.backend_for("strong"), config,
+                                  self.cache)
+        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.backend_for("weak"), config, self.cache,
                                 role="weak")
         # shared: the paper's release code renders once with the strong model's template, for both models.
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer

@@ -51,7 +51,6 @@ lock, so it is safe to call from several threads.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from typing import Any, Mapping, Sequence
@@ -115,9 +114,9 @@ class DensityRatioReward:
             # Built now (cheap) so that a bad option fails here, not at the first training step; the models load later.
             config = options.pop("config", None)
             if config is None:
-                config = RewardConfig(strong=strong, weak=weak, **options)
+                config = RewardConfig.from_flat(options, strong=strong, weak=weak)
             elif options:
-                config = dataclasses.replace(config, **options)
+                config = config.replace(**options)
         self.__name__ = NAME
         self.config: RewardConfig = config
         self.batch_size = batch_size

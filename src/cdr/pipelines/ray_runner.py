@@ -31,7 +31,7 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -401,7 +401,7 @@ def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, o
 def _run_pending(pending: list[Shard], input_path, fmt: str, out_dir: Path, job, config, options: RayOptions,
                  on_error: str, state: dict, total_counts: Counter, progress: bool, total_rows: int, done_rows: int) -> None:
     ray = _init_ray(options)
-    actor_config = replace(config, threads=config.threads or max(1, int(options.cpus_per_actor)))
+    actor_config = config.replace(threads=config.strong_options.threads or max(1, int(options.cpus_per_actor)))
     items = [asdict(p) for s in pending for p in s.pieces]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     constructor = {"job": job, "config": actor_config, "on_error": on_error, "path": str(Path(input_path).resolve()),
@@ -457,7 +457,7 @@ def run_identity(config) -> dict[str, Any]:
     from cdr.models import resolve_model
     from cdr.recipes import load_recipe
 
-    options = {k: v for k, v in asdict(config).items() if k not in ("threads", "recipe")}
+    options = {k: v for k, v in config.flat().items() if k not in ("threads", "recipe")}
     recipe = load_recipe(config.recipe)
     return {**options, "recipe": recipe.name, "recipe_sha256": recipe.sha256(),
             "strong_sha256": resolve_model(config.strong, "strong").fingerprint(),
