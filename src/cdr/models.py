@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cdr import gguf_tokenizer
+import cdr.gguf_tokenizer as gguf_tokenizer
 from cdr.errors import ModelNotAvailable
 
 

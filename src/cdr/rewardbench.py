@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from cdr.variants import combine
+
 SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
     "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
@@ -122,8 +124,6 @@ def response_score(name: str, side: Mapping) -> float | None:
         return None
     s, sn, w, wn = side["strong_logprob"], side["strong_tokens"], side["weak_logprob"], side["weak_tokens"]
     if name in RATIO_VARIANTS:
-        from cdr.reward import combine
-
         return float(combine(name, s, sn, w, wn))
     return {"strong_sum": s, "strong_mean": s / sn, "weak_sum": w, "weak_mean": w / wn}[name]
 
