@@ -118,7 +118,7 @@ class ModelScorer:
             vllm_multiprocessing=config.vllm_multiprocessing,
         )
         self.backend = load_backend(backend_name, source, options)
-        if source.kind == "hub" and getattr(self.backend, "commit_hash", None):
+        if source.kind == "hub" and self.backend.commit_hash:
             # 'main' moves; the commit the weights came from does not
             self.fingerprint = f"{source.path}@{self.backend.commit_hash}"
         self.cache = cache
