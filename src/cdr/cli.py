@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cdr import __version__
+from cdr.log import setup_logging
 from cdr.config import VARIANTS, RewardConfig
 from cdr.errors import CdrError
 from cdr.rendering import RENDERINGS
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

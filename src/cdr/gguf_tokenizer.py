@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-logger = logging.getLogger("cdr")
+logger = logging.getLogger(__name__)
 
 # Bumped whenever the rebuilt tokenizer changes, so tokenizers converted by an older cdr are converted again.
 CONVERSION_VERSION = 2

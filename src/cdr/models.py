@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import Callable
 
 import cdr.gguf_tokenizer as gguf_tokenizer
 from cdr.errors import ModelNotAvailable
+
+logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -179,7 +181,7 @@ class ModelSource:
         marker = cache_dir() / "notices" / (hashlib.sha256(self.notice.encode()).hexdigest()[:16] + ".shown")
         if marker.exists():
             return
-        print(f"cdr: {self.notice}", file=sys.stderr)
+        logger.warning("cdr: %s", self.notice)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 
