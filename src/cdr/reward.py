@@ -211,7 +211,8 @@ class DensityRatio:
     """A training-free reward from two language models.
 
     >>> reward = DensityRatio(strong="default", weak="default")
-    >>> [r.reward for r in reward.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])]
+    >>> conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    >>> [r.reward for r in reward.score([conversation])]
 
     ``recipe`` (a preset name, a YAML path or a ``Recipe``) customizes the context per domain; ``router``
     replaces the recipe's router with your own (a ``Router`` or a function ``f(messages) -> domain name``).
@@ -282,7 +283,8 @@ class DensityRatio:
             return type(self.router).__name__
         return {"llm": f"llm:{spec.model}", "column": f"column:{spec.column}"}.get(spec.kind, spec.kind)
 
-    def customize(self, conversations: Sequence[Conversation], rows: Sequence[dict | None] | None = None) -> list[Customized]:
+    def customize(self, conversations: Sequence[Conversation],
+                  rows: Sequence[dict | None] | None = None) -> list[Customized]:
         """Route each conversation's prompt to a domain and put that domain's context in front, per model.
         ``rows`` (the input rows) are only read by a column router."""
         domains = route(self.recipe, self.router, [c.prompt for c in conversations], rows)

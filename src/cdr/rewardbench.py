@@ -18,7 +18,8 @@ SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
     "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
                   "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 EXAMPLE_COUNTS = {
@@ -55,7 +56,8 @@ def score(sections: Mapping[str, float]) -> float:
     return float(np.mean([sections[s] for s in SECTIONS if s in sections]))
 
 
-def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile intervals for each section and the overall score, resampling rows within each subset."""
     rng = np.random.default_rng(seed)
     by_subset: dict[str, np.ndarray] = defaultdict(list)  # type: ignore[assignment]

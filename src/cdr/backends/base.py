@@ -76,7 +76,8 @@ class Backend(ABC):
     def has_top_logprobs(self) -> bool:
         return type(self).next_token_top_logprobs is not Backend.next_token_top_logprobs
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int,
+                                last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most likely next tokens at every position of one sequence (or only after the last one):
         (ids, log-probs), each of shape (positions, k), best first. Optional: it serves vLLM-style
         ``logprobs=k`` and one greedy token."""
