@@ -151,3 +151,20 @@ def test_only_backends_with_top_k_claim_it(tiny_pair, tiny_strong):
     # cdr serve answers logprobs=k / max_tokens=1 with 422 for a backend without top-k (this one)
     assert openai_backend(tiny_strong, "http://127.0.0.1:1/v1").has_top_logprobs is False
     assert tiny_pair.strong.backend.has_top_logprobs is True
+
+
+def test_works_when_called_from_a_running_event_loop(tiny_strong):
+    # a notebook (or an async web handler) already runs an event loop: asyncio.run would refuse to start another
+    import asyncio
+
+    ids = (1, 50, 60, 70)
+    with fake_server(lambda body, n: (200, {"choices": [vllm_choice(body["prompt"], [-1.0, -2.0, -3.0])]})) as (url, _):
+        backend = openai_backend(tiny_strong, url)
+
+        async def from_a_notebook_cell():
+            asyncio.get_running_loop()  # the loop is running here
+            return backend.response_logprobs([LogprobRequest(ids, 2), LogprobRequest(ids, 1)])
+
+        out = asyncio.run(from_a_notebook_cell())
+        assert [list(x) for x in out] == [[-2.0, -3.0], [-1.0, -2.0, -3.0]]
+        assert [list(x) for x in backend.response_logprobs([LogprobRequest(ids, 2)])] == [[-2.0, -3.0]]  # no loop

@@ -3,10 +3,10 @@
 reward(x, y) = log p_strong(y | x) - log p_weak(y | x)
 """
 
-__version__ = "0.1.0"
+from cdr._version import __version__
+from cdr.config import RewardConfig
+from cdr.conversation import Conversation, ConversationError, Message
+from cdr.reward import DensityRatio, RewardResult
 
-from cdr.config import RewardConfig  # noqa: E402
-from cdr.conversation import Conversation, ConversationError, Message  # noqa: E402
-from cdr.reward import DensityRatio, RewardResult  # noqa: E402
-
-__all__ = ["DensityRatio", "RewardResult", "RewardConfig", "Conversation", "ConversationError", "Message", "__version__"]
+__all__ = ["DensityRatio", "RewardResult", "RewardConfig", "Conversation", "ConversationError", "Message",
+           "__version__"]

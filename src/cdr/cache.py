@@ -15,8 +15,8 @@ what changed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
-import sys
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from cdr.backends.base import LogprobRequest
+
+logger = logging.getLogger(__name__)
 
 
 def request_key(model_key: str, request: LogprobRequest) -> bytes:
@@ -47,7 +49,7 @@ class LogprobCache:
     def __init__(self, path: str | Path, warn=None):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        self._warn = warn or logger.warning
         self.hits = 0
         self.misses = 0
         self.corrupt = 0  # entries whose checksum did not match (counted as misses too)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cdr import __version__
 from cdr.config import RewardConfig, flat_options
+from cdr.log import setup_logging
 from cdr.errors import CdrError
 
 def add_reward_options(p: argparse.ArgumentParser) -> None:
@@ -475,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

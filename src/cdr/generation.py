@@ -37,6 +37,11 @@ class SamplingOptions:
         return out
 
 
+def require_chat_template(tokenizer, source: ModelSource) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelNotAvailable(f"policy '{source.name}' has no chat template; sample from an instruction-tuned model")
+
+
 class TransformersPolicy:
     def __init__(self, source: ModelSource, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
         import torch
@@ -62,9 +67,9 @@ class TransformersPolicy:
             ).to(self.device).eval()
         except OSError as exc:
             raise ModelNotAvailable(f"could not load policy '{source.name}': {exc}") from None
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ModelNotAvailable(f"policy '{source.name}' has no chat template; sample from an instruction-tuned model")
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        require_chat_template(self.tokenizer, source)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         self._torch = torch
 
     def generate(self, prompts: Sequence[list[dict[str, str]]], options: SamplingOptions, seed: int) -> list[list[str]]:
@@ -102,8 +107,7 @@ class VLLMPolicy:
             self.tokenizer = AutoTokenizer.from_pretrained(tok_path, **kwargs)
         except OSError as exc:
             raise ModelNotAvailable(f"could not load policy '{source.name}': {exc}") from None
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ModelNotAvailable(f"policy '{source.name}' has no chat template; sample from an instruction-tuned model")
+        require_chat_template(self.tokenizer, source)
         # vLLM runs without its own tokenizer here: the stop tokens are the ones transformers' generate uses
         stop = set()
         try:
@@ -131,7 +135,8 @@ class VLLMPolicy:
                                  max_tokens=options.max_new_tokens, seed=(seed + i) % (1 << 32),
                                  stop_token_ids=self.stop_token_ids, detokenize=False) for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], params, use_tqdm=False)
-        return [[self.tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in o.outputs] for o in outputs]
+        return [[self.tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in o.outputs]
+                for o in outputs]
 
 
 def load_policy(engine: str, source: ModelSource, **kwargs):

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-logger = logging.getLogger("cdr")
+logger = logging.getLogger(__name__)
 
 # Bumped whenever the rebuilt tokenizer changes, so tokenizers converted by an older cdr are converted again.
 CONVERSION_VERSION = 2
@@ -143,7 +143,8 @@ def check(tokenizer, gguf_path: Path, fields: dict[str, Any] | None = None, repa
         theirs = tokenize(text)
         if list(ours) != list(theirs):
             at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            mismatches.append({"text": text, "at_token": at, "cdr": list(ours[at : at + 4]), "llama.cpp": list(theirs[at : at + 4])})
+            mismatches.append({"text": text, "at_token": at, "cdr": list(ours[at : at + 4]),
+                               "llama.cpp": list(theirs[at : at + 4])})
     return TokenizerCheck("mismatch" if mismatches else "match", name, pre, list(repairs or []), mismatches)
 
 

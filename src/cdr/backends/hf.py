@@ -93,14 +93,16 @@ class TransformersBackend(Backend):
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         # Cohere multiplies logits by logit_scale, Granite divides by logits_scaling.
-        self.scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+        self.scale = (float(getattr(config, "logit_scale", None) or 1.0)
+                      / float(getattr(config, "logits_scaling", None) or 1.0))
         self.vocab_size = self.head.weight.shape[0]
         self.pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
         self.response_head_only = isinstance(self.head, torch.nn.Linear) and self._head_path_matches_full_forward()
         import inspect
 
         # transformers renamed past_key_values to cache (5.x); accept either
-        self._cache_arg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        parameters = inspect.signature(self.decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
 
     @property
     def max_length(self) -> int | None:
@@ -142,7 +144,8 @@ class TransformersBackend(Backend):
             groups.setdefault(tuple(r.token_ids[: r.response_start]), []).append(i)
         rest = []
         for prefix, members in groups.items():
-            if self.options.prompt_sharing and self.response_head_only and len(members) > 1 and len(prefix) >= MIN_SHARED_PROMPT:
+            if (self.options.prompt_sharing and self.response_head_only and len(members) > 1
+                    and len(prefix) >= MIN_SHARED_PROMPT):
                 yield prefix, members
             else:
                 rest.extend(members)
@@ -176,8 +179,10 @@ class TransformersBackend(Backend):
                 cache.batch_repeat_interleave(k)
                 positions = torch.arange(p, p + width, device=self.device)[None].expand(k, -1)
                 hidden = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      position_ids=positions, use_cache=True, **{self._cache_arg: cache}).last_hidden_state
-                # one head pass for the whole suffix batch: the first suffix token is predicted by the prompt's last position
+                                      position_ids=positions, use_cache=True,
+                                      **{self._cache_arg: cache}).last_hidden_state
+                # one head pass for the whole suffix batch: the first suffix token is predicted by the prompt's
+                # last position
                 suffixes = [batch[i].token_ids[p:] for i in chunk]
                 rows = torch.cat([torch.cat([last, hidden[b, : len(x) - 1]]) for b, x in enumerate(suffixes)])
                 target = torch.tensor([t for x in suffixes for t in x], device=self.device)
@@ -243,10 +248,12 @@ class TransformersBackend(Backend):
         import torch.nn.functional as F
 
         bias = self.head.bias
-        return self._postprocess(F.linear(hidden, self.head.weight[start:stop], None if bias is None else bias[start:stop]).float())
+        logits = F.linear(hidden, self.head.weight[start:stop], None if bias is None else bias[start:stop])
+        return self._postprocess(logits.float())
 
     def _token_logprobs(self, hidden, target):
-        """log p(target) at each row: the target's logit as one dot product, minus a logsumexp over vocabulary slices."""
+        """log p(target) at each row: the target's logit as one dot product, minus a logsumexp over vocabulary
+        slices."""
         weight, bias = self.head.weight, self.head.bias
         picked = (hidden.float() * weight[target].float()).sum(-1)
         if bias is not None:
@@ -254,7 +261,8 @@ class TransformersBackend(Backend):
         tile = TILES.get(hidden.device.type, TILES["cpu"])
         return self._postprocess(picked) - tiled_logsumexp(hidden, self._logit_tile, self.vocab_size, tile)
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int,
+                                last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         ids = torch.tensor([list(token_ids)], device=self.device)
@@ -264,7 +272,8 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             if self.response_head_only:
                 hidden = self.decoder(input_ids=ids).last_hidden_state[0, first:]
-                logit_chunks = (self._logit_tile(hidden[s : s + chunk], 0, self.vocab_size) for s in range(0, hidden.shape[0], chunk))
+                logit_chunks = (self._logit_tile(hidden[s : s + chunk], 0, self.vocab_size)
+                                for s in range(0, hidden.shape[0], chunk))
             else:
                 logits = self.model(input_ids=ids).logits[0, first:].float()
                 logit_chunks = (logits[s : s + chunk] for s in range(0, logits.shape[0], chunk))

@@ -116,7 +116,8 @@ class LlamaCppBackend(Backend):
                 on_progress(1)
         return out  # type: ignore[return-value]
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int,
+                                last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         ids = list(token_ids)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -50,6 +51,18 @@ def parse_prompt_logprobs(choice: dict[str, Any], token_ids: Sequence[int]) -> l
     return [None] + [float(v) for v in values[1:n]]
 
 
+def run_coroutine(coro):
+    """``asyncio.run(coro)``, also when called from a running event loop (a notebook, an async web handler),
+    where ``asyncio.run`` refuses: the coroutine then runs on a private loop in a worker thread, and this call
+    blocks until it is done, as it does everywhere else."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="cdr-openai") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class OpenAICompletionsBackend(Backend):
     name = "openai"
 
@@ -72,7 +85,7 @@ class OpenAICompletionsBackend(Backend):
     def response_logprobs(
         self, requests: Sequence[LogprobRequest], on_progress: Callable[[int], None] | None = None
     ) -> list[np.ndarray]:
-        return asyncio.run(self._all(requests, on_progress))
+        return run_coroutine(self._all(requests, on_progress))
 
     async def _all(self, requests, on_progress) -> list[np.ndarray]:
         import httpx

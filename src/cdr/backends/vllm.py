@@ -110,7 +110,8 @@ def check_cpu_head_size(path: str, name: str) -> None:
     config = local_config(path)
     config = config.get("text_config", config)
     heads = config.get("num_attention_heads")
-    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
+    head_dim = config.get("head_dim") or (
+        config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
     if head_dim is None:
         return
     try:
@@ -139,7 +140,8 @@ class VLLMBackend(Backend):
         self.device_type = current_platform.device_type or "cpu"
         if options.device not in ("auto", self.device_type):
             raise CdrError(f"the installed vLLM runs on '{self.device_type}', not --device {options.device!r}"
-                           + (" (choose the GPU with CUDA_VISIBLE_DEVICES)" if options.device.startswith("cuda:") else ""))
+                           + (" (choose the GPU with CUDA_VISIBLE_DEVICES)"
+                              if options.device.startswith("cuda:") else ""))
         kwargs = self.engine_kwargs(source, options, self.device_type)
         self.environment = self.set_environment(options, self.device_type)
         if self.device_type == "cpu":
@@ -151,7 +153,8 @@ class VLLMBackend(Backend):
         try:
             self.llm = LLM(**kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelNotAvailable(f"vLLM could not load '{source.name}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelNotAvailable(f"vLLM could not load '{source.name}': {reason}") from None
         if not options.vllm_multiprocessing:
             _IN_PROCESS_ENGINES.append(self.llm)
         self.precision = str(kwargs["dtype"])
@@ -219,7 +222,8 @@ class VLLMBackend(Backend):
 
         prompts, params = self.build_requests(requests)
         outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
-        results = [prompt_token_logprobs(o.prompt_logprobs, r.token_ids, r.response_start) for o, r in zip(outputs, requests)]
+        results = [prompt_token_logprobs(o.prompt_logprobs, r.token_ids, r.response_start)
+                   for o, r in zip(outputs, requests)]
         if on_progress:
             on_progress(len(requests))
         return results

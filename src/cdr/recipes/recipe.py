@@ -284,8 +284,9 @@ def _build(data: dict, lines: dict[str, int], source: str) -> Recipe:
             weak = Context(criteria=c.text(w.get("criteria"), f"{path}.weak.criteria", optional=True),
                            exemplars=c.choice(w.get("exemplars", "none"), f"{path}.weak.exemplars", WEAK_EXEMPLARS),
                            contrast=False)
-        domains[str(dname)] = Domain(str(dname), c.text(raw.get("description", str(dname)), f"{path}.description"),
-                                     c.text(raw.get("criteria"), f"{path}.criteria", optional=True), tuple(exemplars), weak)
+        description = c.text(raw.get("description", str(dname)), f"{path}.description")
+        criteria = c.text(raw.get("criteria"), f"{path}.criteria", optional=True)
+        domains[str(dname)] = Domain(str(dname), description, criteria, tuple(exemplars), weak)
 
     fallback = data.get("fallback")
     if domains:
@@ -336,8 +337,8 @@ def _router(c: _Checker, raw: Any, domains: dict[str, Domain]) -> RouterSpec:
         if not re.fullmatch(r"[\w.]+:[\w.]+", target):
             c.fail("router.callable", f"expected 'package.module:function', got {target!r}")
         spec["callable"] = target
-    unused = [k for k in raw if k != "kind" and k not in {"rules": ("rules",), "llm": ("model", "max_chars"),
-                                                           "column": ("column",), "python": ("callable",)}.get(kind, ())]
+    known = {"rules": ("rules",), "llm": ("model", "max_chars"), "column": ("column",), "python": ("callable",)}
+    unused = [k for k in raw if k != "kind" and k not in known.get(kind, ())]
     if unused:
         c.fail(f"router.{unused[0]}", f"not used by a '{kind}' router")
     return RouterSpec(**spec)

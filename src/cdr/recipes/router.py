@@ -122,10 +122,12 @@ def import_callable(target: str) -> Callable:
     return obj
 
 
-def build_router(recipe: Recipe, reward=None, allow_python: bool | None = None) -> Router | None:
-    """The recipe's router; ``reward`` (a DensityRatio) lends its models to an LLM router. A ``python`` router
-    imports and calls code the recipe file names, so it is refused unless asked for: ``allow_python`` (or
-    the reward's ``allow_python_router`` option, flag ``--allow-python-router``)."""
+def build_router(recipe: Recipe, scorer_for: Callable[[str], Any] | None = None,
+                 allow_python: bool = False) -> Router | None:
+    """The recipe's router. ``scorer_for(model)`` returns the scorer (a ``ModelScorer``) an LLM router scores
+    with, for the recipe's router model ('strong', 'weak' or any model spec): a ``DensityRatio`` passes its
+    own, lending its models. A ``python`` router imports and calls code the recipe file names, so it is
+    refused unless ``allow_python`` (the reward's ``allow_python_router`` option, flag ``--allow-python-router``)."""
     spec = recipe.router
     if spec.kind == "none":
         return None
@@ -134,29 +136,15 @@ def build_router(recipe: Recipe, reward=None, allow_python: bool | None = None) 
     if spec.kind == "column":
         return ColumnRouter(spec.column)
     if spec.kind == "python":
-        if allow_python is None:
-            allow_python = bool(getattr(getattr(reward, "config", None), "allow_python_router", False))
         if not allow_python:
             raise CdrError(f"recipe '{recipe.name}' has a python router ({spec.callable}), which imports and runs that "
                            "code; pass --allow-python-router (allow_python_router: true in a config) if you trust it")
         return CallableRouter(import_callable(spec.callable), spec.callable)
+    if scorer_for is None:
+        needs = "the reward's models" if spec.model in ("strong", "weak") else "a scorer (scorer_for)"
+        raise CdrError(f"an LLM router on the '{spec.model}' model needs {needs}")
     domains = {name: d.description for name, d in recipe.domains.items()}
-    if reward is not None and spec.model in ("strong", "weak"):
-        scorer = reward.strong if spec.model == "strong" else reward.weak
-    else:
-        from cdr.models import resolve_model
-        from cdr.reward import ModelScorer
-
-        if reward is None and spec.model in ("strong", "weak"):
-            raise CdrError(f"an LLM router on the '{spec.model}' model needs the reward's models")
-        config = reward.config if reward is not None else None
-        if config is None:
-            from cdr.config import RewardConfig
-
-            config = RewardConfig()
-        scorer = ModelScorer(resolve_model(spec.model, "router"), config.backend, config,
-                             reward.cache if reward is not None else None, role="router")
-    return LLMRouter(scorer, domains, spec.max_chars)
+    return LLMRouter(scorer_for(spec.model), domains, spec.max_chars)
 
 
 def route(recipe: Recipe, router: Router | None, prompts: Sequence[Sequence[Message]],

@@ -513,7 +513,7 @@ def _checked_prompts(prompt, scorer, service: RewardService, side: str) -> list[
             raise ServiceError(422, f"prompt[{i}] has {len(p)} characters, which cannot fit in {settings.max_tokens} "
                                "tokens", param=f"prompt[{i}]")
     prompts = [scorer.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]
-    vocab = scorer.backend.vocab_size if hasattr(scorer.backend, "vocab_size") else len(scorer.tokenizer)
+    vocab = scorer.backend.vocab_size if scorer.backend.vocab_size is not None else len(scorer.tokenizer)
     for i, ids in enumerate(prompts):
         if not ids:
             raise ServiceError(422, f"prompt[{i}] is empty", param=f"prompt[{i}]")
