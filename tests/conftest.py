@@ -130,7 +130,10 @@ def cdr_in_process(*args: str) -> subprocess.CompletedProcess:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse ends a bad command line (and --help) this way
+            code = exc.code
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 

@@ -1,4 +1,4 @@
-"""Prompt/response boundary cases (DESIGN.md section 2), with the real SmolLM2 and gemma tokenizers."""
+"""Prompt/response boundary cases (docs/method.md, pitfalls), with the real SmolLM2 and gemma tokenizers."""
 
 import copy
 

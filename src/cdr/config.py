@@ -56,6 +56,13 @@ def _plain_format(value: Any) -> PlainFormat:
         raise CdrError(f"plain_format: {exc}") from None
 
 
+def _one_side(name: str, table: dict[str, "FlatOption"]) -> tuple[str, "FlatOption"] | None:
+    """``strong_threads`` -> ('strong', the threads option): a both-sides backend option set for one model."""
+    side, _, rest = name.partition("_")
+    opt = table.get(rest)
+    return (side, opt) if side in SIDES and opt is not None and opt.sides == SIDES else None
+
+
 @dataclass
 class RewardConfig:
     strong: str = option("default", help="strong (better aligned) model: 'default', a packaged name, a path (dir or "
@@ -135,6 +142,9 @@ class RewardConfig:
             elif name in table:
                 for side in table[name].sides:
                     per_side[side][table[name].field.name] = value
+            elif one_side := _one_side(name, table):  # 'strong_threads', as flat() writes it when the sides differ
+                side, opt = one_side
+                per_side[side][opt.field.name] = value
             else:
                 raise CdrError(f"unknown reward option '{name}'; known options: {', '.join(sorted(table))}")
         for side in SIDES:

@@ -1,4 +1,4 @@
-"""Rendered text -> token ids and the exact first token of the response (DESIGN.md section 2).
+"""Rendered text -> token ids and the exact first token of the response (docs/method.md, pitfalls).
 
 Order of attempts: (1) the prompt's token ids are a prefix of the whole conversation's ids; (2) the
 prompt text is a prefix of the whole text and a token starts exactly where the response starts (a token

@@ -2,7 +2,7 @@
 
 The LM head is applied only at the positions that predict response tokens, and the log-softmax is a
 logsumexp over tiles of (positions x vocabulary slice), so memory stays bounded even for gemma's
-262,144-word vocabulary (DESIGN.md section 2): the full-vocabulary log-softmax over every position is
+262,144-word vocabulary (docs/method.md, pitfalls): the full-vocabulary log-softmax over every position is
 never materialised.
 """
 
