@@ -178,7 +178,7 @@ def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
     for name, dtype, n, k, op in cases:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         op(a, b)
-        best = min(_timed(lambda: op(a, b)) for _ in range(k))
+        best = min(_timed(lambda op=op, a=a, b=b: op(a, b)) for _ in range(k))
         out[name + "_gflops"] = 2 * n**3 / best / 1e9
     return out
 
@@ -209,7 +209,7 @@ def head_tiles(positions: int, tiles=((128, 262144), (256, 4096), (512, 4096), (
         reference = tiled(128, vocab)  # one slice = the whole vocabulary: the old chunking
         for rows_per_tile, width in tiles:
             tiled(rows_per_tile, width)
-            best = min(_timed(lambda: tiled(rows_per_tile, width)) for _ in range(2))
+            best = min(_timed(lambda r=rows_per_tile, w=width: tiled(r, w)) for _ in range(2))
             diff = float((tiled(rows_per_tile, width) - reference).abs().max())
             out["tiles"].append({"positions": rows_per_tile, "width": width, "seconds": best,
                                  "gflops": flops / best / 1e9, "max_abs_diff": diff})

@@ -103,7 +103,7 @@ def load(model, backend, dtype):
 def report(rows: list[dict]) -> dict:
     data = {(m, b, d): load(m, b, d) for m in MODELS for b, d in CONFIGS}
     result: dict = {"speed": [], "agreement": []}
-    for (m, b, d), (lps, slices, loads) in data.items():
+    for (m, b, d), (_, slices, loads) in data.items():
         if slices:
             tok, sec = sum(s["tokens"] for s in slices), sum(s["seconds"] for s in slices)
             result["speed"].append({"model": m, "backend": b, "dtype": d, "responses": sum(s["responses"] for s in slices),

@@ -12,7 +12,7 @@ def test_sections_weighted_by_official_counts():
     acc = {"alpacaeval-easy": 1.0, "mt-bench-easy": 0.0}  # weights 100 and 28
     assert section_scores(acc) == {"Chat": pytest.approx(100 / 128)}
     # Reasoning: math-prm counts 984 against 6 x 164 = 984 for hep-*, so it is half the section
-    acc = {"math-prm": 1.0, **{f"hep-{l}": 0.5 for l in ("cpp", "go", "java", "js", "python", "rust")}}
+    acc = {"math-prm": 1.0, **{f"hep-{lang}": 0.5 for lang in ("cpp", "go", "java", "js", "python", "rust")}}
     assert section_scores(acc)["Reasoning"] == pytest.approx(0.75)
     # a missing subset drops out of its section's weights
     acc = {"math-prm": 1.0, "hep-go": 0.0}

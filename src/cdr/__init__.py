@@ -4,9 +4,10 @@ reward(x, y) = log p_strong(y | x) - log p_weak(y | x)
 """
 
 from cdr._version import __version__
+from cdr.backends.base import BackendOptions
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation, ConversationError, Message
 from cdr.reward import DensityRatio, RewardResult
 
-__all__ = ["DensityRatio", "RewardResult", "RewardConfig", "Conversation", "ConversationError", "Message",
+__all__ = ["DensityRatio", "RewardResult", "RewardConfig", "BackendOptions", "Conversation", "ConversationError", "Message",
            "__version__"]
