@@ -379,32 +379,38 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def add_score_command(sub) -> None:
-    p = sub.add_parser("score", help="score (prompt, response) rows or conversations")
-    p.add_argument("input", help="JSONL, Parquet or CSV file")
+def add_row_command(sub, name: str, help: str, input_help: str, func, fields: dict[str, str]):
+    """A command that reads rows and writes rows (score, annotate): input, output, its column names, the engine
+    and the reward options."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("input", help=input_help)
     add_run_options(p)
-    p.add_argument("--messages-field", default="messages",
-                   help="column with the whole conversation (last turn = response)")
-    p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
-    p.add_argument("--response-field", default="response", help="column with the response text")
+    g = p.add_argument_group("columns")
+    for field, field_help in fields.items():
+        g.add_argument(f"--{field}-field", default=field, help=field_help)
     add_engine_options(p)
     add_reward_options(p)
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=func)
+    return p
+
+
+PROMPT_FIELD_HELP = "column with the prompt (a string or a message list)"
+
+
+def add_score_command(sub) -> None:
+    add_row_command(sub, "score", "score (prompt, response) rows or conversations", "JSONL, Parquet or CSV file",
+                    cmd_score, {"messages": "column with the whole conversation (last turn = response)",
+                                "prompt": PROMPT_FIELD_HELP, "response": "column with the response text"})
 
 
 def add_annotate_command(sub) -> None:
-    p = sub.add_parser("annotate", help="turn prompts with candidate responses into preferences (TRL format)")
-    p.add_argument("input", help="JSONL, Parquet or CSV: a prompt and 'responses' (2 or more), or "
-                                 "'response_a'/'response_b'")
-    add_run_options(p)
+    p = add_row_command(sub, "annotate", "turn prompts with candidate responses into preferences (TRL format)",
+                        "JSONL, Parquet or CSV: a prompt and 'responses' (2 or more), or 'response_a'/'response_b'",
+                        cmd_annotate, {"prompt": PROMPT_FIELD_HELP,
+                                       "responses": "column with the list of candidate responses"})
     add_annotate_options(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seed of best-random's choice (per prompt, stable across resumes)")
-    p.add_argument("--prompt-field", default="prompt", help="column with the prompt (a string or a message list)")
-    p.add_argument("--responses-field", default="responses", help="column with the list of candidate responses")
-    add_engine_options(p)
-    add_reward_options(p)
-    p.set_defaults(func=cmd_annotate)
 
 
 def add_sample_command(sub) -> None:
