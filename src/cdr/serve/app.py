@@ -42,8 +42,8 @@ from cdr.serve.batcher import MicroBatcher, QueueFull
 from cdr.serve.guard import Guard, error_body
 from cdr.serve.openrlhf import SplitError, split_query
 from cdr.serve.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
-                                CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse, RewardItem,
-                                RewardRequest, RewardResponse)
+                                CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse, REQUEST_ERROR,
+                                RewardItem, RewardRequest, RewardResponse)
 from cdr.span import Unscorable
 
 
@@ -372,6 +372,9 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
+        refusal = next((e for e in exc.errors() if e.get("type") == REQUEST_ERROR), None)
+        if refusal is not None:
+            return JSONResponse(error_body(422, refusal["msg"], param=refusal["ctx"]["param"]), status_code=422)
         errors = [{k: _finite(v) for k, v in e.items() if k in ("type", "loc", "msg", "ctx")} for e in exc.errors()]
         where = [".".join(str(x) for x in e.get("loc", ()) if x != "body") for e in errors]
         message = "; ".join(f"{w or 'body'}: {e.get('msg', '')}" for w, e in zip(where, errors))
@@ -406,12 +409,6 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     @app.post("/get_reward", response_model=OpenRLHFResponse)
     async def get_reward(body: OpenRLHFRequest, request: Request) -> OpenRLHFResponse:
         prompts = body.prompts
-        if prompts is None:
-            raise ServiceError(422, "'prompts' is required: cdr splits each query at its prompt (OpenRLHF sends it)",
-                               param="prompts")
-        if len(prompts) != len(body.query):
-            raise ServiceError(422, f"'prompts' has {len(prompts)} items but 'query' has {len(body.query)}",
-                               param="prompts")
         service.check_rows(len(body.query), "query")
 
         async def prepare_and_score():
@@ -458,12 +455,6 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
         side = _served_side(body.model, provenance)
         scorer = service.scorers[side]
-        if body.stream:
-            raise ServiceError(422, "stream is not supported: this endpoint returns prompt log-probs in one response",
-                               param="stream")
-        if body.max_tokens > 1:
-            raise ServiceError(422, f"max_tokens={body.max_tokens}: this server scores prompts and generates at most "
-                               "1 (greedy) token; use max_tokens 0 or 1", param="max_tokens")
         k = body.logprobs or 0
         greedy = body.max_tokens == 1
         if (k or greedy) and not scorer.backend.has_top_logprobs:
