@@ -26,7 +26,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -88,6 +88,34 @@ class TooLong(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class RewardBatch:
+    """Batcher key of /v1/reward and /get_reward rows: conversations, scored with or without the end-of-turn token."""
+
+    include_eot: bool
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Batcher key of /v1/completions rows: prompts scored by one side of the pair."""
+
+    side: str  # "strong" or "weak"
+
+
+class PromptRow(NamedTuple):
+    """One /v1/completions prompt as queued for the model."""
+
+    token_ids: list[int]
+    top_k: int  # top log-probs at each position; 0: none
+    greedy: bool  # append the one greedy next token
+
+
+class PromptResult(NamedTuple):
+    logprobs: np.ndarray  # of each prompt token after the first
+    top: Any  # (ids, log-probs) of the top k at every position, or None
+    next_token: tuple[int, float] | None  # the greedy token and its log-prob, or None
+
+
 class Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -126,26 +154,30 @@ class RewardService:
         self.closing = False
 
     # --- runs on the model thread -------------------------------------------------------------------
-    def _run(self, key: tuple, items: list[Any]) -> list[Any]:
-        if key[0] == "reward":
-            return self.views[key[1]].score(items)
-        backend = self.scorers[key[1]].backend
-        scorable = [i for i, (ids, _k, _g) in enumerate(items) if len(ids) > 1]
-        lps = backend.response_logprobs([LogprobRequest(tuple(items[i][0]), 1) for i in scorable])
-        out: list[Any] = [(np.zeros(0), None, None) for _ in items]
+    def _run(self, key: RewardBatch | PromptBatch, items: list[Any]) -> list[Any]:
+        if isinstance(key, RewardBatch):
+            return self.views[key.include_eot].score(items)
+        return self._score_prompts(self.scorers[key.side].backend, items)
+
+    @staticmethod
+    def _score_prompts(backend, rows: list[PromptRow]) -> list[PromptResult]:
+        scorable = [i for i, row in enumerate(rows) if len(row.token_ids) > 1]
+        lps = backend.response_logprobs([LogprobRequest(tuple(rows[i].token_ids), 1) for i in scorable])
+        prompt_lps: list[Any] = [np.zeros(0) for _ in rows]
         for i, lp in zip(scorable, lps):
-            out[i] = (lp, None, None)
-        for i, (ids, k, greedy) in enumerate(items):
-            top = backend.next_token_top_logprobs(ids, k) if k else None  # every position
-            if greedy:  # the one generated token: only the last position's distribution is needed
-                next_ids, next_lps = top if top is not None else backend.next_token_top_logprobs(ids, 1, last_only=True)
-                out[i] = (out[i][0], top, (int(next_ids[-1][0]), float(next_lps[-1][0])))
-            else:
-                out[i] = (out[i][0], top, None)
+            prompt_lps[i] = lp
+        out = []
+        for row, lp in zip(rows, prompt_lps):
+            top = backend.next_token_top_logprobs(row.token_ids, row.top_k) if row.top_k else None  # every position
+            next_token = None
+            if row.greedy:  # the one generated token: only the last position's distribution is needed
+                last = top if top is not None else backend.next_token_top_logprobs(row.token_ids, 1, last_only=True)
+                next_token = (int(last[0][-1][0]), float(last[1][-1][0]))
+            out.append(PromptResult(lp, top, next_token))
         return out
 
     # --- called from the routes ---------------------------------------------------------------------
-    async def run(self, request, key: tuple, items: list[Any], on_result=None) -> list[Any]:
+    async def run(self, request, key: RewardBatch | PromptBatch, items: list[Any], on_result=None) -> list[Any]:
         """Queue the rows in chunks of ``max_batch`` (two chunks in the queue at a time, so one large request
         neither fills the queue nor leaves the model idle between its chunks); give up, dropping what has not
         started, if the client disconnects first. Only the first chunk can be refused by a full queue."""
@@ -202,7 +234,7 @@ class RewardService:
                 for i, r in zip(todo[at : at + len(part)], part):
                     self.remember(keys[i], r)
 
-            results = await self.run(request, ("reward", eot), [convs[i] for i in todo], on_result=finished)
+            results = await self.run(request, RewardBatch(eot), [convs[i] for i in todo], on_result=finished)
             for i, r in zip(todo, results):
                 out[i] = r
         return out
@@ -462,7 +494,7 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
                                "use logprobs=0 and max_tokens=0 (the prompt's own log-probs still come back)")
         # tokenizing text is CPU work: off the event loop, after a length check that needs no tokenizing
         prompts = await run_in_threadpool(_checked_prompts, body.prompt, scorer, service, side)
-        results = await service.run(request, ("echo", side), [(ids, k, greedy) for ids in prompts])
+        results = await service.run(request, PromptBatch(side), [PromptRow(ids, k, greedy) for ids in prompts])
         metrics.rows.labels("/v1/completions").inc(len(prompts))
         choices = [_choice(i, ids, res, body, scorer.tokenizer) for i, (ids, res) in enumerate(zip(prompts, results))]
         n_prompt = sum(len(p) for p in prompts)
@@ -527,8 +559,8 @@ def _served_side(model: str | None, provenance: dict) -> str:
                        f"'weak' ({provenance['weak']})")
 
 
-def _choice(index: int, ids: list[int], result, body: CompletionRequest, tokenizer) -> CompletionChoice:
-    lps, top, greedy = result  # prompt log-probs; top-k per position (or None); the greedy token (or None)
+def _choice(index: int, ids: list[int], result: PromptResult, body: CompletionRequest, tokenizer) -> CompletionChoice:
+    lps, top, greedy = result
 
     def name(token_id: int) -> str:
         return f"token_id:{token_id}" if body.return_tokens_as_token_ids else tokenizer.decode([token_id])
