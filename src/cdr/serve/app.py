@@ -396,6 +396,17 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     app.state.service = service
     app.state.exiting = None  # uvicorn_server sets it: () -> True once shutdown has begun
     app.add_middleware(Guard, settings=settings, metrics=metrics, state=app.state)
+    _add_error_handlers(app)
+    # registered in this order so that openapi.json lists the paths as it always has
+    _add_health_routes(app, service, provenance)
+    _add_reward_route(app, service, provenance)
+    _add_openrlhf_route(app, service)
+    _add_completions_route(app, service, provenance)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``."""
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
@@ -417,6 +428,10 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
         return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+
+def _add_health_routes(app: FastAPI, service: RewardService, provenance: dict) -> None:
+    """/health (open to liveness probes) and /metrics (Prometheus)."""
+
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health(status="shutting down" if service.closing else "ok", strong=provenance["strong"],
@@ -426,52 +441,40 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     async def prometheus() -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        metrics.queue.set(service.batcher.queued_rows)
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        service.metrics.queue.set(service.batcher.queued_rows)
+        return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_reward_route(app: FastAPI, service: RewardService, provenance: dict) -> None:
+    """cdr's own protocol: conversations in, one reward (with its parts) per conversation out."""
 
     @app.post("/v1/reward", response_model=RewardResponse)
     async def score(body: RewardRequest, request: Request) -> RewardResponse:
         convs = service.conversations([[m.model_dump() for m in c] for c in body.conversations], "conversations")
         await run_in_threadpool(service.check_lengths, convs, "conversations")
-        eot = reward.config.include_eot
+        eot = service.reward.config.include_eot
         results = await service.score(request, convs, [eot] * len(convs))
-        metrics.rows.labels("/v1/reward").inc(len(convs))
+        service.metrics.rows.labels("/v1/reward").inc(len(convs))
         return RewardResponse(results=[reward_item(r) for r in results], provenance=provenance)
+
+
+def _add_openrlhf_route(app: FastAPI, service: RewardService) -> None:
+    """OpenRLHF's remote reward model: templated queries in, one reward per query out, always."""
+    settings = service.settings
 
     @app.post("/get_reward", response_model=OpenRLHFResponse)
     async def get_reward(body: OpenRLHFRequest, request: Request) -> OpenRLHFResponse:
-        prompts = body.prompts
         service.check_rows(len(body.query), "query")
 
         async def prepare_and_score():
-            rows = await run_in_threadpool(service.prepare_rl_rows, body.query, prompts)
+            rows = await run_in_threadpool(service.prepare_rl_rows, body.query, body.prompts)
             good = [i for i, (conv, _) in enumerate(rows) if conv is not None]
             return rows, good, await service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good])
 
         work = asyncio.ensure_future(prepare_and_score())
 
         def answer(out) -> OpenRLHFResponse:
-            rows, good, results = out
-            reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
-            scored: list[Any] = [None] * len(rows)
-            for i, r in zip(good, results):
-                scored[i] = r
-                if r.reward is None:
-                    reasons[i] = "unscorable"
-            for why in reasons:
-                if why:
-                    metrics.unscorable.labels(why).inc()
-            metrics.rows.labels("/get_reward").inc(len(rows))
-            fallback = settings.unscorable_reward
-            rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
-            extra: dict[str, list[float]] = {}
-            if settings.extra_logs == "full":
-                extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
-                         "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
-                         "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
-                         "cdr_no_eos": [0.0 if conv is None or eot or not reward.config.include_eot else 1.0
-                                        for conv, eot in rows]}
-            return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+            return _openrlhf_response(service, *out)
 
         if settings.heartbeat_s > 0:
             try:
@@ -482,6 +485,35 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
             if not done:  # slow: commit to 200 and keep the connection alive until the answer
                 return StreamingResponse(_heartbeat(work, answer, settings.heartbeat_s), media_type="application/json")
         return answer(await work)
+
+
+def _openrlhf_response(service: RewardService, rows: list, good: list[int], results: list) -> OpenRLHFResponse:
+    """The rewards of every row (``unscorable_reward`` where ``rows`` or the scoring gave a reason), counted
+    in the metrics."""
+    metrics, settings, include_eot = service.metrics, service.settings, service.reward.config.include_eot
+    reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
+    scored: list[Any] = [None] * len(rows)
+    for i, r in zip(good, results):
+        scored[i] = r
+        if r.reward is None:
+            reasons[i] = "unscorable"
+    for why in reasons:
+        if why:
+            metrics.unscorable.labels(why).inc()
+    metrics.rows.labels("/get_reward").inc(len(rows))
+    fallback = settings.unscorable_reward
+    rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
+    extra: dict[str, list[float]] = {}
+    if settings.extra_logs == "full":
+        extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
+                 "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
+                 "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
+                 "cdr_no_eos": [0.0 if conv is None or eot or not include_eot else 1.0 for conv, eot in rows]}
+    return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+
+
+def _add_completions_route(app: FastAPI, service: RewardService, provenance: dict) -> None:
+    """The prompt-scoring part of vLLM's /v1/completions (``echo`` with ``logprobs``, at most one greedy token)."""
 
     @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
     async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
@@ -495,15 +527,13 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
         # tokenizing text is CPU work: off the event loop, after a length check that needs no tokenizing
         prompts = await run_in_threadpool(_checked_prompts, body.prompt, scorer, service, side)
         results = await service.run(request, PromptBatch(side), [PromptRow(ids, k, greedy) for ids in prompts])
-        metrics.rows.labels("/v1/completions").inc(len(prompts))
+        service.metrics.rows.labels("/v1/completions").inc(len(prompts))
         choices = [_choice(i, ids, res, body, scorer.tokenizer) for i, (ids, res) in enumerate(zip(prompts, results))]
         n_prompt = sum(len(p) for p in prompts)
         return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model or side,
                                   choices=choices, usage=CompletionUsage(prompt_tokens=n_prompt,
                                   completion_tokens=body.max_tokens * len(prompts),
                                   total_tokens=n_prompt + body.max_tokens * len(prompts)))
-
-    return app
 
 
 async def _heartbeat(work: asyncio.Future, answer, every_s: float):
