@@ -41,8 +41,8 @@ from cdr.reward import DensityRatio
 from cdr.serve.batcher import MicroBatcher, QueueFull
 from cdr.serve.guard import Guard, error_body
 from cdr.serve.openrlhf import SplitError, split_query
-from cdr.serve.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
-                                CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse, REQUEST_ERROR,
+from cdr.serve.protocol import (REQUEST_ERROR, CompletionChoice, CompletionLogprobs, CompletionRequest,
+                                CompletionResponse, CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse,
                                 RewardItem, RewardRequest, RewardResponse)
 from cdr.span import Unscorable
 
@@ -116,22 +116,29 @@ class PromptResult(NamedTuple):
     next_token: tuple[int, float] | None  # the greedy token and its log-prob, or None
 
 
+RLRow = tuple[Conversation, bool] | tuple[None, str]
+
+
 class Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("cdr_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
-        self.rows = Counter("cdr_rows", "rows (conversations or prompts) scored, by endpoint", ["endpoint"], registry=self.registry)
+        self.requests = Counter("cdr_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=self.registry)
+        self.rows = Counter("cdr_rows", "rows (conversations or prompts) scored, by endpoint", ["endpoint"],
+                            registry=self.registry)
         self.latency = Histogram("cdr_request_seconds", "request latency", ["endpoint"], registry=self.registry,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.queue = Gauge("cdr_queue_rows", "rows waiting for the model", registry=self.registry)
         self.batch = Histogram("cdr_batch_rows", "rows per model batch", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.disconnects = Counter("cdr_client_disconnects", "requests abandoned by their client", registry=self.registry)
+        self.disconnects = Counter("cdr_client_disconnects", "requests abandoned by their client",
+                                   registry=self.registry)
         self.unscorable = Counter("cdr_unscorable_rows", "/get_reward rows given the unscorable reward, by reason",
                                   ["reason"], registry=self.registry)
-        self.cache_hits = Counter("cdr_result_cache_hits", "rows answered from the finished-row cache", registry=self.registry)
+        self.cache_hits = Counter("cdr_result_cache_hits", "rows answered from the finished-row cache",
+                                  registry=self.registry)
 
 
 class RewardService:
@@ -150,7 +157,8 @@ class RewardService:
             no_eot.config = dataclasses.replace(reward.config, include_eot=False)
             self.views[False] = no_eot
         self.cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self.max_chars = {side: settings.max_tokens * 2 * longest_token(s.tokenizer) for side, s in self.scorers.items()}
+        self.max_chars = {side: settings.max_tokens * 2 * longest_token(s.tokenizer)
+                          for side, s in self.scorers.items()}
         self.closing = False
 
     # --- runs on the model thread -------------------------------------------------------------------
@@ -289,7 +297,7 @@ class RewardService:
             if problem:
                 raise ServiceError(422, f"{field}[{i}]: {problem}", param=f"{field}[{i}]")
 
-    def prepare_rl_rows(self, queries: list[str], prompts: list[str]) -> list[tuple[Conversation, bool] | tuple[None, str]]:
+    def prepare_rl_rows(self, queries: list[str], prompts: list[str]) -> list[RLRow]:
         """Each /get_reward row as (conversation, score the end-of-turn token?) or (None, reason); runs in a
         worker thread (splitting and tokenizing are CPU work)."""
         include_eot = self.reward.config.include_eot
@@ -487,7 +495,7 @@ def _add_openrlhf_route(app: FastAPI, service: RewardService) -> None:
         return answer(await work)
 
 
-def _openrlhf_response(service: RewardService, rows: list, good: list[int], results: list) -> OpenRLHFResponse:
+def _openrlhf_response(service: RewardService, rows: list[RLRow], good: list[int], results: list) -> OpenRLHFResponse:
     """The rewards of every row (``unscorable_reward`` where ``rows`` or the scoring gave a reason), counted
     in the metrics."""
     metrics, settings, include_eot = service.metrics, service.settings, service.reward.config.include_eot
@@ -621,4 +629,5 @@ def _choice(index: int, ids: list[int], result: PromptResult, body: CompletionRe
     logprobs = None
     if body.logprobs is not None:
         logprobs = CompletionLogprobs(text_offset=offsets, token_logprobs=token_lps, tokens=strings, top_logprobs=tops)
-    return CompletionChoice(index=index, text=text, logprobs=logprobs, prompt_token_ids=list(ids) if body.echo else None)
+    return CompletionChoice(index=index, text=text, logprobs=logprobs,
+                            prompt_token_ids=list(ids) if body.echo else None)
