@@ -122,6 +122,22 @@ def test_completions_refusals(server, body, status, message):
     assert r.status_code == status and message in r.text
 
 
+STREAM_REFUSED = "stream is not supported: this endpoint returns prompt log-probs in one response"
+MAX_TOKENS_REFUSED = ("max_tokens=5: this server scores prompts and generates at most 1 (greedy) token; "
+                      "use max_tokens 0 or 1")
+
+
+@pytest.mark.parametrize("body,param,message", [
+    ({"prompt": [1, 2], "stream": True}, "stream", STREAM_REFUSED),
+    ({"prompt": [1, 2], "max_tokens": 5}, "max_tokens", MAX_TOKENS_REFUSED),
+    ({"prompt": [1, 2], "stream": True, "max_tokens": 5}, "stream", STREAM_REFUSED),  # stream is checked first
+])
+def test_completions_cross_field_refusals_have_the_exact_error_body(server, body, param, message):
+    r = httpx.post(f"{server}/v1/completions", json=body)
+    assert r.status_code == 422
+    assert r.json() == {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "422"}}
+
+
 @pytest.mark.parametrize("body,fragment", [
     ({"conversations": [[{"role": "user", "content": "Hi"}]]}, "must be 'assistant'"),
     ({"conversations": [[{"role": "robot", "content": "Hi"}]]}, "role"),

@@ -26,7 +26,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -41,9 +41,9 @@ from cdr.reward import DensityRatio
 from cdr.serve.batcher import MicroBatcher, QueueFull
 from cdr.serve.guard import Guard, error_body
 from cdr.serve.openrlhf import SplitError, split_query
-from cdr.serve.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
-                                CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse, RewardItem,
-                                RewardRequest, RewardResponse)
+from cdr.serve.protocol import (REQUEST_ERROR, CompletionChoice, CompletionLogprobs, CompletionRequest,
+                                CompletionResponse, CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse,
+                                RewardItem, RewardRequest, RewardResponse)
 from cdr.span import Unscorable
 
 
@@ -88,22 +88,57 @@ class TooLong(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class RewardBatch:
+    """Batcher key of /v1/reward and /get_reward rows: conversations, scored with or without the end-of-turn token."""
+
+    include_eot: bool
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Batcher key of /v1/completions rows: prompts scored by one side of the pair."""
+
+    side: str  # "strong" or "weak"
+
+
+class PromptRow(NamedTuple):
+    """One /v1/completions prompt as queued for the model."""
+
+    token_ids: list[int]
+    top_k: int  # top log-probs at each position; 0: none
+    greedy: bool  # append the one greedy next token
+
+
+class PromptResult(NamedTuple):
+    logprobs: np.ndarray  # of each prompt token after the first
+    top: Any  # (ids, log-probs) of the top k at every position, or None
+    next_token: tuple[int, float] | None  # the greedy token and its log-prob, or None
+
+
+RLRow = tuple[Conversation, bool] | tuple[None, str]
+
+
 class Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("cdr_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
-        self.rows = Counter("cdr_rows", "rows (conversations or prompts) scored, by endpoint", ["endpoint"], registry=self.registry)
+        self.requests = Counter("cdr_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=self.registry)
+        self.rows = Counter("cdr_rows", "rows (conversations or prompts) scored, by endpoint", ["endpoint"],
+                            registry=self.registry)
         self.latency = Histogram("cdr_request_seconds", "request latency", ["endpoint"], registry=self.registry,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.queue = Gauge("cdr_queue_rows", "rows waiting for the model", registry=self.registry)
         self.batch = Histogram("cdr_batch_rows", "rows per model batch", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.disconnects = Counter("cdr_client_disconnects", "requests abandoned by their client", registry=self.registry)
+        self.disconnects = Counter("cdr_client_disconnects", "requests abandoned by their client",
+                                   registry=self.registry)
         self.unscorable = Counter("cdr_unscorable_rows", "/get_reward rows given the unscorable reward, by reason",
                                   ["reason"], registry=self.registry)
-        self.cache_hits = Counter("cdr_result_cache_hits", "rows answered from the finished-row cache", registry=self.registry)
+        self.cache_hits = Counter("cdr_result_cache_hits", "rows answered from the finished-row cache",
+                                  registry=self.registry)
 
 
 class RewardService:
@@ -122,30 +157,35 @@ class RewardService:
             no_eot.config = dataclasses.replace(reward.config, include_eot=False)
             self.views[False] = no_eot
         self.cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self.max_chars = {side: settings.max_tokens * 2 * longest_token(s.tokenizer) for side, s in self.scorers.items()}
+        self.max_chars = {side: settings.max_tokens * 2 * longest_token(s.tokenizer)
+                          for side, s in self.scorers.items()}
         self.closing = False
 
     # --- runs on the model thread -------------------------------------------------------------------
-    def _run(self, key: tuple, items: list[Any]) -> list[Any]:
-        if key[0] == "reward":
-            return self.views[key[1]].score(items)
-        backend = self.scorers[key[1]].backend
-        scorable = [i for i, (ids, _k, _g) in enumerate(items) if len(ids) > 1]
-        lps = backend.response_logprobs([LogprobRequest(tuple(items[i][0]), 1) for i in scorable])
-        out: list[Any] = [(np.zeros(0), None, None) for _ in items]
+    def _run(self, key: RewardBatch | PromptBatch, items: list[Any]) -> list[Any]:
+        if isinstance(key, RewardBatch):
+            return self.views[key.include_eot].score(items)
+        return self._score_prompts(self.scorers[key.side].backend, items)
+
+    @staticmethod
+    def _score_prompts(backend, rows: list[PromptRow]) -> list[PromptResult]:
+        scorable = [i for i, row in enumerate(rows) if len(row.token_ids) > 1]
+        lps = backend.response_logprobs([LogprobRequest(tuple(rows[i].token_ids), 1) for i in scorable])
+        prompt_lps: list[Any] = [np.zeros(0) for _ in rows]
         for i, lp in zip(scorable, lps):
-            out[i] = (lp, None, None)
-        for i, (ids, k, greedy) in enumerate(items):
-            top = backend.next_token_top_logprobs(ids, k) if k else None  # every position
-            if greedy:  # the one generated token: only the last position's distribution is needed
-                next_ids, next_lps = top if top is not None else backend.next_token_top_logprobs(ids, 1, last_only=True)
-                out[i] = (out[i][0], top, (int(next_ids[-1][0]), float(next_lps[-1][0])))
-            else:
-                out[i] = (out[i][0], top, None)
+            prompt_lps[i] = lp
+        out = []
+        for row, lp in zip(rows, prompt_lps):
+            top = backend.next_token_top_logprobs(row.token_ids, row.top_k) if row.top_k else None  # every position
+            next_token = None
+            if row.greedy:  # the one generated token: only the last position's distribution is needed
+                last = top if top is not None else backend.next_token_top_logprobs(row.token_ids, 1, last_only=True)
+                next_token = (int(last[0][-1][0]), float(last[1][-1][0]))
+            out.append(PromptResult(lp, top, next_token))
         return out
 
     # --- called from the routes ---------------------------------------------------------------------
-    async def run(self, request, key: tuple, items: list[Any], on_result=None) -> list[Any]:
+    async def run(self, request, key: RewardBatch | PromptBatch, items: list[Any], on_result=None) -> list[Any]:
         """Queue the rows in chunks of ``max_batch`` (two chunks in the queue at a time, so one large request
         neither fills the queue nor leaves the model idle between its chunks); give up, dropping what has not
         started, if the client disconnects first. Only the first chunk can be refused by a full queue."""
@@ -202,7 +242,7 @@ class RewardService:
                 for i, r in zip(todo[at : at + len(part)], part):
                     self.remember(keys[i], r)
 
-            results = await self.run(request, ("reward", eot), [convs[i] for i in todo], on_result=finished)
+            results = await self.run(request, RewardBatch(eot), [convs[i] for i in todo], on_result=finished)
             for i, r in zip(todo, results):
                 out[i] = r
         return out
@@ -257,7 +297,7 @@ class RewardService:
             if problem:
                 raise ServiceError(422, f"{field}[{i}]: {problem}", param=f"{field}[{i}]")
 
-    def prepare_rl_rows(self, queries: list[str], prompts: list[str]) -> list[tuple[Conversation, bool] | tuple[None, str]]:
+    def prepare_rl_rows(self, queries: list[str], prompts: list[str]) -> list[RLRow]:
         """Each /get_reward row as (conversation, score the end-of-turn token?) or (None, reason); runs in a
         worker thread (splitting and tokenizing are CPU work)."""
         include_eot = self.reward.config.include_eot
@@ -364,6 +404,17 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     app.state.service = service
     app.state.exiting = None  # uvicorn_server sets it: () -> True once shutdown has begun
     app.add_middleware(Guard, settings=settings, metrics=metrics, state=app.state)
+    _add_error_handlers(app)
+    # registered in this order so that openapi.json lists the paths as it always has
+    _add_health_routes(app, service, provenance)
+    _add_reward_route(app, service, provenance)
+    _add_openrlhf_route(app, service)
+    _add_completions_route(app, service, provenance)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``."""
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
@@ -372,6 +423,9 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
+        refusal = next((e for e in exc.errors() if e.get("type") == REQUEST_ERROR), None)
+        if refusal is not None:
+            return JSONResponse(error_body(422, refusal["msg"], param=refusal["ctx"]["param"]), status_code=422)
         errors = [{k: _finite(v) for k, v in e.items() if k in ("type", "loc", "msg", "ctx")} for e in exc.errors()]
         where = [".".join(str(x) for x in e.get("loc", ()) if x != "body") for e in errors]
         message = "; ".join(f"{w or 'body'}: {e.get('msg', '')}" for w, e in zip(where, errors))
@@ -382,6 +436,10 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
         return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+
+def _add_health_routes(app: FastAPI, service: RewardService, provenance: dict) -> None:
+    """/health (open to liveness probes) and /metrics (Prometheus)."""
+
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health(status="shutting down" if service.closing else "ok", strong=provenance["strong"],
@@ -391,58 +449,40 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
     async def prometheus() -> PlainTextResponse:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        metrics.queue.set(service.batcher.queued_rows)
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        service.metrics.queue.set(service.batcher.queued_rows)
+        return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_reward_route(app: FastAPI, service: RewardService, provenance: dict) -> None:
+    """cdr's own protocol: conversations in, one reward (with its parts) per conversation out."""
 
     @app.post("/v1/reward", response_model=RewardResponse)
     async def score(body: RewardRequest, request: Request) -> RewardResponse:
         convs = service.conversations([[m.model_dump() for m in c] for c in body.conversations], "conversations")
         await run_in_threadpool(service.check_lengths, convs, "conversations")
-        eot = reward.config.include_eot
+        eot = service.reward.config.include_eot
         results = await service.score(request, convs, [eot] * len(convs))
-        metrics.rows.labels("/v1/reward").inc(len(convs))
+        service.metrics.rows.labels("/v1/reward").inc(len(convs))
         return RewardResponse(results=[reward_item(r) for r in results], provenance=provenance)
+
+
+def _add_openrlhf_route(app: FastAPI, service: RewardService) -> None:
+    """OpenRLHF's remote reward model: templated queries in, one reward per query out, always."""
+    settings = service.settings
 
     @app.post("/get_reward", response_model=OpenRLHFResponse)
     async def get_reward(body: OpenRLHFRequest, request: Request) -> OpenRLHFResponse:
-        prompts = body.prompts
-        if prompts is None:
-            raise ServiceError(422, "'prompts' is required: cdr splits each query at its prompt (OpenRLHF sends it)",
-                               param="prompts")
-        if len(prompts) != len(body.query):
-            raise ServiceError(422, f"'prompts' has {len(prompts)} items but 'query' has {len(body.query)}",
-                               param="prompts")
         service.check_rows(len(body.query), "query")
 
         async def prepare_and_score():
-            rows = await run_in_threadpool(service.prepare_rl_rows, body.query, prompts)
+            rows = await run_in_threadpool(service.prepare_rl_rows, body.query, body.prompts)
             good = [i for i, (conv, _) in enumerate(rows) if conv is not None]
             return rows, good, await service.score(request, [rows[i][0] for i in good], [rows[i][1] for i in good])
 
         work = asyncio.ensure_future(prepare_and_score())
 
         def answer(out) -> OpenRLHFResponse:
-            rows, good, results = out
-            reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
-            scored: list[Any] = [None] * len(rows)
-            for i, r in zip(good, results):
-                scored[i] = r
-                if r.reward is None:
-                    reasons[i] = "unscorable"
-            for why in reasons:
-                if why:
-                    metrics.unscorable.labels(why).inc()
-            metrics.rows.labels("/get_reward").inc(len(rows))
-            fallback = settings.unscorable_reward
-            rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
-            extra: dict[str, list[float]] = {}
-            if settings.extra_logs == "full":
-                extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
-                         "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
-                         "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
-                         "cdr_no_eos": [0.0 if conv is None or eot or not reward.config.include_eot else 1.0
-                                        for conv, eot in rows]}
-            return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+            return _openrlhf_response(service, *out)
 
         if settings.heartbeat_s > 0:
             try:
@@ -454,16 +494,39 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
                 return StreamingResponse(_heartbeat(work, answer, settings.heartbeat_s), media_type="application/json")
         return answer(await work)
 
+
+def _openrlhf_response(service: RewardService, rows: list[RLRow], good: list[int], results: list) -> OpenRLHFResponse:
+    """The rewards of every row (``unscorable_reward`` where ``rows`` or the scoring gave a reason), counted
+    in the metrics."""
+    metrics, settings, include_eot = service.metrics, service.settings, service.reward.config.include_eot
+    reasons: list[str | None] = [None if conv is not None else why for conv, why in rows]
+    scored: list[Any] = [None] * len(rows)
+    for i, r in zip(good, results):
+        scored[i] = r
+        if r.reward is None:
+            reasons[i] = "unscorable"
+    for why in reasons:
+        if why:
+            metrics.unscorable.labels(why).inc()
+    metrics.rows.labels("/get_reward").inc(len(rows))
+    fallback = settings.unscorable_reward
+    rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
+    extra: dict[str, list[float]] = {}
+    if settings.extra_logs == "full":
+        extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
+                 "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
+                 "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
+                 "cdr_no_eos": [0.0 if conv is None or eot or not include_eot else 1.0 for conv, eot in rows]}
+    return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+
+
+def _add_completions_route(app: FastAPI, service: RewardService, provenance: dict) -> None:
+    """The prompt-scoring part of vLLM's /v1/completions (``echo`` with ``logprobs``, at most one greedy token)."""
+
     @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
     async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
         side = _served_side(body.model, provenance)
         scorer = service.scorers[side]
-        if body.stream:
-            raise ServiceError(422, "stream is not supported: this endpoint returns prompt log-probs in one response",
-                               param="stream")
-        if body.max_tokens > 1:
-            raise ServiceError(422, f"max_tokens={body.max_tokens}: this server scores prompts and generates at most "
-                               "1 (greedy) token; use max_tokens 0 or 1", param="max_tokens")
         k = body.logprobs or 0
         greedy = body.max_tokens == 1
         if (k or greedy) and not scorer.backend.has_top_logprobs:
@@ -471,16 +534,14 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
                                "use logprobs=0 and max_tokens=0 (the prompt's own log-probs still come back)")
         # tokenizing text is CPU work: off the event loop, after a length check that needs no tokenizing
         prompts = await run_in_threadpool(_checked_prompts, body.prompt, scorer, service, side)
-        results = await service.run(request, ("echo", side), [(ids, k, greedy) for ids in prompts])
-        metrics.rows.labels("/v1/completions").inc(len(prompts))
+        results = await service.run(request, PromptBatch(side), [PromptRow(ids, k, greedy) for ids in prompts])
+        service.metrics.rows.labels("/v1/completions").inc(len(prompts))
         choices = [_choice(i, ids, res, body, scorer.tokenizer) for i, (ids, res) in enumerate(zip(prompts, results))]
         n_prompt = sum(len(p) for p in prompts)
         return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model or side,
                                   choices=choices, usage=CompletionUsage(prompt_tokens=n_prompt,
                                   completion_tokens=body.max_tokens * len(prompts),
                                   total_tokens=n_prompt + body.max_tokens * len(prompts)))
-
-    return app
 
 
 async def _heartbeat(work: asyncio.Future, answer, every_s: float):
@@ -536,8 +597,8 @@ def _served_side(model: str | None, provenance: dict) -> str:
                        f"'weak' ({provenance['weak']})")
 
 
-def _choice(index: int, ids: list[int], result, body: CompletionRequest, tokenizer) -> CompletionChoice:
-    lps, top, greedy = result  # prompt log-probs; top-k per position (or None); the greedy token (or None)
+def _choice(index: int, ids: list[int], result: PromptResult, body: CompletionRequest, tokenizer) -> CompletionChoice:
+    lps, top, greedy = result
 
     def name(token_id: int) -> str:
         return f"token_id:{token_id}" if body.return_tokens_as_token_ids else tokenizer.decode([token_id])
@@ -568,4 +629,5 @@ def _choice(index: int, ids: list[int], result, body: CompletionRequest, tokeniz
     logprobs = None
     if body.logprobs is not None:
         logprobs = CompletionLogprobs(text_offset=offsets, token_logprobs=token_lps, tokens=strings, top_logprobs=tops)
-    return CompletionChoice(index=index, text=text, logprobs=logprobs, prompt_token_ids=list(ids) if body.echo else None)
+    return CompletionChoice(index=index, text=text, logprobs=logprobs,
+                            prompt_token_ids=list(ids) if body.echo else None)

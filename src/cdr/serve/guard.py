@@ -127,7 +127,6 @@ class Guard:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = {"code": 500}
-        held = 0
 
         async def send_and_record(message):
             if message["type"] == "http.response.start":
@@ -145,48 +144,49 @@ class Guard:
                                         headers={"WWW-Authenticate": "Bearer"})
             if scope["method"] != "POST":
                 return await self.app(scope, receive, send_and_record)
-            s = self.settings
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is None:
-                return await send_error(send_and_record, 411, "a Content-Length header is required")
-            if not length.isdigit():
-                return await send_error(send_and_record, 400, "Content-Length is not a number")
-            size = int(length)
-            if size > s.max_body_bytes:
-                return await send_error(send_and_record, 413, f"the body has {size} bytes, at most {s.max_body_bytes}")
-            if self.held_bytes + size > s.max_held_bytes and self.held_bytes > 0:
-                return await send_error(send_and_record, 503, f"{self.held_bytes} bytes of request bodies are being "
-                                        f"processed (limit {s.max_held_bytes}); retry later",
-                                        headers={"Retry-After": str(s.retry_after_s)})
-            held = size
-            self.held_bytes += held
-            body = await self._read_body(receive, size)
-            if body is None:
-                return await send_error(send_and_record, 408, f"the body did not arrive within {s.body_timeout_s:g} s "
-                                        f"({size} bytes declared)", close=True)
-            if body == "exiting":
-                return await send_error(send_and_record, 503, "the server is shutting down", close=True,
-                                        headers={"Retry-After": str(s.retry_after_s)})
-            if isinstance(body, str):  # the client went away while sending
+            if not await self._forward_post(scope, receive, send_and_record):
                 status["code"] = 499
-                return
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()  # after the body: waits for the disconnect, if one comes
-
-            await self.app(scope, replay, send_and_record)
         finally:
-            if held:
-                self.held_bytes -= held
-                if held >= TRIM_AFTER_BYTES:
-                    await asyncio.get_running_loop().run_in_executor(None, malloc_trim)
             self.metrics.requests.labels(endpoint, str(status["code"])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+    async def _forward_post(self, scope, receive, send) -> bool:
+        """The body limits, then the whole body read within the deadline and replayed to the app. Whether an
+        answer was sent: False when the client went away while sending."""
+        s = self.settings
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is None:
+            await send_error(send, 411, "a Content-Length header is required")
+            return True
+        if not length.isdigit():
+            await send_error(send, 400, "Content-Length is not a number")
+            return True
+        size = int(length)
+        if size > s.max_body_bytes:
+            await send_error(send, 413, f"the body has {size} bytes, at most {s.max_body_bytes}")
+            return True
+        if self.held_bytes + size > s.max_held_bytes and self.held_bytes > 0:
+            await send_error(send, 503, f"{self.held_bytes} bytes of request bodies are being processed (limit "
+                             f"{s.max_held_bytes}); retry later", headers={"Retry-After": str(s.retry_after_s)})
+            return True
+        self.held_bytes += size
+        try:
+            body = await self._read_body(receive, size)
+            if body is None:
+                await send_error(send, 408, f"the body did not arrive within {s.body_timeout_s:g} s ({size} bytes "
+                                 "declared)", close=True)
+            elif body == "exiting":
+                await send_error(send, 503, "the server is shutting down", close=True,
+                                 headers={"Retry-After": str(s.retry_after_s)})
+            elif isinstance(body, str):  # the client went away while sending
+                return False
+            else:
+                await self.app(scope, _replaying(body, receive), send)
+            return True
+        finally:
+            self.held_bytes -= size
+            if size >= TRIM_AFTER_BYTES:
+                await asyncio.get_running_loop().run_in_executor(None, malloc_trim)
 
     async def _read_body(self, receive, size: int):
         """The whole body; None when the deadline passed first, "gone" when the client disconnected,
@@ -211,3 +211,17 @@ class Guard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive):
+    """An ASGI receive that gives the app the body already read, then what the client sends next."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: waits for the disconnect, if one comes
+
+    return replay

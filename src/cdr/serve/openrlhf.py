@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 TEMPLATES = (
     re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)<\|im_end\|>", re.S),  # ChatML: SmolLM2, Qwen
-    re.compile(r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),  # Llama 3
+    # Llama 3
+    re.compile(r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),
     re.compile(r"<start_of_turn>(user|model)\n(.*?)<end_of_turn>", re.S),  # Gemma
 )
 END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")

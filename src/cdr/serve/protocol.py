@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+REQUEST_ERROR = "cdr_request_error"
+
+
+def request_error(param: str, message: str) -> PydanticCustomError:
+    """A refusal of a request whose fields are each valid but do not go together. The app answers it with
+    this message and param alone (``{"error": {"message", "type", "param", "code"}}``), not pydantic's list."""
+    return PydanticCustomError(REQUEST_ERROR, "{message}", {"message": message, "param": param})
 
 
 class ChatMessage(BaseModel):
@@ -51,6 +60,17 @@ class OpenRLHFRequest(BaseModel):
     prompts: Optional[list[str]] = None
     labels: Optional[list[Any]] = None
 
+    # Optional in the schema, required here: a missing 'prompts' gets this message, not "Field required"
+    @model_validator(mode="after")
+    def _prompts_match_queries(self) -> OpenRLHFRequest:
+        if self.prompts is None:
+            raise request_error("prompts", "'prompts' is required: cdr splits each query at its prompt "
+                                "(OpenRLHF sends it)")
+        if len(self.prompts) != len(self.query):
+            raise request_error("prompts", f"'prompts' has {len(self.prompts)} items but 'query' has "
+                                f"{len(self.query)}")
+        return self
+
 
 class OpenRLHFResponse(BaseModel):
     """One reward per query, always (a row that cannot be scored gets the server's ``--unscorable-reward``
@@ -77,6 +97,16 @@ class CompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     return_tokens_as_token_ids: bool = False
+
+    @model_validator(mode="after")
+    def _scoring_only(self) -> CompletionRequest:
+        if self.stream:
+            raise request_error("stream", "stream is not supported: this endpoint returns prompt log-probs in "
+                                "one response")
+        if self.max_tokens > 1:
+            raise request_error("max_tokens", f"max_tokens={self.max_tokens}: this server scores prompts and "
+                                "generates at most 1 (greedy) token; use max_tokens 0 or 1")
+        return self
 
 
 class CompletionLogprobs(BaseModel):
