@@ -76,7 +76,7 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     try:
         turns = tuple(validate_prompt(prompt, prompt_field))
     except ConversationError as exc:
-        raise RowError(where, exc.field, exc.message, exc.kind) from None
+        raise RowError.from_conversation_error(where, exc) from None
 
     if data.get(responses_field) is not None:
         field, values = responses_field, data[responses_field]

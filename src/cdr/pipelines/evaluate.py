@@ -93,13 +93,10 @@ def check_row(raw: RawRow) -> dict[str, Any]:
             raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}", "missing field")
     try:
         prompt = [m.as_dict() for m in validate_prompt(data["prompt"], "prompt")]
-    except ConversationError as exc:
-        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
-    try:
         for name in ("chosen", "rejected"):
             Conversation.from_prompt_response(prompt, data[name], "prompt", name)
     except ConversationError as exc:
-        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
+        raise RowError.from_conversation_error(raw.location, exc) from None
     if not isinstance(data["subset"], str):
         raise RowError(raw.location, "subset", f"expected a subset name (a string), got {type(data['subset']).__name__}",
                        "wrong type")
@@ -142,7 +139,7 @@ def load_rewardbench(source: str, selection: Selection = Selection(), on_error: 
         except RowError as err:
             if on_error == "fail":
                 raise
-            problems.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
+            problems.append(err.as_dict())
             if len(problems) <= 20:
                 log(f"skipped {err}")
             continue
