@@ -37,6 +37,7 @@ from cdr.errors import CdrError
 STATE_FORMAT = 2
 MARKER = "cdr resumable output"
 DATASET_MARKER = "cdr-output.json"  # written into a dataset directory cdr publishes
+RAY_STATE = "cdr-ray.json"  # the state file of a directory of Parquet shards that --engine ray writes
 
 
 def _sha(data: bytes) -> str:
@@ -477,12 +478,23 @@ def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:
         pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), dst)
 
 
+def read_shards(out_dir: str | Path) -> list[dict[str, Any]]:
+    """A Ray output directory back as rows, in input order (finished shards only: those with a completion
+    mark ``part-NNNNN.json`` beside their ``part-NNNNN.parquet``)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for mark in sorted(Path(out_dir).glob("part-*.json")):
+        parquet = mark.with_suffix(".parquet")
+        if parquet.exists():
+            out.extend(pq.read_table(parquet).to_pylist())
+    return out
+
+
 def read_output(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
     """Read a finished output back as rows (nested columns decoded from CSV's JSON text)."""
     path = Path(path)
-    if (path / "cdr-ray.json").exists():  # a directory of Parquet shards from --engine ray
-        from cdr.pipelines.ray_runner import read_shards
-
+    if (path / RAY_STATE).exists():
         return read_shards(path)
     fmt = detect_format(path, fmt, output=True)
     if fmt == "jsonl":

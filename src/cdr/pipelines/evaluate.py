@@ -26,7 +26,7 @@ from cdr.conversation import Conversation, ConversationError, validate_prompt
 from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.models import HUB_ID, atomic_write_text
-from cdr.output import encode_lines, write_if_changed
+from cdr.output import encode_lines, read_shards, write_if_changed
 from cdr.pipelines.runner import ChunkContext, run_rows
 from cdr.reward import DensityRatio, ResponseLogprobs
 from cdr.rewardbench import (
@@ -267,7 +267,7 @@ def evaluate_on_ray(
 ) -> dict:
     """``evaluate`` with the rows scored by a Ray actor pool (``options``: RayOptions) into ``DIR/shards/``;
     the same outputs, plus the shards."""
-    from cdr.pipelines.ray_runner import read_shards, run_identity, run_provenance, run_rows_ray
+    from cdr.pipelines.ray_runner import run_identity, run_provenance, run_rows_ray
 
     out_dir = Path(output_dir)
     problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)

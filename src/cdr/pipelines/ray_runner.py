@@ -37,10 +37,9 @@ from typing import Any
 
 from cdr.data import RawRow, count_rows, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.output import OutputLock, file_sha, atomic_write_text, check_lock_free, lock_path
+from cdr.output import RAY_STATE as STATE
+from cdr.output import OutputLock, atomic_write_text, check_lock_free, file_sha, lock_path
 from cdr.pipelines.runner import ChunkContext, RunSummary, check_input, check_writable, report_notes
-
-STATE = "cdr-ray.json"
 
 
 @dataclass(frozen=True)
@@ -302,18 +301,6 @@ def shard_problem(out_dir: Path, shard: Shard) -> str | None:
 
 def shard_done(out_dir: Path, shard: Shard) -> bool:
     return shard_problem(out_dir, shard) is None
-
-
-def read_shards(out_dir: str | Path) -> list[dict[str, Any]]:
-    """A Ray output directory back as rows, in input order (finished shards only)."""
-    import pyarrow.parquet as pq
-
-    out = []
-    for mark in sorted(Path(out_dir).glob("part-*.json")):
-        parquet = mark.with_suffix(".parquet")
-        if parquet.exists():
-            out.extend(pq.read_table(parquet).to_pylist())
-    return out
 
 
 def run_rows_ray(
