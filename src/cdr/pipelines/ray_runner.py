@@ -38,7 +38,7 @@ from typing import Any
 from cdr.data import RawRow, count_rows, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.output import RAY_STATE as STATE
-from cdr.output import OutputLock, atomic_write_text, check_lock_free, file_sha, lock_path
+from cdr.output import OutputLock, RunKey, atomic_write_text, check_lock_free, check_same_run, file_sha, lock_path
 from cdr.pipelines.runner import ChunkContext, RunSummary, check_input, check_writable, report_notes
 
 
@@ -249,10 +249,7 @@ def _load_state(out_dir: Path, key: dict[str, Any], overwrite: bool) -> dict[str
             p.unlink()
     if state_path.exists():
         state = _read_state(state_path)
-        if state["key"] != key:
-            changed = sorted(k for k in set(key) | set(state["key"]) if key.get(k) != state["key"].get(k))
-            raise CdrError(f"'{out_dir}' belongs to a run with different settings ({', '.join(changed)} changed); "
-                           "pass --overwrite to start again, or choose another output")
+        check_same_run(out_dir, state["key"], key)
         return state
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"key": key, "complete": False}
@@ -329,10 +326,8 @@ def run_rows_ray(
     if out_dir.suffix in (".jsonl", ".json", ".parquet", ".csv"):
         raise CdrError(f"with --engine ray the output is a directory of Parquet shards; got '{out_dir}'")
     check_ray_output(input_path, out_dir)
-    st = os.stat(input_path)
-    key = json.loads(json.dumps({"input": str(Path(input_path).resolve()), "input_size": st.st_size,
-                                 "input_mtime_ns": st.st_mtime_ns, "on_error": on_error, "limit": limit,
-                                 "shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}, default=str))
+    key = RunKey.of(input_path, on_error, limit,
+                    {"shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}).as_json()
     lock = OutputLock(lock_path(out_dir), out_dir)
     try:
         return _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit,

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from cdr.data import RawRow, count_rows, detect_format, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.output import ResumableOutput, check_lock_free, check_not_input, check_output_target
+from cdr.output import ResumableOutput, RunKey, check_lock_free, check_not_input, check_output_target
 
 SHOWN_ERRORS = 20
 EXIT_NO_RESULTS = 3  # the run finished, but no row produced a result
@@ -159,9 +159,7 @@ def run_rows(
         raise CdrError(f"--chunk-rows must be a whole number >= 1, got {chunk_rows!r}")
     if limit is not None and limit < 0:
         raise CdrError(f"--limit must be >= 0, got {limit}")
-    st = os.stat(input_path)
-    key = {"input": str(Path(input_path).resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
-           "on_error": on_error, "limit": limit, **key}
+    key = RunKey.of(input_path, on_error, limit, key).as_json()
     out = ResumableOutput(output_path, key, output_format, overwrite, log=log, input_path=input_path)
     try:
         return _run(out, input_path, process, summary_order, input_format, on_error, chunk_rows, progress, desc,
