@@ -27,7 +27,7 @@ from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.models import HUB_ID, atomic_write_text
 from cdr.output import encode_lines, read_shards, write_if_changed
-from cdr.pipelines.runner import ChunkContext, run_rows
+from cdr.pipelines.runner import ChunkContext, RowReports, run_rows
 from cdr.reward import DensityRatio, ResponseLogprobs
 from cdr.rewardbench import (
     ALL_VARIANTS,
@@ -128,22 +128,21 @@ def load_rewardbench(source: str, selection: Selection = Selection(), on_error: 
     """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
 
     Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
-    rows, problems, seen = [], [], {}
+    rows, seen = [], {}
+    reports = RowReports(on_error, say=log)
     for raw in _raw_rows(source):
         try:
             row = check_row(raw)
             key = (row["subset"], row["id"])
             if key in seen:
-                raise RowError(raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}", "duplicate key")
+                raise RowError(raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}",
+                               "duplicate key")
             seen[key] = raw.location
         except RowError as err:
-            if on_error == "fail":
-                raise
-            problems.append(err.as_dict())
-            if len(problems) <= 20:
-                log(f"skipped {err}")
+            reports.report(err)
             continue
         rows.append(row)
+    problems = reports.errors
     if selection.subsets:
         unknown = sorted(set(selection.subsets) - {r["subset"] for r in rows})
         if unknown:
