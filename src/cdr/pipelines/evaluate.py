@@ -90,7 +90,8 @@ def check_row(raw: RawRow) -> dict[str, Any]:
     data = raw.data or {}
     for name in REQUIRED:
         if data.get(name) is None or data.get(name) == "":
-            raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}", "missing field")
+            raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}",
+                           "missing field")
     try:
         prompt = [m.as_dict() for m in validate_prompt(data["prompt"], "prompt")]
         for name in ("chosen", "rejected"):
@@ -98,8 +99,8 @@ def check_row(raw: RawRow) -> dict[str, Any]:
     except ConversationError as exc:
         raise RowError.from_conversation_error(raw.location, exc) from None
     if not isinstance(data["subset"], str):
-        raise RowError(raw.location, "subset", f"expected a subset name (a string), got {type(data['subset']).__name__}",
-                       "wrong type")
+        raise RowError(raw.location, "subset",
+                       f"expected a subset name (a string), got {type(data['subset']).__name__}", "wrong type")
     return {"subset": data["subset"], "id": str(data["id"]), "prompt": prompt, "chosen": data["chosen"],
             "rejected": data["rejected"], "source": raw.location}
 

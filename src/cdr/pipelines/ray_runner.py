@@ -205,7 +205,8 @@ SHARD_FILE = re.compile(r"part-\d{5}\.(parquet|json)|\.part-\d{5}\.parquet\.tmp\
 
 def _own_files(out_dir: Path) -> list[Path]:
     """The files of a Ray output directory cdr wrote (by name): the only ones it may remove there."""
-    return [p for p in out_dir.iterdir() if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))]
+    return [p for p in out_dir.iterdir()
+            if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))]
 
 
 def _read_state(state_path: Path) -> dict[str, Any]:

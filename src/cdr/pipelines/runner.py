@@ -54,7 +54,8 @@ def check_writable(output_path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise CdrError(f"cannot write output '{output_path}': directory '{probe}' is not writable ({exc.strerror})") from None
+        raise CdrError(f"cannot write output '{output_path}': directory '{probe}' is not writable "
+                       f"({exc.strerror})") from None
 
 
 def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
