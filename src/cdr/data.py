@@ -204,7 +204,7 @@ def conversation_from_row(row: RawRow, fields: Fields) -> Conversation:
             _maybe_json(data[fields.prompt]), data[fields.response], fields.prompt, fields.response
         )
     except ConversationError as exc:
-        raise RowError(row.location, exc.field, exc.message, exc.kind) from None
+        raise RowError.from_conversation_error(row.location, exc) from None
 
 
 def _maybe_json(value: Any) -> Any:

@@ -1,5 +1,12 @@
 """Errors a user can act on. The CLI prints these as one line and exits non-zero, without a traceback."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cdr.conversation import ConversationError
+
 
 class CdrError(Exception):
     """Base class for errors caused by input, configuration or the environment, not by a bug."""
@@ -19,3 +26,12 @@ class RowError(CdrError):
         self.kind = kind  # a short label, counted per kind in run summaries
         where = f"{location}, field '{field}'" if field else location
         super().__init__(f"{where}: {message}")
+
+    @classmethod
+    def from_conversation_error(cls, location: str, exc: ConversationError) -> RowError:
+        """The row's report of a ``cdr.conversation.ConversationError`` (same field, message and kind)."""
+        return cls(location, exc.field, exc.message, exc.kind)
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The row report as a line of the errors file."""
+        return {"location": self.location, "field": self.field, "kind": self.kind, "error": self.message}

@@ -37,6 +37,7 @@ from cdr.errors import CdrError
 STATE_FORMAT = 2
 MARKER = "cdr resumable output"
 DATASET_MARKER = "cdr-output.json"  # written into a dataset directory cdr publishes
+RAY_STATE = "cdr-ray.json"  # the state file of a directory of Parquet shards that --engine ray writes
 
 
 def _sha(data: bytes) -> str:
@@ -198,6 +199,46 @@ def check_not_input(input_path: str | Path, output: Path) -> None:
             raise CdrError(f"the {what} is the input file '{input_path}'; choose another output")
 
 
+# --- the run's identity --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunKey:
+    """What a run must share with the run that wrote an output to resume it: the input file as it was (resolved
+    path, size, mtime), --on-error, --limit and the pipeline's own ``settings`` (its options and what produces
+    the rewards). Both engines store it, as ``as_json()``, in their state file."""
+
+    input: str
+    input_size: int
+    input_mtime_ns: int
+    on_error: str
+    limit: int | None
+    settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, input_path: str | Path, on_error: str, limit: int | None, settings: dict[str, Any]) -> RunKey:
+        st = os.stat(input_path)
+        return cls(str(Path(input_path).resolve()), st.st_size, st.st_mtime_ns, on_error, limit, settings)
+
+    def as_json(self) -> dict[str, Any]:
+        """One flat object, the settings last, as the state file holds it."""
+        return json_key({"input": self.input, "input_size": self.input_size, "input_mtime_ns": self.input_mtime_ns,
+                         "on_error": self.on_error, "limit": self.limit, **self.settings})
+
+
+def json_key(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` as it reads back from a state file (tuples as lists, other objects as their text), so that a
+    stored key and a new one compare equal when they are the same."""
+    return json.loads(json.dumps(key, default=str))
+
+
+def check_same_run(output: Path, stored: dict[str, Any], key: dict[str, Any]) -> None:
+    """Refuse to resume an output that a run with other settings wrote, naming the settings that changed."""
+    if stored != key:
+        changed = sorted(k for k in set(key) | set(stored) if key.get(k) != stored.get(k))
+        raise CdrError(f"'{output}' belongs to a run with different settings ({', '.join(changed)} changed); "
+                       "pass --overwrite to start again, or choose another output")
+
+
 # --- the resumable output ------------------------------------------------------------------------------------
 
 @dataclass
@@ -234,7 +275,7 @@ class ResumableOutput:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock: OutputLock | None = OutputLock(paths["lock"], self.path)
         try:
-            key = json.loads(json.dumps(key, default=str))
+            key = json_key(key)
             if overwrite:  # only cdr's own files; the old output stays until the new one replaces it
                 for p in (self.journal, self.errors, self.state_path):
                     p.unlink(missing_ok=True)
@@ -267,13 +308,9 @@ class ResumableOutput:
                                f"{raw.get('format')}, this one reads {STATE_FORMAT}); pass --overwrite to start again")
             state = RunState(**raw)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-            raise CdrError(f"'{self.state_path}' is damaged or not a cdr state file; pass --overwrite to start again") from None
-        if state.key != key:
-            changed = sorted(k for k in set(key) | set(state.key) if key.get(k) != state.key.get(k))
-            raise CdrError(
-                f"'{self.path}' belongs to a run with different settings ({', '.join(changed)} changed); "
-                "pass --overwrite to start again, or choose another output"
-            )
+            raise CdrError(f"'{self.state_path}' is damaged or not a cdr state file; "
+                           "pass --overwrite to start again") from None
+        check_same_run(self.path, state.key, key)
         if state.published and not state.complete and not self.journal.exists() and self.path.exists():
             # killed between publishing the output and recording that
             if self.format != "jsonl" or self.path.is_file() and file_sha(self.path) == state.published["sha256"]:
@@ -477,12 +514,23 @@ def _convert_jsonl(src: Path, dst: Path, fmt: str) -> None:
         pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), dst)
 
 
+def read_shards(out_dir: str | Path) -> list[dict[str, Any]]:
+    """A Ray output directory back as rows, in input order (finished shards only: those with a completion
+    mark ``part-NNNNN.json`` beside their ``part-NNNNN.parquet``)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for mark in sorted(Path(out_dir).glob("part-*.json")):
+        parquet = mark.with_suffix(".parquet")
+        if parquet.exists():
+            out.extend(pq.read_table(parquet).to_pylist())
+    return out
+
+
 def read_output(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
     """Read a finished output back as rows (nested columns decoded from CSV's JSON text)."""
     path = Path(path)
-    if (path / "cdr-ray.json").exists():  # a directory of Parquet shards from --engine ray
-        from cdr.pipelines.ray_runner import read_shards
-
+    if (path / RAY_STATE).exists():
         return read_shards(path)
     fmt = detect_format(path, fmt, output=True)
     if fmt == "jsonl":

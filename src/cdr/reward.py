@@ -51,6 +51,13 @@ class ResponseLogprobs:
         return len(self.logprobs)
 
 
+# The figures of one scored response, in the order they are reported: ``cdr score``'s columns
+# (pipelines.score.reward_columns) and the service's RewardItem (serve.protocol). RewardResult holds them,
+# and ``details``; tests check that the three agree.
+RESULT_FIELDS = ("reward", "strong_logprob", "weak_logprob", "strong_tokens", "weak_tokens", "truncated", "domain",
+                 "error")
+
+
 @dataclass
 class RewardResult:
     reward: float | None
@@ -68,6 +75,10 @@ class RewardResult:
         if out["details"] is None:
             del out["details"]
         return out
+
+    def fields_dict(self) -> dict[str, Any]:
+        """The RESULT_FIELDS, in that order."""
+        return {name: getattr(self, name) for name in RESULT_FIELDS}
 
 
 @lru_cache(maxsize=16)

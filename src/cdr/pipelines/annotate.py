@@ -76,12 +76,13 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     try:
         turns = tuple(validate_prompt(prompt, prompt_field))
     except ConversationError as exc:
-        raise RowError(where, exc.field, exc.message, exc.kind) from None
+        raise RowError.from_conversation_error(where, exc) from None
 
     if data.get(responses_field) is not None:
         field, values = responses_field, data[responses_field]
         if not isinstance(values, list):
-            raise RowError(where, field, f"expected a list of candidate responses, got {type(values).__name__}", "wrong type")
+            raise RowError(where, field, f"expected a list of candidate responses, got {type(values).__name__}",
+                           "wrong type")
         names = [f"{field}[{i}]" for i in range(len(values))]
     elif data.get("response_a") is not None or data.get("response_b") is not None:
         names, values = ["response_a", "response_b"], [data.get("response_a"), data.get("response_b")]
@@ -105,8 +106,8 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     kept: dict[str, int] = {}
     for i, text in enumerate(texts):
         if text.strip() in kept:
-            ctx.report(RowError(where, names[i], f"duplicates {names[kept[text.strip()]]}; dropped", "duplicate candidates"),
-                       skip_row=False)
+            dropped = f"duplicates {names[kept[text.strip()]]}; dropped"
+            ctx.report(RowError(where, names[i], dropped, "duplicate candidates"), skip_row=False)
             ctx.counts["duplicates_dropped"] += 1
         else:
             kept[text.strip()] = i

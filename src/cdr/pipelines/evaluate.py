@@ -26,8 +26,8 @@ from cdr.conversation import Conversation, ConversationError, validate_prompt
 from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.models import HUB_ID, atomic_write_text
-from cdr.output import encode_lines, write_if_changed
-from cdr.pipelines.runner import ChunkContext, run_rows
+from cdr.output import encode_lines, read_shards, write_if_changed
+from cdr.pipelines.runner import ChunkContext, RowReports, run_rows
 from cdr.reward import DensityRatio, ResponseLogprobs
 from cdr.rewardbench import (
     ALL_VARIANTS,
@@ -90,19 +90,17 @@ def check_row(raw: RawRow) -> dict[str, Any]:
     data = raw.data or {}
     for name in REQUIRED:
         if data.get(name) is None or data.get(name) == "":
-            raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}", "missing field")
+            raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}",
+                           "missing field")
     try:
         prompt = [m.as_dict() for m in validate_prompt(data["prompt"], "prompt")]
-    except ConversationError as exc:
-        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
-    try:
         for name in ("chosen", "rejected"):
             Conversation.from_prompt_response(prompt, data[name], "prompt", name)
     except ConversationError as exc:
-        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
+        raise RowError.from_conversation_error(raw.location, exc) from None
     if not isinstance(data["subset"], str):
-        raise RowError(raw.location, "subset", f"expected a subset name (a string), got {type(data['subset']).__name__}",
-                       "wrong type")
+        raise RowError(raw.location, "subset",
+                       f"expected a subset name (a string), got {type(data['subset']).__name__}", "wrong type")
     return {"subset": data["subset"], "id": str(data["id"]), "prompt": prompt, "chosen": data["chosen"],
             "rejected": data["rejected"], "source": raw.location}
 
@@ -131,22 +129,21 @@ def load_rewardbench(source: str, selection: Selection = Selection(), on_error: 
     """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
 
     Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
-    rows, problems, seen = [], [], {}
+    rows, seen = [], {}
+    reports = RowReports(on_error, say=log)
     for raw in _raw_rows(source):
         try:
             row = check_row(raw)
             key = (row["subset"], row["id"])
             if key in seen:
-                raise RowError(raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}", "duplicate key")
+                raise RowError(raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}",
+                               "duplicate key")
             seen[key] = raw.location
         except RowError as err:
-            if on_error == "fail":
-                raise
-            problems.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
-            if len(problems) <= 20:
-                log(f"skipped {err}")
+            reports.report(err)
             continue
         rows.append(row)
+    problems = reports.errors
     if selection.subsets:
         unknown = sorted(set(selection.subsets) - {r["subset"] for r in rows})
         if unknown:
@@ -270,7 +267,7 @@ def evaluate_on_ray(
 ) -> dict:
     """``evaluate`` with the rows scored by a Ray actor pool (``options``: RayOptions) into ``DIR/shards/``;
     the same outputs, plus the shards."""
-    from cdr.pipelines.ray_runner import read_shards, run_identity, run_provenance, run_rows_ray
+    from cdr.pipelines.ray_runner import run_identity, run_provenance, run_rows_ray
 
     out_dir = Path(output_dir)
     problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)

@@ -37,10 +37,10 @@ from typing import Any
 
 from cdr.data import RawRow, count_rows, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.output import OutputLock, file_sha, atomic_write_text, check_lock_free, lock_path
-from cdr.pipelines.runner import ChunkContext, RunSummary, check_input, check_writable, report_notes
-
-STATE = "cdr-ray.json"
+from cdr.output import RAY_STATE as STATE
+from cdr.output import OutputLock, RunKey, atomic_write_text, check_lock_free, check_same_run, file_sha, lock_path
+from cdr.pipelines.runner import (RowReports, RunSummary, check_input, check_writable, progress_bar, report_notes,
+                                  skipped_kinds)
 
 
 @dataclass(frozen=True)
@@ -170,28 +170,15 @@ class PairActor:
 
     def _run(self, piece: Piece) -> list[tuple[str, Any]]:
         rows = read_piece(self.path, self.fmt, piece)
-        counts: Counter = Counter()
-        errors: list[dict[str, Any]] = []
-
-        def report(err: RowError, skip_row: bool = True) -> None:
-            if self.on_error == "fail":
-                raise err
-            if skip_row:
-                counts["skipped"] += 1
-                counts[f"skipped: {err.kind}"] += 1
-            errors.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
-
-        def note(location: str, kind: str, message: str) -> None:
-            errors.append({"location": location, "field": None, "kind": kind, "error": message})
-
+        reports = RowReports(self.on_error)
         try:
-            ctx = ChunkContext(report, note, counts, lambda _: None)
+            ctx = reports.context()
             report_notes(rows, ctx)
             results = self.process(rows, ctx)
         except RowError as err:  # --on-error fail: the driver stops with this row's message
             return [("abort", str(err))]
-        return ([("row", r) for r in results] + [("error", e) for e in errors]
-                + [("done", {"rows": len(rows), "counts": dict(counts), "provenance": self.reward.provenance})])
+        return ([("row", r) for r in results] + [("error", e) for e in reports.errors]
+                + [("done", {"rows": len(rows), "counts": dict(reports.counts), "provenance": self.reward.provenance})])
 
 
 def _init_ray(options: RayOptions):
@@ -218,7 +205,8 @@ SHARD_FILE = re.compile(r"part-\d{5}\.(parquet|json)|\.part-\d{5}\.parquet\.tmp\
 
 def _own_files(out_dir: Path) -> list[Path]:
     """The files of a Ray output directory cdr wrote (by name): the only ones it may remove there."""
-    return [p for p in out_dir.iterdir() if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))]
+    return [p for p in out_dir.iterdir()
+            if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))]
 
 
 def _read_state(state_path: Path) -> dict[str, Any]:
@@ -250,15 +238,16 @@ def _load_state(out_dir: Path, key: dict[str, Any], overwrite: bool) -> dict[str
             p.unlink()
     if state_path.exists():
         state = _read_state(state_path)
-        if state["key"] != key:
-            changed = sorted(k for k in set(key) | set(state["key"]) if key.get(k) != state["key"].get(k))
-            raise CdrError(f"'{out_dir}' belongs to a run with different settings ({', '.join(changed)} changed); "
-                           "pass --overwrite to start again, or choose another output")
+        check_same_run(out_dir, state["key"], key)
         return state
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"key": key, "complete": False}
-    atomic_write_text(state_path, json.dumps(state, indent=1))
+    _save_state(out_dir, state)
     return state
+
+
+def _save_state(out_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(out_dir / STATE, json.dumps(state, indent=1))
 
 
 def _write_shard(out_dir: Path, shard: Shard, rows: list[dict], errors: list[dict], counts: Counter) -> None:
@@ -304,18 +293,6 @@ def shard_done(out_dir: Path, shard: Shard) -> bool:
     return shard_problem(out_dir, shard) is None
 
 
-def read_shards(out_dir: str | Path) -> list[dict[str, Any]]:
-    """A Ray output directory back as rows, in input order (finished shards only)."""
-    import pyarrow.parquet as pq
-
-    out = []
-    for mark in sorted(Path(out_dir).glob("part-*.json")):
-        parquet = mark.with_suffix(".parquet")
-        if parquet.exists():
-            out.extend(pq.read_table(parquet).to_pylist())
-    return out
-
-
 def run_rows_ray(
     input_path: str | Path,
     output_dir: str | Path,
@@ -342,10 +319,8 @@ def run_rows_ray(
     if out_dir.suffix in (".jsonl", ".json", ".parquet", ".csv"):
         raise CdrError(f"with --engine ray the output is a directory of Parquet shards; got '{out_dir}'")
     check_ray_output(input_path, out_dir)
-    st = os.stat(input_path)
-    key = json.loads(json.dumps({"input": str(Path(input_path).resolve()), "input_size": st.st_size,
-                                 "input_mtime_ns": st.st_mtime_ns, "on_error": on_error, "limit": limit,
-                                 "shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}, default=str))
+    key = RunKey.of(input_path, on_error, limit,
+                    {"shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}).as_json()
     lock = OutputLock(lock_path(out_dir), out_dir)
     try:
         return _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit,
@@ -389,17 +364,19 @@ def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, o
                      progress, total_rows=sum(s.rows for s in shards), done_rows=done_rows)
     missing = [s.name for s in shards if not shard_done(out_dir, s)]
     if missing:
-        raise CdrError(f"the Ray run ended with unfinished shards ({', '.join(missing[:5])}); run the same command again")
+        raise CdrError(f"the Ray run ended with unfinished shards ({', '.join(missing[:5])}); "
+                       "run the same command again")
     state["complete"] = True
-    atomic_write_text(out_dir / STATE, json.dumps(state, indent=1))
+    _save_state(out_dir, state)
     errors_file = _merge_errors(out_dir, shards)
-    kinds = {k.removeprefix("skipped: "): v for k, v in total_counts.items() if k.startswith("skipped: ")}
     return RunSummary(out_dir, sum(s.rows for s in shards), total_counts, time.time() - start, errors_file,
-                      done_rows, tuple(job.summary_order), kinds, result_key=getattr(job, "result_key", None))
+                      done_rows, tuple(job.summary_order), skipped_kinds(total_counts),
+                      result_key=getattr(job, "result_key", None))
 
 
 def _run_pending(pending: list[Shard], input_path, fmt: str, out_dir: Path, job, config, options: RayOptions,
-                 on_error: str, state: dict, total_counts: Counter, progress: bool, total_rows: int, done_rows: int) -> None:
+                 on_error: str, state: dict, total_counts: Counter, progress: bool, total_rows: int,
+                 done_rows: int) -> None:
     ray = _init_ray(options)
     actor_config = config.replace(threads=config.strong_options.threads or max(1, int(options.cpus_per_actor)))
     items = [asdict(p) for s in pending for p in s.pieces]
@@ -409,16 +386,8 @@ def _run_pending(pending: list[Shard], input_path, fmt: str, out_dir: Path, job,
     ds = ds.map_batches(PairActor, fn_constructor_kwargs=constructor, batch_size=1, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=options.num_actors),
                         num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
-    by_index = {s.index: s for s in pending}
-    rows: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))  # shard -> piece start -> output rows
-    errors: dict[int, list] = defaultdict(list)
-    counts: dict[int, Counter] = defaultdict(Counter)
-    covered: Counter = Counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_rows, initial=done_rows, unit="row", desc=job.desc, dynamic_ncols=True, file=sys.stderr)
+    assembly = ShardAssembly(pending)
+    bar = progress_bar(total_rows, done_rows, job.desc) if progress else None
     try:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             cols = batch.to_pydict()
@@ -427,28 +396,47 @@ def _run_pending(pending: list[Shard], input_path, fmt: str, out_dir: Path, job,
                 if kind == "abort":
                     raise CdrError(value)
                 if kind == "row":
-                    rows[shard][part].append(value)
+                    assembly.rows[shard][part].append(value)
                 elif kind == "error":
-                    errors[shard].append(value)
-                    continue
+                    assembly.errors[shard].append(value)
                 else:  # done: every row of this piece is in
-                    counts[shard].update(value["counts"])
-                    covered[shard] += value["rows"]
                     if state.get("provenance") != value["provenance"]:
                         state["provenance"] = value["provenance"]
-                        atomic_write_text(out_dir / STATE, json.dumps(state, indent=1))
+                        _save_state(out_dir, state)
                     if bar:
                         bar.update(value["rows"])
-                    s = by_index[shard]
-                    if covered[shard] == s.rows:
-                        ordered = [r for first in sorted(rows[shard]) for r in rows[shard][first]]
-                        errors[shard].sort(key=lambda e: _location_order(e["location"]))
-                        _write_shard(out_dir, s, ordered, errors[shard], counts[shard])
-                        total_counts.update(counts[shard])
-                        del rows[shard]
+                    if assembly.piece_done(shard, value["rows"], value["counts"]):
+                        s, rows, errors, counts = assembly.take(shard)
+                        _write_shard(out_dir, s, rows, errors, counts)
+                        total_counts.update(counts)
     finally:
         if bar:
             bar.close()
+
+
+class ShardAssembly:
+    """The actors' records of the pending shards, gathered per shard (their pieces arrive in any order) until
+    every row of a shard is accounted for."""
+
+    def __init__(self, pending: list[Shard]):
+        self.pending = {s.index: s for s in pending}
+        self.rows: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))  # shard -> piece start -> rows
+        self.errors: dict[int, list] = defaultdict(list)
+        self.counts: dict[int, Counter] = defaultdict(Counter)
+        self.covered: Counter = Counter()  # shard -> input rows done
+
+    def piece_done(self, shard: int, rows: int, counts: dict[str, int]) -> bool:
+        """Count a finished piece of ``shard`` in; True when that completes the shard."""
+        self.counts[shard].update(counts)
+        self.covered[shard] += rows
+        return self.covered[shard] == self.pending[shard].rows
+
+    def take(self, shard: int) -> tuple[Shard, list[dict], list[dict], Counter]:
+        """A complete shard with its output rows in input order, its row reports in row order and its counts."""
+        pieces = self.rows.pop(shard, {})
+        rows = [r for first in sorted(pieces) for r in pieces[first]]
+        errors = sorted(self.errors.pop(shard, []), key=lambda e: _location_order(e["location"]))
+        return self.pending[shard], rows, errors, self.counts.pop(shard)
 
 
 def run_identity(config) -> dict[str, Any]:

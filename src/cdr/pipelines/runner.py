@@ -14,11 +14,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from cdr.data import RawRow, count_rows, detect_format, iter_rows
 from cdr.errors import CdrError, RowError
-from cdr.output import ResumableOutput, check_lock_free, check_not_input, check_output_target
+from cdr.output import ResumableOutput, RunKey, check_lock_free, check_not_input, check_output_target
 
 SHOWN_ERRORS = 20
 EXIT_NO_RESULTS = 3  # the run finished, but no row produced a result
@@ -54,7 +54,8 @@ def check_writable(output_path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise CdrError(f"cannot write output '{output_path}': directory '{probe}' is not writable ({exc.strerror})") from None
+        raise CdrError(f"cannot write output '{output_path}': directory '{probe}' is not writable "
+                       f"({exc.strerror})") from None
 
 
 def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
@@ -87,6 +88,76 @@ class ChunkContext:
     note: Callable[[str, str, str], None]
     counts: Counter
     advance: Callable[[float], None]
+
+
+class RowReports:
+    """A run's row reports and its counts of outcomes, as both engines and ``load_rewardbench`` keep them.
+
+    A skipped row is counted as ``skipped`` and ``skipped: KIND``; under --on-error fail ``report`` raises
+    the row's error instead. The reports gather in ``errors`` (``take`` hands over one chunk's); the first
+    SHOWN_ERRORS are shown through ``say`` (nothing is shown when it is None), then one line naming
+    ``more_in``, the file that holds them all."""
+
+    def __init__(self, on_error: str, counts: Counter | None = None, say: Callable[[str], None] | None = None,
+                 more_in: Path | None = None):
+        self.on_error = on_error
+        self.counts: Counter = Counter() if counts is None else counts
+        self.say = say
+        self.more_in = more_in
+        self.errors: list[dict[str, Any]] = []
+        self.shown = 0
+
+    def report(self, err: RowError, skip_row: bool = True) -> None:
+        if self.on_error == "fail":
+            raise err
+        if skip_row:
+            self.counts["skipped"] += 1
+            self.counts[f"skipped: {err.kind}"] += 1
+        self.errors.append(err.as_dict())
+        self.shown += 1
+        if self.say is None:
+            return
+        if self.shown <= SHOWN_ERRORS:
+            self.say(f"skipped {err}" if skip_row else str(err))
+        elif self.shown == SHOWN_ERRORS + 1 and self.more_in is not None:
+            self.say(f"... more row reports in {self.more_in}")
+
+    def note(self, location: str, kind: str, message: str) -> None:
+        """A problem of a row that still has its output row (e.g. unscorable): reported, neither shown nor raised."""
+        self.errors.append(RowError(location, None, message, kind).as_dict())
+
+    def take(self) -> list[dict[str, Any]]:
+        """The reports gathered since the last ``take``."""
+        errors, self.errors = self.errors, []
+        return errors
+
+    def context(self, advance: Callable[[float], None] = lambda rows: None) -> ChunkContext:
+        return ChunkContext(self.report, self.note, self.counts, advance)
+
+
+def skipped_kinds(counts: Counter) -> dict[str, int]:
+    """The skipped rows per kind, from the ``skipped: KIND`` counts."""
+    return {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ")}
+
+
+def progress_bar(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="row", desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+
+class ChunkProgress:
+    """``ChunkContext.advance`` for one chunk: moves the bar (if any) by the whole rows in the fractions
+    ``process`` reports, never past the chunk's end (the runner sets the bar to the rows done after it)."""
+
+    def __init__(self, bar, rows: int):
+        self.bar, self.rows, self.done = bar, rows, 0.0
+
+    def advance(self, rows: float) -> None:
+        if self.bar:
+            before = int(self.done)
+            self.done = min(self.done + rows, self.rows)
+            self.bar.update(int(self.done) - before)
 
 
 @dataclass
@@ -159,105 +230,59 @@ def run_rows(
         raise CdrError(f"--chunk-rows must be a whole number >= 1, got {chunk_rows!r}")
     if limit is not None and limit < 0:
         raise CdrError(f"--limit must be >= 0, got {limit}")
-    st = os.stat(input_path)
-    key = {"input": str(Path(input_path).resolve()), "input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
-           "on_error": on_error, "limit": limit, **key}
+    key = RunKey.of(input_path, on_error, limit, key).as_json()
     out = ResumableOutput(output_path, key, output_format, overwrite, log=log, input_path=input_path)
     try:
-        return _run(out, input_path, process, summary_order, input_format, on_error, chunk_rows, progress, desc,
-                    limit, log, result_key, output_path, start)
+        resumed_from = out.rows_done
+        reports = RowReports(on_error, Counter(out.state.counts), say=log, more_in=out.errors)
+        if out.complete:
+            log(f"{output_path} is already complete; pass --overwrite to run again")
+        else:
+            if resumed_from:
+                log(f"resuming {output_path} after row {resumed_from}")
+            _run(out, input_path, input_format, process, reports, chunk_rows, limit, desc if progress else None)
+            out.finish()
+        return RunSummary(out.path, out.rows_done, reports.counts, time.time() - start,
+                          out.errors if out.errors.exists() else None, resumed_from, summary_order,
+                          skipped_kinds(reports.counts), result_key=result_key)
     finally:
         out.close()
 
 
-def _run(out, input_path, process, summary_order, input_format, on_error, chunk_rows, progress, desc, limit, log,
-         result_key, output_path, start) -> RunSummary:
-    counts: Counter = Counter(out.state.counts)
-    resumed_from = out.rows_done
-
-    def summary() -> RunSummary:
-        kinds = {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ")}
-        return RunSummary(out.path, out.rows_done, counts, time.time() - start,
-                          out.errors if out.errors.exists() else None, resumed_from, summary_order, kinds,
-                          result_key=result_key)
-
-    if out.complete:
-        log(f"{output_path} is already complete; pass --overwrite to run again")
-        return summary()
-    if resumed_from:
-        log(f"resuming {output_path} after row {resumed_from}")
-
+def _run(out: ResumableOutput, input_path, input_format, process, reports: RowReports, chunk_rows: int,
+         limit: int | None, desc: str | None) -> None:
+    """Process the input rows ``out`` does not hold yet, chunk by chunk, appending each chunk's output rows
+    and row reports to ``out``; with a progress bar unless ``desc`` is None."""
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
+    if desc is not None:
         total = count_rows(input_path, input_format)
-        bar = tqdm(total=min(total, limit) if limit is not None else total, initial=resumed_from, unit="row", desc=desc,
-                   dynamic_ncols=True, file=sys.stderr)
-    shown = 0
-
-    def say(msg: str) -> None:
-        if bar:
-            bar.write(msg, file=sys.stderr)
-        else:
-            log(msg)
-
-    done = resumed_from
-    chunk: list[RawRow] = []
-
-    def flush() -> None:
-        nonlocal done, chunk, shown
-        errors: list[dict[str, Any]] = []
-
-        def report(err: RowError, skip_row: bool = True) -> None:
-            nonlocal shown
-            if on_error == "fail":
-                raise err
-            if skip_row:
-                counts["skipped"] += 1
-                counts[f"skipped: {err.kind}"] += 1
-            errors.append({"location": err.location, "field": err.field, "kind": err.kind, "error": err.message})
-            shown += 1
-            if shown <= SHOWN_ERRORS:
-                say(f"skipped {err}" if skip_row else str(err))
-            elif shown == SHOWN_ERRORS + 1:
-                say(f"... more row reports in {out.errors}")
-
-        progressed = 0.0
-
-        def advance(rows: float) -> None:
-            nonlocal progressed
-            if bar:
-                before = int(progressed)
-                progressed = min(progressed + rows, len(chunk))
-                bar.update(int(progressed) - before)
-
-        def note(location: str, kind: str, message: str) -> None:
-            errors.append({"location": location, "field": None, "kind": kind, "error": message})
-
-        ctx = ChunkContext(report, note, counts, advance)
-        report_notes(chunk, ctx)
-        rows = process(chunk, ctx)
-        done += len(chunk)
-        out.append(rows, errors, done, dict(counts))
-        chunk = []
-        if bar:
-            bar.n = done
-            bar.refresh()
-
+        bar = progress_bar(min(total, limit) if limit is not None else total, out.rows_done, desc)
+        reports.say = lambda msg: bar.write(msg, file=sys.stderr)  # above the bar, not through it
     try:
-        for raw in iter_rows(input_path, input_format):
-            if limit is not None and raw.index >= limit:
-                break
-            if raw.index < resumed_from:
-                continue
-            chunk.append(raw)
-            if len(chunk) >= chunk_rows:
-                flush()
-        if chunk:
-            flush()
+        for chunk in _chunks(iter_rows(input_path, input_format), out.rows_done, limit, chunk_rows):
+            ctx = reports.context(ChunkProgress(bar, len(chunk)).advance)
+            report_notes(chunk, ctx)
+            rows = process(chunk, ctx)
+            out.append(rows, reports.take(), out.rows_done + len(chunk), dict(reports.counts))
+            if bar:
+                bar.n = out.rows_done
+                bar.refresh()
     finally:
         if bar:
             bar.close()
-    out.finish()
-    return summary()
+
+
+def _chunks(rows: Iterator[RawRow], skip: int, limit: int | None, size: int) -> Iterator[list[RawRow]]:
+    """Chunks of ``size`` consecutive rows (the last may be shorter), from row ``skip`` to before row ``limit``."""
+    chunk: list[RawRow] = []
+    for raw in rows:
+        if limit is not None and raw.index >= limit:
+            break
+        if raw.index < skip:
+            continue
+        chunk.append(raw)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

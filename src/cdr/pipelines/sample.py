@@ -36,7 +36,7 @@ def prompt_messages(raw: RawRow) -> list[dict[str, str]]:
     try:
         turns = validate_prompt(value, name)
     except ConversationError as exc:
-        raise RowError(raw.location, exc.field, exc.message, exc.kind) from None
+        raise RowError.from_conversation_error(raw.location, exc) from None
     return [m.as_dict() for m in turns]
 
 

@@ -14,17 +14,11 @@ from cdr.reward import DensityRatio, RewardResult
 SUMMARY = ("scored", "skipped", "unscorable", "truncated")
 
 
+COLUMN_NAMES = {"domain": "cdr_domain", "error": "cdr_error"}  # the result fields whose column is not their name
+
+
 def reward_columns(result: RewardResult) -> dict[str, Any]:
-    return {
-        "reward": result.reward,
-        "strong_logprob": result.strong_logprob,
-        "weak_logprob": result.weak_logprob,
-        "strong_tokens": result.strong_tokens,
-        "weak_tokens": result.weak_tokens,
-        "truncated": result.truncated,
-        "cdr_domain": result.domain,
-        "cdr_error": result.error,
-    }
+    return {COLUMN_NAMES.get(name, name): value for name, value in result.fields_dict().items()}
 
 
 def provenance_columns(provenance: dict[str, Any]) -> dict[str, Any]:

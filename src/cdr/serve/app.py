@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdr.backends import LogprobRequest
 from cdr.conversation import Conversation, ConversationError
-from cdr.reward import DensityRatio
+from cdr.reward import RESULT_FIELDS, DensityRatio
 from cdr.serve.batcher import MicroBatcher, QueueFull
 from cdr.serve.guard import Guard, error_body
 from cdr.serve.openrlhf import SplitError, split_query
@@ -360,9 +360,7 @@ def _finite(value: Any) -> Any:
 
 
 def reward_item(result) -> RewardItem:
-    return RewardItem(reward=result.reward, strong_logprob=result.strong_logprob, weak_logprob=result.weak_logprob,
-                      strong_tokens=result.strong_tokens, weak_tokens=result.weak_tokens, truncated=result.truncated,
-                      domain=result.domain, error=result.error)
+    return RewardItem(**{name: getattr(result, name) for name in RESULT_FIELDS})
 
 
 def uvicorn_config(app, settings: ServeSettings, **kwargs):
