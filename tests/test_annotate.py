@@ -4,7 +4,7 @@ import pytest
 
 from cdr.data import RawRow
 from cdr.errors import RowError
-from cdr.pipelines.annotate import AnnotateOptions, choose_pairs, parse_candidates, prompt_id
+from cdr.pipelines.annotate import AnnotateOptions, choose_preferences, parse_candidates, prompt_id
 from cdr.pipelines.runner import ChunkContext
 
 
@@ -19,26 +19,26 @@ def parse(data, reports=None):
 
 
 def test_best_worst_and_ties_and_margin():
-    assert choose_pairs([0.1, 0.5, -0.2], AnnotateOptions(), "p") == ([(1, 2)], None)
-    assert choose_pairs([0.3, 0.3], AnnotateOptions(), "p") == ([], "tied")
-    assert choose_pairs([0.3, 0.3], AnnotateOptions(keep_ties=True), "p") == ([(0, 1)], None)
-    assert choose_pairs([0.3, 0.1], AnnotateOptions(min_margin=0.5), "p") == ([], "below_margin")
-    assert choose_pairs([0.3, None, None], AnnotateOptions(), "p") == ([], "unscorable")
-    assert choose_pairs([None, 0.2, 0.9], AnnotateOptions(), "p") == ([(2, 1)], None)
+    assert choose_preferences([0.1, 0.5, -0.2], AnnotateOptions(), "p") == ([(1, 2)], None)
+    assert choose_preferences([0.3, 0.3], AnnotateOptions(), "p") == ([], "tied")
+    assert choose_preferences([0.3, 0.3], AnnotateOptions(keep_ties=True), "p") == ([(0, 1)], None)
+    assert choose_preferences([0.3, 0.1], AnnotateOptions(min_margin=0.5), "p") == ([], "below_margin")
+    assert choose_preferences([0.3, None, None], AnnotateOptions(), "p") == ([], "unscorable")
+    assert choose_preferences([None, 0.2, 0.9], AnnotateOptions(), "p") == ([(2, 1)], None)
 
 
 def test_best_random_is_seeded_per_prompt():
     scores = [0.9, 0.1, 0.2, 0.3, 0.4, 0.5]
     opts = AnnotateOptions(strategy="best-random", seed=3)
-    picks = {choose_pairs(scores, opts, f"prompt-{i}")[0][0] for i in range(40)}
+    picks = {choose_preferences(scores, opts, f"prompt-{i}")[0][0] for i in range(40)}
     assert all(a == 0 for a, _ in picks) and len({b for _, b in picks}) > 2  # best vs a varying other
-    assert choose_pairs(scores, opts, "x") == choose_pairs(scores, opts, "x")  # same prompt, same pick
+    assert choose_preferences(scores, opts, "x") == choose_preferences(scores, opts, "x")  # same prompt, same pick
 
 
 def test_all_pairs_above_margin():
-    pairs, _ = choose_pairs([0.0, 1.0, 0.5], AnnotateOptions(strategy="all-pairs"), "p")
+    pairs, _ = choose_preferences([0.0, 1.0, 0.5], AnnotateOptions(strategy="all-pairs"), "p")
     assert sorted(pairs) == [(1, 0), (1, 2), (2, 0)]
-    pairs, _ = choose_pairs([0.0, 1.0, 0.6], AnnotateOptions(strategy="all-pairs", min_margin=0.5), "p")
+    pairs, _ = choose_preferences([0.0, 1.0, 0.6], AnnotateOptions(strategy="all-pairs", min_margin=0.5), "p")
     assert sorted(pairs) == [(1, 0), (2, 0)]
 
 

@@ -32,7 +32,12 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
     """The cdr modules a file imports, anywhere in it (``from cdr.x import y`` counts cdr.x.y when that is a
     module, else cdr.x)."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                 for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in type_only:  # `if TYPE_CHECKING:` imports are for annotations, never run
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -42,6 +47,11 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             continue
         out.update(n for n in names if n == "cdr" or n.startswith("cdr."))
     return out & known
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def layer_of(module: str) -> int:
@@ -98,3 +108,5 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("def f():\n    from cdr.reward import DensityRatio\n    import cdr.output\n")
     assert imports_of(sample, {"cdr.reward", "cdr.output"}) == {"cdr.reward", "cdr.output"}
+    sample.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cdr.reward import X\n")
+    assert imports_of(sample, {"cdr.reward"}) == set()

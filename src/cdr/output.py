@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from cdr.data import detect_format
 from cdr.errors import CdrError
+
+logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 2
 MARKER = "cdr resumable output"
@@ -258,7 +260,7 @@ class RunState:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    logger.warning(msg) if msg.startswith("cdr: warning") else logger.info(msg)
 
 
 class ResumableOutput:

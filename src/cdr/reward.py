@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""``cdr annotate``: prompts with candidate responses -> preference pairs (TRL's conversational format).
+"""``cdr annotate``: prompts with candidate responses -> preferences, (chosen, rejected) couples in TRL's
+conversational format.
 
 Every candidate is scored with the density ratio (through the log-prob cache, so another strategy or
 margin costs nothing), then pairs are picked per prompt:
@@ -118,21 +119,21 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     return CandidateRow(turns, tuple(texts[i] for i in indices), indices, extra)
 
 
-def choose_pairs(scores: list[float | None], options: AnnotateOptions, pid: str) -> tuple[list[tuple[int, int]], str | None]:
+def choose_preferences(scores: list[float | None], options: AnnotateOptions, pid: str) -> tuple[list[tuple[int, int]], str | None]:
     """(chosen, rejected) index pairs into ``scores``, or ([], reason) when the prompt yields none."""
     scored = [i for i, s in enumerate(scores) if s is not None]
     if len(scored) < 2:
         return [], "unscorable"
     ranked = sorted(scored, key=lambda i: (-scores[i], i))  # stable: ties keep input order
     if options.strategy == "all-pairs":
-        pairs = [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1:]]
+        preferences = [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1:]]
     elif options.strategy == "best-worst":
-        pairs = [(ranked[0], ranked[-1])]
+        preferences = [(ranked[0], ranked[-1])]
     else:
         rng = random.Random(f"{options.seed}:{pid}")
-        pairs = [(ranked[0], rng.choice(ranked[1:]))]
+        preferences = [(ranked[0], rng.choice(ranked[1:]))]
     kept, reason = [], None
-    for a, b in pairs:
+    for a, b in preferences:
         margin = scores[a] - scores[b]
         if margin == 0 and not options.keep_ties:
             reason = reason or "tied"
@@ -191,7 +192,7 @@ class AnnotateJob:
                 for r in res:
                     if r.error:
                         ctx.note(raw.location, "unscorable", r.error)
-                pairs, reason = choose_pairs(scores, options, pid)
+                preferences, reason = choose_preferences(scores, options, pid)
                 if reason:
                     ctx.counts[reason] += 1
                 if reason != "unscorable":
@@ -199,8 +200,8 @@ class AnnotateJob:
                 all_scores = [None] * (max(row.indices) + 1)
                 for i, s in zip(row.indices, scores):
                     all_scores[i] = s
-                for a, b in pairs:
-                    ctx.counts["pairs"] += 1
+                for a, b in preferences:
+                    ctx.counts["pairs"] += 1  # the summary's name for preferences written
                     out.append({
                         "prompt": row.prompt_dicts,
                         "chosen": [{"role": "assistant", "content": row.candidates[a]}],

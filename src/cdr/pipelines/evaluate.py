@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +38,8 @@ from cdr.rewardbench import (
     response_score,
     summarize,
 )
+
+logger = logging.getLogger(__name__)
 
 MINI = "mini"  # the packaged 230-row stratified sample (10 rows per subset)
 REQUIRED = ("prompt", "chosen", "rejected", "subset", "id")
@@ -125,12 +127,12 @@ def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 
 def load_rewardbench(source: str, selection: Selection = Selection(), on_error: str = "skip",
-                     log=lambda msg: print(msg, file=sys.stderr)) -> tuple[list[dict], list[dict]]:
+                     log: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
     """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
 
     Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
     rows, seen = [], {}
-    reports = RowReports(on_error, say=log)
+    reports = RowReports(on_error, say=log or logger.warning)
     for raw in _raw_rows(source):
         try:
             row = check_row(raw)
@@ -157,7 +159,7 @@ def load_rewardbench(source: str, selection: Selection = Selection(), on_error: 
         raise CdrError(f"no rows to evaluate in '{source}'")
     outside = sorted({r["subset"] for r in rows} - KNOWN_SUBSETS)
     if outside:
-        log(f"note: subsets outside RewardBench's sections are reported per subset only: {', '.join(outside)}")
+        (log or logger.info)(f"note: subsets outside RewardBench's sections are reported per subset only: {', '.join(outside)}")
     return rows, problems
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from cdr.models import atomic_write_text, resolve_model
 from cdr.pipelines.evaluate import Selection, cell, conversations, load_rewardbench
 from cdr.reward import ModelScorer, combine, open_cache
 from cdr.rewardbench import SECTIONS, is_correct, summarize
+
+logger = logging.getLogger(__name__)
 
 
 def model_pass(name: str, config: RewardConfig, convs, cache, progress: bool) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def compare_pairs(
     convs = [c for row in rows for c in conversations(row)]
     cache = open_cache(config.cache)
     if cache is None:
-        print("note: with the log-prob cache off an interrupted run starts again from the first model", file=sys.stderr)
+        logger.info("note: with the log-prob cache off an interrupted run starts again from the first model")
     passes = {name: model_pass(name, config, convs, cache, progress) for name in models}
     scores = PassScores(rows, passes, config.variant, n_bootstrap)
     singles = {name: scores.single_model(name) for name in models}

@@ -26,11 +26,12 @@ prompt sharing work as in one process. The price is that both models must fit on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,17 @@ from cdr.data import RawRow, count_rows, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.output import RAY_STATE as STATE
 from cdr.output import OutputLock, RunKey, atomic_write_text, check_lock_free, check_same_run, file_sha, lock_path
-from cdr.pipelines.runner import (RowReports, RunSummary, check_input, check_writable, progress_bar, report_notes,
-                                  skipped_kinds)
+from cdr.pipelines.runner import (
+    RowReports,
+    RunSummary,
+    check_input,
+    check_writable,
+    progress_bar,
+    report_notes,
+    skipped_kinds,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -306,7 +316,7 @@ def run_rows_ray(
     overwrite: bool = False,
     progress: bool = True,
     limit: int | None = None,
-    log=lambda msg: print(msg, file=sys.stderr),
+    log: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Run ``job`` (a ScoreJob, AnnotateJob or EvalJob) over ``input_path`` on Ray, into ``output_dir``
     (Parquet shards). ``key`` identifies the run, as for ``run_rows``; ``config`` is the RewardConfig each
@@ -347,7 +357,7 @@ def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, o
         problem = shard_problem(out_dir, s)
         if problem is not None:
             if problem not in ("not finished", "not finished (no completion mark)"):
-                log(f"cdr: warning: shard {s.name} (rows {s.start + 1}-{s.stop}): {problem}; it is computed again")
+                (log or logger.warning)(f"cdr: warning: shard {s.name} (rows {s.start + 1}-{s.stop}): {problem}; it is computed again")
             for p in (out_dir / f"{s.name}.json", out_dir / f"{s.name}.parquet"):
                 p.unlink(missing_ok=True)
             pending.append(s)
@@ -357,7 +367,7 @@ def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, o
         if s not in pending:
             total_counts.update(_read_mark(out_dir, s)["counts"])
     if pending and done_rows:
-        log(f"resuming {out_dir}: {len(shards) - len(pending)} of {len(shards)} shards already done")
+        (log or logger.info)(f"resuming {out_dir}: {len(shards) - len(pending)} of {len(shards)} shards already done")
     if pending:
         state["complete"] = False
         _run_pending(pending, input_path, fmt, out_dir, job, config, options, on_error, state, total_counts,

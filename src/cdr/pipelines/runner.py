@@ -7,6 +7,7 @@ runner owns everything around it: resume (``cdr.output``), the progress bar, mal
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from typing import Any, Callable, Iterator
 from cdr.data import RawRow, count_rows, detect_format, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.output import ResumableOutput, RunKey, check_lock_free, check_not_input, check_output_target
+
+logger = logging.getLogger(__name__)
 
 SHOWN_ERRORS = 20
 EXIT_NO_RESULTS = 3  # the run finished, but no row produced a result
@@ -221,7 +224,8 @@ def run_rows(
     log: Callable[[str], None] | None = None,
     result_key: str | None = None,
 ) -> RunSummary:
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    say_rows = log or logger.warning  # a skipped row is a warning; what the run does is info
+    log = log or logger.info
     start = time.time()
     check_paths(input_path, output_path, input_format, output_format)
     if on_error not in ("skip", "fail"):
@@ -234,7 +238,7 @@ def run_rows(
     out = ResumableOutput(output_path, key, output_format, overwrite, log=log, input_path=input_path)
     try:
         resumed_from = out.rows_done
-        reports = RowReports(on_error, Counter(out.state.counts), say=log, more_in=out.errors)
+        reports = RowReports(on_error, Counter(out.state.counts), say=say_rows, more_in=out.errors)
         if out.complete:
             log(f"{output_path} is already complete; pass --overwrite to run again")
         else:

@@ -41,9 +41,20 @@ from cdr.reward import RESULT_FIELDS, DensityRatio
 from cdr.serve.batcher import MicroBatcher, QueueFull
 from cdr.serve.guard import Guard, error_body
 from cdr.serve.openrlhf import SplitError, split_query
-from cdr.serve.protocol import (REQUEST_ERROR, CompletionChoice, CompletionLogprobs, CompletionRequest,
-                                CompletionResponse, CompletionUsage, Health, OpenRLHFRequest, OpenRLHFResponse,
-                                RewardItem, RewardRequest, RewardResponse)
+from cdr.serve.protocol import (
+    REQUEST_ERROR,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionUsage,
+    Health,
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    RewardItem,
+    RewardRequest,
+    RewardResponse,
+)
 from cdr.span import Unscorable
 
 
