@@ -33,8 +33,11 @@ def run(args: list[str]) -> tuple[float, str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", default=str(HERE / "results" / "alpaca_candidates.jsonl"))
-    ap.add_argument("--changed-weak", default="smollm2-135m-instruct",
-                    help="weak model for run 3 (any other model: only the cache behaviour is measured)")
+    ap.add_argument(
+        "--changed-weak",
+        default="smollm2-135m-instruct",
+        help="weak model for run 3 (any other model: only the cache behaviour is measured)",
+    )
     args = ap.parse_args()
     n_rows = sum(1 for line in open(args.candidates) if line.strip())
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
@@ -51,8 +52,10 @@ def model_logprobs(model: str, backend: str, convs, cache: str) -> tuple[list[fl
     scorer = ModelScorer(resolve_model(model), backend, config, open_cache(cache))
     with tqdm(total=len(convs), desc=f"{model} [{backend}]", unit="resp", file=sys.stderr) as bar:
         out = scorer.logprobs(convs, scorer.renderer, True, bar.update)
-    return ([None if isinstance(x, Exception) else x.total for x in out],
-            [None if isinstance(x, Exception) else x.n_tokens for x in out])
+    return (
+        [None if isinstance(x, Exception) else x.total for x in out],
+        [None if isinstance(x, Exception) else x.n_tokens for x in out],
+    )
 
 
 def float32_copy(source: Path, dest: Path) -> Path:
@@ -70,8 +73,9 @@ def float32_copy(source: Path, dest: Path) -> Path:
         if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.file_type"):
             continue  # the header fields and the architecture are written by the writer itself
         kind = field.types[0]
-        writer.add_key_value(field.name, field.contents(), kind,
-                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+        writer.add_key_value(
+            field.name, field.contents(), kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        )
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     for t in reader.tensors:
         writer.add_tensor(t.name, np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
@@ -99,8 +103,20 @@ def speed_child(model: str, backend: str, n: int) -> None:
     scorer.logprobs(convs, scorer.renderer, True)
     seconds = time.time() - t0
     peak = status_mib("VmHWM")
-    print(json.dumps({"model": model, "backend": backend, "responses": n, "tokens": tokens, "load_s": load_s,
-                      "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": peak}))
+    print(
+        json.dumps(
+            {
+                "model": model,
+                "backend": backend,
+                "responses": n,
+                "tokens": tokens,
+                "load_s": load_s,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "peak_rss_mib": peak,
+            }
+        )
+    )
 
 
 def agreement(kind: str, limit: int | None, check_responses: int) -> dict:
@@ -117,10 +133,14 @@ def agreement(kind: str, limit: int | None, check_responses: int) -> dict:
             llama_model = str(float32_copy(Path(resolve_model(model).path), cache_dir() / "f32" / f"{model}.gguf"))
             # transformers de-quantizes the packaged file itself: the copy must give it the very same numbers
             head = convs[:check_responses]
-            packaged, copy = (np.array(model_logprobs(m, "hf", head, c)[0]) for m, c in ((model, "default"), (llama_model, "none")))
+            packaged, copy = (
+                np.array(model_logprobs(m, "hf", head, c)[0]) for m, c in ((model, "default"), (llama_model, "none"))
+            )
             tokens = np.array(model_logprobs(model, "hf", head, "default")[1], dtype=float)
             result.setdefault("same_weights_check", {})[model] = {
-                "responses": len(head), "max_abs_diff_per_token": float(np.max(np.abs(packaged - copy) / tokens))}
+                "responses": len(head),
+                "max_abs_diff_per_token": float(np.max(np.abs(packaged - copy) / tokens)),
+            }
         sums[(model, "hf")] = model_logprobs(model, "hf", convs, "default")
         sums[(model, "llamacpp")] = model_logprobs(llama_model, "llamacpp", convs, "none")
         a, b = (np.array(sums[(model, be)][0], dtype=float) for be in ("hf", "llamacpp"))
@@ -128,7 +148,8 @@ def agreement(kind: str, limit: int | None, check_responses: int) -> dict:
         ok = np.isfinite(a) & np.isfinite(b)
         decisions = [(a[2 * i] > a[2 * i + 1]) == (b[2 * i] > b[2 * i + 1]) for i in range(len(rows))]
         result[model] = {
-            "responses": int(ok.sum()), "pearson_r": float(np.corrcoef(a[ok], b[ok])[0, 1]),
+            "responses": int(ok.sum()),
+            "pearson_r": float(np.corrcoef(a[ok], b[ok])[0, 1]),
             "mean_abs_diff_per_token": float(np.abs(a[ok] - b[ok]).sum() / n[ok].sum()),
             "single_model_decisions_agree": float(np.mean(decisions)),
         }
@@ -148,24 +169,40 @@ def print_agreement(g: dict) -> None:
     what = "float32 copies of the packaged files" if g.get("gguf") == "f32" else "the packaged (quantized) files"
     print(f"Agreement on {g['rows']} mini-set rows ({2 * g['rows']} responses), llama.cpp on {what}:\n")
     for model, check in g.get("same_weights_check", {}).items():
-        print(f"- {model}: transformers on the copy vs on the packaged file, first {check['responses']} responses: "
-              f"max abs diff {check['max_abs_diff_per_token']:.1e} nats/token")
+        print(
+            f"- {model}: transformers on the copy vs on the packaged file, first {check['responses']} responses: "
+            f"max abs diff {check['max_abs_diff_per_token']:.1e} nats/token"
+        )
     print("\n| model | Pearson r (per-response log-prob) | mean abs diff, nats/token | single-model decisions agree |")
     print("|---|---|---|---|")
     for model in MODELS:
         m = g[model]
-        print(f"| {model} | {m['pearson_r']:.5f} | {m['mean_abs_diff_per_token']:.4f} | {m['single_model_decisions_agree']:.1%} |")
-    print(f"\npair (mean_diff) decisions agree on {g['pair_decisions_agree']:.1%} of rows; "
-          f"pair reward Pearson r = {g['pair_reward_pearson_r']:.5f}\n")
+        print(
+            f"| {model} | {m['pearson_r']:.5f} | {m['mean_abs_diff_per_token']:.4f} | "
+            f"{m['single_model_decisions_agree']:.1%} |"
+        )
+    print(
+        f"\npair (mean_diff) decisions agree on {g['pair_decisions_agree']:.1%} of rows; "
+        f"pair reward Pearson r = {g['pair_reward_pearson_r']:.5f}\n"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, help="only the first N rows of the mini set for the agreement part")
-    ap.add_argument("--gguf", choices=("packaged", "f32"), default="packaged",
-                    help="llama.cpp on the packaged quantized files, or on float32 copies of them")
-    ap.add_argument("--same-weights-check", type=int, default=20, metavar="N",
-                    help="with --gguf f32: responses on which transformers must give the copy the packaged file's numbers")
+    ap.add_argument(
+        "--gguf",
+        choices=("packaged", "f32"),
+        default="packaged",
+        help="llama.cpp on the packaged quantized files, or on float32 copies of them",
+    )
+    ap.add_argument(
+        "--same-weights-check",
+        type=int,
+        default=20,
+        metavar="N",
+        help="with --gguf f32: responses on which transformers must give the copy the packaged file's numbers",
+    )
     ap.add_argument("--speed-responses", type=int, default=60)
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
@@ -185,8 +222,12 @@ def main() -> None:
         report["speed"] = []
         for model in MODELS:
             for backend in ("hf", "llamacpp"):
-                proc = subprocess.run([sys.executable, __file__, "--child", model, backend, str(args.speed_responses)],
-                                      capture_output=True, text=True, check=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", model, backend, str(args.speed_responses)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 report["speed"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         report["speed_responses"] = args.speed_responses
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,10 +238,14 @@ def main() -> None:
     if report.get("speed"):
         n = report.get("speed_responses", args.speed_responses)
         print(f"Speed and peak memory, first {n} responses, cache off, one process each:\n")
-        print("| model | backend | tokens | seconds | tokens/s | load s | peak RSS MiB |\n|---|---|---|---|---|---|---|")
+        print(
+            "| model | backend | tokens | seconds | tokens/s | load s | peak RSS MiB |\n|---|---|---|---|---|---|---|"
+        )
         for s in report["speed"]:
-            print(f"| {s['model']} | {s['backend']} | {s['tokens']} | {s['seconds']:.1f} | {s['tokens_per_s']:.0f} | "
-                  f"{s['load_s']:.1f} | {s['peak_rss_mib']:.0f} |")
+            print(
+                f"| {s['model']} | {s['backend']} | {s['tokens']} | {s['seconds']:.1f} | {s['tokens_per_s']:.0f} | "
+                f"{s['load_s']:.1f} | {s['peak_rss_mib']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def rewards(rec: dict) -> dict[str, float | None]:
     for rendering in ("own", "shared"):
         w = rec[f"weak_{rendering}"]
         for variant in ("sum", "mean", "mean_diff"):
-            out[f"ratio {variant} ({rendering})"] = None if s is None or w is None else combine(variant, s["sum"], s["n"], w["sum"], w["n"])
+            out[f"ratio {variant} ({rendering})"] = (
+                None if s is None or w is None else combine(variant, s["sum"], s["n"], w["sum"], w["n"])
+            )
     out["strong alone, sum"] = s and s["sum"]
     out["strong alone, mean"] = s and s["sum"] / s["n"]
     w = rec["weak_own"]
@@ -71,7 +73,11 @@ def compare(rows_by_method: dict[str, list[tuple[str, bool]]], other: Path, n: i
     for method, rows in rows_by_method.items():
         d = paired_bootstrap(rows, before[method], n=n)
         cells = [f"{d[s][0]:+.3f} [{d[s][1]:+.2f}, {d[s][2]:+.2f}]" for s in SECTIONS]
-        print(f"| {method} | " + " | ".join(cells) + f" | **{d['score'][0]:+.3f}** [{d['score'][1]:+.3f}, {d['score'][2]:+.3f}] |")
+        print(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | **{d['score'][0]:+.3f}** [{d['score'][1]:+.3f}, {d['score'][2]:+.3f}] |"
+        )
 
 
 def main() -> None:
@@ -89,7 +95,11 @@ def main() -> None:
         sec = section_scores(subset_accuracy(rows))
         ci = bootstrap(rows, n=args.bootstrap)
         cells = [f"{sec[s]:.3f} [{ci[s][0]:.2f}, {ci[s][1]:.2f}]" for s in SECTIONS]
-        print(f"| {method} | " + " | ".join(cells) + f" | **{score(sec):.3f}** [{ci['score'][0]:.3f}, {ci['score'][1]:.3f}] |")
+        print(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | **{score(sec):.3f}** [{ci['score'][0]:.3f}, {ci['score'][1]:.3f}] |"
+        )
     if args.compare:
         compare(rows_by_method, Path(args.compare), args.bootstrap)
 

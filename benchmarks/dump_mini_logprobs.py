@@ -57,9 +57,15 @@ def main() -> None:
             rec = {"subset": subset, "id": rid, "side": side, "chars": chars}
             for label, lps in results.items():
                 x = lps[i]
-                rec[label] = None if isinstance(x, Exception) else {"sum": x.total, "n": x.n_tokens, "truncated": x.truncated}
+                rec[label] = (
+                    None if isinstance(x, Exception) else {"sum": x.total, "n": x.n_tokens, "truncated": x.truncated}
+                )
             f.write(json.dumps(rec) + "\n")
-    print(json.dumps({"responses": len(convs), **{k: round(v, 1) for k, v in timings.items()}, "provenance": reward.provenance}))
+    print(
+        json.dumps(
+            {"responses": len(convs), **{k: round(v, 1) for k, v in timings.items()}, "provenance": reward.provenance}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Candidate responses for an annotation benchmark: AlpacaEval prompts, GPT-4's reference answer plus
 samples from SmolLM2-135M-Instruct (the embedded strong model, via transformers generate).
 
-    python benchmarks/make_alpaca_candidates.py --prompts 50 --samples 3 --out benchmarks/results/alpaca_candidates.jsonl
+    python benchmarks/make_alpaca_candidates.py --prompts 50 --samples 3 \
+        --out benchmarks/results/alpaca_candidates.jsonl
 
 Each output row: {"id", "dataset", "prompt", "responses": [gpt4, sample_1, ...], "generators": [...]}.
 The AlpacaEval outputs file is CC BY-NC 4.0 data with GPT-4 outputs (see shared/data/PROVENANCE.md).
@@ -47,24 +48,43 @@ def main() -> None:
     batch = 10
     for start in range(0, len(picked), batch):
         part = picked[start : start + batch]
-        texts = [tok.apply_chat_template([{"role": "user", "content": r["instruction"]}], tokenize=False,
-                                         add_generation_prompt=True) for r in part]
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": r["instruction"]}], tokenize=False, add_generation_prompt=True
+            )
+            for r in part
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            gen = model.generate(**enc, do_sample=True, temperature=args.temperature, top_p=0.95,
-                                 max_new_tokens=args.max_new_tokens, num_return_sequences=args.samples,
-                                 pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        completions = gen[:, enc["input_ids"].shape[1]:]
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=args.temperature,
+                top_p=0.95,
+                max_new_tokens=args.max_new_tokens,
+                num_return_sequences=args.samples,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        completions = gen[:, enc["input_ids"].shape[1] :]
         for i, r in enumerate(part):
             samples = []
             for j in range(args.samples):
                 ids = completions[i * args.samples + j]
                 new_tokens += int((ids != (tok.pad_token_id or tok.eos_token_id)).sum())
                 samples.append(tok.decode(ids, skip_special_tokens=True).strip() or "(empty)")
-            out_rows.append({"id": start + i, "dataset": r["dataset"], "prompt": r["instruction"],
-                             "responses": [r["output"], *samples],
-                             "generators": [r["generator"]] + ["SmolLM2-135M-Instruct"] * args.samples})
-        print(f"{len(out_rows)}/{len(picked)} prompts, {new_tokens / (time.time() - t0):.1f} new tokens/s", file=sys.stderr)
+            out_rows.append(
+                {
+                    "id": start + i,
+                    "dataset": r["dataset"],
+                    "prompt": r["instruction"],
+                    "responses": [r["output"], *samples],
+                    "generators": [r["generator"]] + ["SmolLM2-135M-Instruct"] * args.samples,
+                }
+            )
+        print(
+            f"{len(out_rows)}/{len(picked)} prompts, {new_tokens / (time.time() - t0):.1f} new tokens/s",
+            file=sys.stderr,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for r in out_rows:

@@ -43,10 +43,29 @@ def main() -> None:
     times = {}
 
     t = time.time()
-    print(cdr("sample", str(MT_BENCH), "-o", str(out / "candidates.jsonl"), "--policy", "smollm2-135m-instruct",
-              "-n", str(args.n), "--max-new-tokens", str(args.max_new_tokens), "--temperature", "0.8",
-              "--seed", "0", "--limit", str(args.prompts), "--chunk-rows", "10"))
-    times["1. sample (SmolLM2, N=%d)" % args.n] = time.time() - t
+    print(
+        cdr(
+            "sample",
+            str(MT_BENCH),
+            "-o",
+            str(out / "candidates.jsonl"),
+            "--policy",
+            "smollm2-135m-instruct",
+            "-n",
+            str(args.n),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--temperature",
+            "0.8",
+            "--seed",
+            "0",
+            "--limit",
+            str(args.prompts),
+            "--chunk-rows",
+            "10",
+        )
+    )
+    times[f"1. sample (SmolLM2, N={args.n})"] = time.time() - t
 
     t = time.time()
     print(cdr("annotate", str(out / "candidates.jsonl"), "-o", str(out / "pairs"), "--keep-ties"))
@@ -72,18 +91,37 @@ def main() -> None:
     source = resolve_model("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(str(converted_dir(source, "tokenizer")))
     model = AutoModelForCausalLM.from_pretrained(str(converted_dir(source, "model")), dtype=torch.float32)
-    config = CPOConfig(output_dir=str(out / "simpo"), loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5,
-                       max_steps=args.simpo_steps, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                       learning_rate=5e-7, max_length=512, report_to=[], save_strategy="no", logging_steps=1,
-                       bf16=False, use_cpu=True)
-    trainer = CPOTrainer(model=model, args=config, train_dataset=pairs.filter(lambda p: p["score_chosen"] > p["score_rejected"]),
-                         processing_class=tok)
+    config = CPOConfig(
+        output_dir=str(out / "simpo"),
+        loss_type="simpo",
+        cpo_alpha=0.0,
+        beta=2.0,
+        simpo_gamma=0.5,
+        max_steps=args.simpo_steps,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=5e-7,
+        max_length=512,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        bf16=False,
+        use_cpu=True,
+    )
+    trainer = CPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=pairs.filter(lambda p: p["score_chosen"] > p["score_rejected"]),
+        processing_class=tok,
+    )
     result = trainer.train()
     times[f"3. SimPO ({args.simpo_steps} steps x 4 pairs)"] = time.time() - t
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    print(f"SimPO loss: first {logs[0]['loss']:.4f}, last {logs[-1]['loss']:.4f}; "
-          f"reward margin first {logs[0].get('rewards/margins', float('nan')):.4f}, "
-          f"last {logs[-1].get('rewards/margins', float('nan')):.4f}")
+    print(
+        f"SimPO loss: first {logs[0]['loss']:.4f}, last {logs[-1]['loss']:.4f}; "
+        f"reward margin first {logs[0].get('rewards/margins', float('nan')):.4f}, "
+        f"last {logs[-1].get('rewards/margins', float('nan')):.4f}"
+    )
     print("\n| stage | seconds |\n|---|---|")
     for k, v in times.items():
         print(f"| {k} | {v:.1f} |")

@@ -1,4 +1,5 @@
 """Memory figures from /proc/<pid>/status, shared by the benchmark scripts (Linux only)."""
+
 from __future__ import annotations
 
 from pathlib import Path

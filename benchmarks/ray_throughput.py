@@ -65,11 +65,43 @@ def main() -> None:
         common = ["--cache", "none", "-q"]
         ray_common = ["--engine", "ray", "--batch-rows", str(args.batch_rows), "--shard-rows", str(args.rows)]
         runs = [
-            ("local (1 process, %d threads)" % cores, ["score", str(data), "-o", f"{tmp}/local.jsonl", *common], f"{tmp}/local.jsonl"),
-            ("ray, 1 actor x %d CPUs" % cores, ["score", str(data), "-o", f"{tmp}/ray1", *ray_common, "--num-actors", "1",
-                                                "--cpus-per-actor", str(cores), *common], f"{tmp}/ray1"),
-            ("ray, %d actors x 1 CPU" % cores, ["score", str(data), "-o", f"{tmp}/ray2", *ray_common, "--num-actors",
-                                                str(cores), "--cpus-per-actor", "1", *common], f"{tmp}/ray2"),
+            (
+                f"local (1 process, {cores} threads)",
+                ["score", str(data), "-o", f"{tmp}/local.jsonl", *common],
+                f"{tmp}/local.jsonl",
+            ),
+            (
+                f"ray, 1 actor x {cores} CPUs",
+                [
+                    "score",
+                    str(data),
+                    "-o",
+                    f"{tmp}/ray1",
+                    *ray_common,
+                    "--num-actors",
+                    "1",
+                    "--cpus-per-actor",
+                    str(cores),
+                    *common,
+                ],
+                f"{tmp}/ray1",
+            ),
+            (
+                f"ray, {cores} actors x 1 CPU",
+                [
+                    "score",
+                    str(data),
+                    "-o",
+                    f"{tmp}/ray2",
+                    *ray_common,
+                    "--num-actors",
+                    str(cores),
+                    "--cpus-per-actor",
+                    "1",
+                    *common,
+                ],
+                f"{tmp}/ray2",
+            ),
         ]
         results, reference = [], None
         for name, cmd, output in runs:
@@ -81,16 +113,23 @@ def main() -> None:
             r["rows_per_s"] = round(len(rewards) / r["wall_s"], 3)
             results.append(r)
     base = results[0]["wall_s"]
-    lines = [f"{args.rows} rows (mini set prompts + chosen responses), embedded pair, cache off, {cores} cores", "",
-             "| run | wall s | rows/s | vs local | max reward diff vs local |", "|---|---|---|---|---|"]
+    lines = [
+        f"{args.rows} rows (mini set prompts + chosen responses), embedded pair, cache off, {cores} cores",
+        "",
+        "| run | wall s | rows/s | vs local | max reward diff vs local |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['name']} | {r['wall_s']} | {r['rows_per_s']} | {base / r['wall_s']:.2f}x | "
-                     f"{r['max_abs_diff_vs_local']:.1e} |")
+        lines.append(
+            f"| {r['name']} | {r['wall_s']} | {r['rows_per_s']} | {base / r['wall_s']:.2f}x | "
+            f"{r['max_abs_diff_vs_local']:.1e} |"
+        )
     if results[0]["load_s"] is not None:
         lines.append(f"\nlocal model load: {results[0]['load_s']} s of its wall time")
     print("\n".join(lines))
-    Path(args.out).write_text(json.dumps({"rows": args.rows, "cores": cores, "batch_rows": args.batch_rows,
-                                          "runs": results}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"rows": args.rows, "cores": cores, "batch_rows": args.batch_rows, "runs": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

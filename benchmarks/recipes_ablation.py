@@ -74,8 +74,24 @@ def run_eval(name: str, data: str, out: Path, quiet: bool, subsets: str | None =
     recipe = out / "recipes" / f"{name}.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(recipe_text)
-    cmd = [sys.executable, "-m", "cdr.cli", "eval", data, "--output-dir", str(out / "runs" / name), "--recipe", str(recipe),
-           "--chunk-rows", "32", *extra] + (["-q"] if quiet else []) + (["--subsets", subsets] if subsets else [])
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "cdr.cli",
+            "eval",
+            data,
+            "--output-dir",
+            str(out / "runs" / name),
+            "--recipe",
+            str(recipe),
+            "--chunk-rows",
+            "32",
+            *extra,
+        ]
+        + (["-q"] if quiet else [])
+        + (["--subsets", subsets] if subsets else [])
+    )
     print("$ cdr " + " ".join(cmd[3:]), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -133,8 +149,10 @@ def paired_differences(runs: Path, names: list[str], variant: str, n: int = 2000
 
 
 def difference_table(diffs: dict[str, dict], variant: str) -> list[str]:
-    lines = [f"| recipe minus vanilla ({variant}) | " + " | ".join(SECTIONS) + " | score |",
-             "|---|" + "---|" * (len(SECTIONS) + 1)]
+    lines = [
+        f"| recipe minus vanilla ({variant}) | " + " | ".join(SECTIONS) + " | score |",
+        "|---|" + "---|" * (len(SECTIONS) + 1),
+    ]
     for name, d in diffs.items():
         cells = [f"{d[k][0]:+.3f} [{d[k][1]:+.3f}, {d[k][2]:+.3f}]" if k in d else "-" for k in (*SECTIONS, "score")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -155,8 +173,12 @@ def agreement(matrix: dict[str, dict[str, int]]) -> float:
 
 def matrix_lines(title: str, matrix: dict) -> list[str]:
     domains = ["SAFETY", "REASONING", "CHAT"]
-    lines = [f"{title} (rows: RewardBench section, columns: routed domain; agreement {agreement(matrix):.3f})", "",
-             "| section | " + " | ".join(domains) + " |", "|---|---|---|---|"]
+    lines = [
+        f"{title} (rows: RewardBench section, columns: routed domain; agreement {agreement(matrix):.3f})",
+        "",
+        "| section | " + " | ".join(domains) + " |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {s} | " + " | ".join(str(c.get(d, 0)) for d in domains) + " |" for s, c in matrix.items()]
     return lines
 
@@ -176,8 +198,12 @@ def routers(data: str, router_data: str) -> dict:
         start = time.perf_counter()
         domains = route(paper, RulesRouter(paper.router.rules), prompts)
         seconds = time.perf_counter() - start
-        out[label] = {"data": source, "rows": len(rows), "seconds_per_row": seconds / len(rows),
-                      "matrix": confusion([section_of[r["subset"]] for r in rows], domains)}
+        out[label] = {
+            "data": source,
+            "rows": len(rows),
+            "seconds_per_row": seconds / len(rows),
+            "matrix": confusion([section_of[r["subset"]] for r in rows], domains),
+        }
     rows, _ = load_rewardbench(data, log=lambda _: None)
     reward = DensityRatio(strong=SMOL, weak=SMOL, recipe="paper", cache="none")
     llm = LLMRouter(reward.strong, {n: d.description for n, d in paper.domains.items()}, max_chars=2000)
@@ -185,8 +211,13 @@ def routers(data: str, router_data: str) -> dict:
     start = time.perf_counter()
     domains = route(paper, llm, prompts)
     seconds = time.perf_counter() - start
-    out["llm"] = {"data": data, "rows": len(rows), "model": SMOL, "seconds_per_row": seconds / len(rows),
-                  "matrix": confusion([section_of[r["subset"]] for r in rows], domains)}
+    out["llm"] = {
+        "data": data,
+        "rows": len(rows),
+        "model": SMOL,
+        "seconds_per_row": seconds / len(rows),
+        "matrix": confusion([section_of[r["subset"]] for r in rows], domains),
+    }
     return out
 
 
@@ -200,7 +231,7 @@ def timing(data: str, n_rows: int, repeats: int = 2) -> dict:
     """Scoring time with the paper recipe against vanilla, same rows, cache off, alternating."""
     from cdr import DensityRatio
     from cdr.conversation import Conversation
-    from cdr.pipelines.evaluate import load_rewardbench, Selection
+    from cdr.pipelines.evaluate import Selection, load_rewardbench
 
     rows, _ = load_rewardbench(data, Selection(sample=n_rows, seed=1), log=lambda _: None)
     convs = [Conversation.from_prompt_response(r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")]
@@ -213,10 +244,18 @@ def timing(data: str, n_rows: int, repeats: int = 2) -> dict:
             reward.model_logprobs(convs)
             seconds[name].append(time.perf_counter() - start)
             custom = reward.customize(convs)
-            tokens[name] = sum(len(reward.strong.span(c.strong, reward.strong.renderer, True).token_ids) for c in custom)
+            tokens[name] = sum(
+                len(reward.strong.span(c.strong, reward.strong.renderer, True).token_ids) for c in custom
+            )
     best = {name: min(s) for name, s in seconds.items()}
-    return {"rows": len(rows), "responses": len(convs), "seconds": seconds, "best_s": best,
-            "ratio_paper_over_vanilla": best["paper"] / best["vanilla"], "strong_tokens": tokens}
+    return {
+        "rows": len(rows),
+        "responses": len(convs),
+        "seconds": seconds,
+        "best_s": best,
+        "ratio_paper_over_vanilla": best["paper"] / best["vanilla"],
+        "strong_tokens": tokens,
+    }
 
 
 def main() -> None:
@@ -228,10 +267,16 @@ def main() -> None:
     p.add_argument("--subsets", help="only these RewardBench subsets (comma-separated), e.g. the Safety section's")
     p.add_argument("--timing-rows", type=int, default=24)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: routers, timing")
-    p.add_argument("--report-only", action="store_true",
-                   help="tabulate the finished runs in OUT/runs (and OUT/routers.json, OUT/timing.json); score nothing")
-    p.add_argument("--vanilla-from", help="take the vanilla row from this `cdr eval` results.json (the same computation, "
-                   "e.g. benchmarks/results/eval_mini/results.json) instead of running it")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="tabulate the finished runs in OUT/runs (and OUT/routers.json, OUT/timing.json); score nothing",
+    )
+    p.add_argument(
+        "--vanilla-from",
+        help="take the vanilla row from this `cdr eval` results.json (the same computation, "
+        "e.g. benchmarks/results/eval_mini/results.json) instead of running it",
+    )
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,14 +296,27 @@ def main() -> None:
                 results[name] = json.loads(path.read_text())
         else:
             results[name] = run_eval(name, data, out, quiet=True, subsets=args.subsets)
-    summary = {"data": args.data, "variants": {n: {"recipe": VARIANTS[n][0], "args": VARIANTS[n][1],
-                                                   "model": r["model"], "ref_model": r["ref_model"],
-                                                   "variants": r["variants"], "routing": r.get("routing"),
-                                                   "timing": r["timing"]} for n, r in results.items()}}
+    summary = {
+        "data": args.data,
+        "variants": {
+            n: {
+                "recipe": VARIANTS[n][0],
+                "args": VARIANTS[n][1],
+                "model": r["model"],
+                "ref_model": r["ref_model"],
+                "variants": r["variants"],
+                "routing": r.get("routing"),
+                "timing": r["timing"],
+            }
+            for n, r in results.items()
+        },
+    }
     if args.vanilla_from and "vanilla" in summary["variants"]:
         summary["variants"]["vanilla"]["from"] = args.vanilla_from
-    lines = [f"Recipe ablation on `{args.data}` ({next(iter(results.values()))['num_prompts']} rows); "
-             "95% bootstrap intervals (rows resampled within subsets)."]
+    lines = [
+        f"Recipe ablation on `{args.data}` ({next(iter(results.values()))['num_prompts']} rows); "
+        "95% bootstrap intervals (rows resampled within subsets)."
+    ]
     for variant in ("sum", "mean", "mean_diff"):
         lines += [""] + ablation_table(results, variant)
     summary["paired_differences"] = {}
@@ -271,16 +329,25 @@ def main() -> None:
     if (out / "routers.json").exists():
         summary["routers"] = r = json.loads((out / "routers.json").read_text())
         for label, title in (("rules", "Rules router"), ("rules_dev", "Rules router"), ("llm", f"LLM router ({SMOL})")):
-            lines += ["", *matrix_lines(f"{title} on `{r[label]['data']}` ({r[label]['rows']} rows, "
-                                        f"{1000 * r[label]['seconds_per_row']:.2f} ms/row)", r[label]["matrix"])]
+            lines += [
+                "",
+                *matrix_lines(
+                    f"{title} on `{r[label]['data']}` ({r[label]['rows']} rows, "
+                    f"{1000 * r[label]['seconds_per_row']:.2f} ms/row)",
+                    r[label]["matrix"],
+                ),
+            ]
     if "timing" not in skip and not args.report_only:
         (out / "timing.json").write_text(json.dumps(timing(data, args.timing_rows), indent=2))
     if (out / "timing.json").exists():
         summary["timing"] = t = json.loads((out / "timing.json").read_text())
-        lines += ["", f"Cost: {t['responses']} responses, cache off, best of 2 alternating runs: vanilla "
-                  f"{t['best_s']['vanilla']:.1f} s, paper {t['best_s']['paper']:.1f} s "
-                  f"(x{t['ratio_paper_over_vanilla']:.2f}); strong-model tokens {t['strong_tokens']['vanilla']} vs "
-                  f"{t['strong_tokens']['paper']}."]
+        lines += [
+            "",
+            f"Cost: {t['responses']} responses, cache off, best of 2 alternating runs: vanilla "
+            f"{t['best_s']['vanilla']:.1f} s, paper {t['best_s']['paper']:.1f} s "
+            f"(x{t['ratio_paper_over_vanilla']:.2f}); strong-model tokens {t['strong_tokens']['vanilla']} vs "
+            f"{t['strong_tokens']['paper']}.",
+        ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

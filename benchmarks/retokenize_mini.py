@@ -48,7 +48,9 @@ def main() -> None:
     quiet_transformers()
     rows = [json.loads(line) for line in open(args.data)]
     old = [json.loads(line) for line in open(args.old)]
-    convs = [Conversation.from_prompt_response(row["prompt"], row[side]) for row in rows for side in ("chosen", "rejected")]
+    convs = [
+        Conversation.from_prompt_response(row["prompt"], row[side]) for row in rows for side in ("chosen", "rejected")
+    ]
     assert len(old) == len(convs) and all(
         (o["subset"], o["id"], o["side"]) == (r["subset"], str(r["id"]), s)
         for o, (r, s) in zip(old, [(r, s) for r in rows for s in ("chosen", "rejected")])
@@ -105,8 +107,10 @@ def main() -> None:
                 "mean": sum(s for s, _ in shifts) / len(shifts) if shifts else None,
                 "max": max((s for s, _ in shifts), default=None),
             },
-            "changed_token_count_shift": {"min": min((n for _, n in shifts), default=None),
-                                          "max": max((n for _, n in shifts), default=None)},
+            "changed_token_count_shift": {
+                "min": min((n for _, n in shifts), default=None),
+                "max": max((n for _, n in shifts), default=None),
+            },
         }
         print(label, json.dumps(report[label]), file=sys.stderr)
     with open(args.out, "w") as f:

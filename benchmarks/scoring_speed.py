@@ -29,7 +29,8 @@ Parts:
   states): log p(target) the way cdr computed it before (chunks of 128 positions x the whole vocabulary) against
   tiles of positions x vocabulary slice of several sizes, the shipped one marked; GFLOP/s of each and equality.
 - bestof8: SmolLM2, --bestof-prompts prompts each with the paper recipe's REASONING context (criteria and two
-  exemplar blocks, about 400 tokens with the prompt) and 8 candidate responses; prompt sharing on against off, alternating,
+  exemplar blocks, about 400 tokens with the prompt) and 8 candidate responses; prompt sharing on against off,
+  alternating,
   best of 2, the same scores required.
 """
 
@@ -45,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
@@ -70,8 +72,11 @@ def useful_flops(model, requests) -> tuple[float, dict]:
     config = model.config
     head = model.get_output_embeddings().weight
     embed = model.get_input_embeddings().weight
-    linear = sum(m.weight.numel() for m in model.get_decoder().modules()
-                 if isinstance(m, torch.nn.Linear) and m.weight is not embed)
+    linear = sum(
+        m.weight.numel()
+        for m in model.get_decoder().modules()
+        if isinstance(m, torch.nn.Linear) and m.weight is not embed
+    )
     layers = config.num_hidden_layers
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -107,10 +112,15 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
     if engine == "lm-eval":
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=scorer.backend.model, tokenizer=scorer.tokenizer, batch_size=lm_eval_batch,
-                  max_length=max(len(r.token_ids) for r in requests) + 1)
-        payload = [(("", ""), list(r.token_ids[: r.response_start]), list(r.token_ids[r.response_start :]))
-                   for r in requests]
+        lm = HFLM(
+            pretrained=scorer.backend.model,
+            tokenizer=scorer.tokenizer,
+            batch_size=lm_eval_batch,
+            max_length=max(len(r.token_ids) for r in requests) + 1,
+        )
+        payload = [
+            (("", ""), list(r.token_ids[: r.response_start]), list(r.token_ids[r.response_start :])) for r in requests
+        ]
     load_s = time.time() - t0
     rss_loaded = status_mib("VmRSS")
     t0 = time.time()
@@ -119,13 +129,21 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
     else:
         totals = [float(lp.sum()) for lp in scorer.backend.response_logprobs(requests)]
     seconds = time.time() - t0
-    result = {"model": model_name, "engine": engine, "responses": len(requests),
-              "tokens": sum(len(r.token_ids) for r in requests),
-              "response_tokens": sum(len(r.token_ids) - r.response_start for r in requests),
-              "lengths": [len(r.token_ids) - r.response_start for r in requests],
-              "load_s": load_s, "seconds": seconds, "threads": torch.get_num_threads(),
-              "rss_loaded_mib": rss_loaded, "peak_rss_mib": status_mib("VmHWM"), "totals": totals,
-              "warmup_s": warmup_s}
+    result = {
+        "model": model_name,
+        "engine": engine,
+        "responses": len(requests),
+        "tokens": sum(len(r.token_ids) for r in requests),
+        "response_tokens": sum(len(r.token_ids) - r.response_start for r in requests),
+        "lengths": [len(r.token_ids) - r.response_start for r in requests],
+        "load_s": load_s,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "rss_loaded_mib": rss_loaded,
+        "peak_rss_mib": status_mib("VmHWM"),
+        "totals": totals,
+        "warmup_s": warmup_s,
+    }
     if engine in ("cdr", "lm-eval"):
         result["useful_flops"], result["flop_notes"] = useful_flops(scorer.backend.model, requests)
     if engine == "lm-eval":
@@ -148,9 +166,20 @@ def pair_child(mode: str, n: int, out_path: str) -> None:
     t0 = time.time()
     rewards = [r.reward for r in reward.score(convs)]
     seconds = time.time() - t0
-    Path(out_path).write_text(json.dumps({"mode": mode, "responses": len(convs), "load_s": load_s, "seconds": seconds,
-                                          "rewards_per_s": len(convs) / seconds, "threads": reward.config.strong_options.threads,
-                                          "rewards": rewards, "peak_rss_mib": status_mib("VmHWM")}))
+    Path(out_path).write_text(
+        json.dumps(
+            {
+                "mode": mode,
+                "responses": len(convs),
+                "load_s": load_s,
+                "seconds": seconds,
+                "rewards_per_s": len(convs) / seconds,
+                "threads": reward.config.strong_options.threads,
+                "rewards": rewards,
+                "peak_rss_mib": status_mib("VmHWM"),
+            }
+        )
+    )
 
 
 def run_pair(args) -> list[dict]:
@@ -158,8 +187,11 @@ def run_pair(args) -> list[dict]:
     tmp = Path(args.out).with_suffix(".child.json")
     for mode in ("sequential", "overlap"):
         print(f"  default pair [{mode}] ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, __file__, "--pair-child", mode, str(args.responses), str(tmp)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, __file__, "--pair-child", mode, str(args.responses), str(tmp)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         results.append(json.loads(tmp.read_text()))
     tmp.unlink(missing_ok=True)
     return results
@@ -171,10 +203,17 @@ def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
     import torch
     import torch.nn.functional as F
 
-    out = {"threads": torch.get_num_threads(), "size": size,
-           "cpu_bf16_instructions": any(f in open("/proc/cpuinfo").read() for f in ("avx512_bf16", "amx_bf16"))}
-    cases = (("float32", torch.float32, size, repeats, torch.mm), ("bfloat16", torch.bfloat16, 1024, 2, torch.mm),
-             ("bfloat16_linear", torch.bfloat16, 1024, 3, F.linear), ("float32_linear", torch.float32, 1024, 3, F.linear))
+    out = {
+        "threads": torch.get_num_threads(),
+        "size": size,
+        "cpu_bf16_instructions": any(f in open("/proc/cpuinfo").read() for f in ("avx512_bf16", "amx_bf16")),
+    }
+    cases = (
+        ("float32", torch.float32, size, repeats, torch.mm),
+        ("bfloat16", torch.bfloat16, 1024, 2, torch.mm),
+        ("bfloat16_linear", torch.bfloat16, 1024, 3, F.linear),
+        ("float32_linear", torch.float32, 1024, 3, F.linear),
+    )
     for name, dtype, n, k, op in cases:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         op(a, b)
@@ -183,8 +222,21 @@ def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
     return out
 
 
-def head_tiles(positions: int, tiles=((128, 262144), (256, 4096), (512, 4096), (1024, 4096), (256, 2048),
-                                       (512, 2048), (1024, 2048), (256, 1024), (512, 1024), (1024, 1024))) -> dict:
+def head_tiles(
+    positions: int,
+    tiles=(
+        (128, 262144),
+        (256, 4096),
+        (512, 4096),
+        (1024, 4096),
+        (256, 2048),
+        (512, 2048),
+        (1024, 2048),
+        (256, 1024),
+        (512, 1024),
+        (1024, 1024),
+    ),
+) -> dict:
     """gemma's head shape on random numbers: the old 128-position chunks against (positions x vocabulary) tiles."""
     import torch
     import torch.nn.functional as F
@@ -211,8 +263,15 @@ def head_tiles(positions: int, tiles=((128, 262144), (256, 4096), (512, 4096), (
             tiled(rows_per_tile, width)
             best = min(_timed(lambda r=rows_per_tile, w=width: tiled(r, w)) for _ in range(2))
             diff = float((tiled(rows_per_tile, width) - reference).abs().max())
-            out["tiles"].append({"positions": rows_per_tile, "width": width, "seconds": best,
-                                 "gflops": flops / best / 1e9, "max_abs_diff": diff})
+            out["tiles"].append(
+                {
+                    "positions": rows_per_tile,
+                    "width": width,
+                    "seconds": best,
+                    "gflops": flops / best / 1e9,
+                    "max_abs_diff": diff,
+                }
+            )
     return out
 
 
@@ -256,10 +315,16 @@ def bestof8(n_prompts: int, repeats: int = 2) -> dict:
             seconds[name].append(time.perf_counter() - t0)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(scores["shared"], scores["unshared"]))
     best = {k: min(v) for k, v in seconds.items()}
-    return {"prompts": n_prompts, "responses": len(requests), "mean_prompt_tokens": float(np.mean(prompt_tokens)),
-            "mean_response_tokens": float(np.mean([len(r.token_ids) - r.response_start for r in requests])),
-            "seconds": seconds, "best_s": best, "speedup": best["unshared"] / best["shared"],
-            "max_abs_diff_nats": diff}
+    return {
+        "prompts": n_prompts,
+        "responses": len(requests),
+        "mean_prompt_tokens": float(np.mean(prompt_tokens)),
+        "mean_response_tokens": float(np.mean([len(r.token_ids) - r.response_start for r in requests])),
+        "seconds": seconds,
+        "best_s": best,
+        "speedup": best["unshared"] / best["shared"],
+        "max_abs_diff_nats": diff,
+    }
 
 
 def run_engines(args) -> list[dict]:
@@ -269,28 +334,52 @@ def run_engines(args) -> list[dict]:
         for engine in args.engines.split(","):
             if engine == "cdr-bf16" and model != MODELS[0] and args.bf16_models == "first":
                 continue
-            cmd = [sys.executable, __file__, "--child", model, engine, str(args.responses), str(args.lm_eval_batch), str(tmp)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                model,
+                engine,
+                str(args.responses),
+                str(args.lm_eval_batch),
+                str(tmp),
+            ]
             print(f"  {model} [{engine}] ...", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
-                why = (f"killed by signal {-proc.returncode} (9: out of memory)" if proc.returncode < 0
-                       else proc.stderr.strip().splitlines()[-1])
-                results.append({"model": model, "engine": engine, "error": why,
-                                "lm_eval_batch": args.lm_eval_batch if engine == "lm-eval" else None})
+                why = (
+                    f"killed by signal {-proc.returncode} (9: out of memory)"
+                    if proc.returncode < 0
+                    else proc.stderr.strip().splitlines()[-1]
+                )
+                results.append(
+                    {
+                        "model": model,
+                        "engine": engine,
+                        "error": why,
+                        "lm_eval_batch": args.lm_eval_batch if engine == "lm-eval" else None,
+                    }
+                )
                 continue
             results.append(json.loads(tmp.read_text()))
             r = results[-1]
-            print(f"    {r['seconds']:.1f} s, {r['tokens'] / r['seconds']:.0f} tokens/s, peak {r['peak_rss_mib']:.0f} MiB",
-                  file=sys.stderr, flush=True)
+            print(
+                f"    {r['seconds']:.1f} s, {r['tokens'] / r['seconds']:.0f} tokens/s, peak "
+                f"{r['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
     tmp.unlink(missing_ok=True)
     return results
 
 
 def engine_table(results: list[dict], peak: dict | None) -> list[str]:
-    lines = ["| model | engine | responses | tokens | seconds | tokens/s | time vs lm-eval | peak RSS MiB | "
-             "peak over loaded MiB | max abs diff vs lm-eval, nats/token | useful FLOP/s, % of fp32 peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | engine | responses | tokens | seconds | tokens/s | time vs lm-eval | peak RSS MiB | "
+        "peak over loaded MiB | max abs diff vs lm-eval, nats/token | useful FLOP/s, % of fp32 peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["model"], r["engine"]): r for r in results if "error" not in r}
     for r in results:
         if "error" in r:
@@ -309,9 +398,11 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
         gflops = r.get("matmul_gflops_same_run") or (peak or {}).get("float32_gflops")
         mfu = f"{100 * flops / r['seconds'] / (gflops * 1e9):.0f}%" if flops and gflops else "-"
         engine = f"{r['engine']} (batch {r['lm_eval_batch']})" if r["engine"] == "lm-eval" else r["engine"]
-        lines.append(f"| {r['model']} | {engine} | {r['responses']} | {r['tokens']} | {r['seconds']:.1f} | "
-                     f"{r['tokens'] / r['seconds']:.0f} | {ratio} | {r['peak_rss_mib']:.0f} | "
-                     f"{r['peak_rss_mib'] - r['rss_loaded_mib']:.0f} | {diff_text} | {mfu} |")
+        lines.append(
+            f"| {r['model']} | {engine} | {r['responses']} | {r['tokens']} | {r['seconds']:.1f} | "
+            f"{r['tokens'] / r['seconds']:.0f} | {ratio} | {r['peak_rss_mib']:.0f} | "
+            f"{r['peak_rss_mib'] - r['rss_loaded_mib']:.0f} | {diff_text} | {mfu} |"
+        )
     return lines
 
 
@@ -324,9 +415,11 @@ def compiled_vs_eager(results: list[dict]) -> list[str]:
         if not (eager and compiled) or eager["responses"] != compiled["responses"]:
             continue
         diff = max(abs(a - b) / n for a, b, n in zip(eager["totals"], compiled["totals"], eager["lengths"]))
-        lines.append(f"- {model}: compiled {compiled['seconds']:.1f} s against eager {eager['seconds']:.1f} s "
-                     f"({compiled['seconds'] / eager['seconds']:.2f}x the time) after {compiled['warmup_s']:.1f} s of "
-                     f"compiling on 8 responses; max abs diff {diff:.1e} nats/token")
+        lines.append(
+            f"- {model}: compiled {compiled['seconds']:.1f} s against eager {eager['seconds']:.1f} s "
+            f"({compiled['seconds'] / eager['seconds']:.2f}x the time) after {compiled['warmup_s']:.1f} s of "
+            f"compiling on 8 responses; max abs diff {diff:.1e} nats/token"
+        )
     return lines
 
 
@@ -344,8 +437,10 @@ def bf16_agreement(results: list[dict]) -> list[str]:
         a, b, n = np.array(fp32["totals"]), np.array(bf16["totals"]), np.array(fp32["lengths"])
         rows = len(a) // 2
         same = np.mean([(a[2 * i] > a[2 * i + 1]) == (b[2 * i] > b[2 * i + 1]) for i in range(rows)])
-        lines.append(f"- {model}: bf16 vs fp32 mean abs diff {np.abs(a - b).sum() / n.sum():.4f} nats/token, "
-                     f"single-model decisions agree on {same:.1%} of {rows} rows")
+        lines.append(
+            f"- {model}: bf16 vs fp32 mean abs diff {np.abs(a - b).sum() / n.sum():.4f} nats/token, "
+            f"single-model decisions agree on {same:.1%} of {rows} rows"
+        )
         pair[model] = (a, b, n)
     if len(pair) == 2:
         (sa, sb, sn), (wa, wb, wn) = pair[MODELS[0]], pair[MODELS[1]]
@@ -364,8 +459,11 @@ def ceilings(report: dict) -> list[str]:
     """
     by = {(r["model"], r["engine"]): r for r in report.get("engines", []) if "error" not in r}
     peaks = [r.get("matmul_gflops_same_run") for r in report.get("engines", []) + report.get("pair", [])]
-    peaks += [report.get("matmul", {}).get("float32_gflops"), report.get("matmul_latest", {}).get("float32_gflops"),
-              report.get("head", {}).get("matmul_same_run", {}).get("float32_gflops")]
+    peaks += [
+        report.get("matmul", {}).get("float32_gflops"),
+        report.get("matmul_latest", {}).get("float32_gflops"),
+        report.get("head", {}).get("matmul_same_run", {}).get("float32_gflops"),
+    ]
     if not any(peaks):
         return ["- (no fp32 matmul peak in this report: run with --parts matmul first)"]
     best_peak = max(p for p in peaks if p) * 1e9
@@ -380,18 +478,24 @@ def ceilings(report: dict) -> list[str]:
         if ref:
             peak = (ref.get("matmul_gflops_same_run") or best_peak / 1e9) * 1e9
             share = cdr["useful_flops"] / ref["seconds"] / peak
-            lines.append(f"- {model}: lm-eval ran at {100 * share:.0f}% of its command's fp32 peak; 0.5x its time "
-                         f"needs {200 * share:.0f}% of that peak for the same FLOPs "
-                         f"({200 * share * cdr['response_tokens'] / cdr['tokens']:.0f}% if every prompt token were free)")
+            lines.append(
+                f"- {model}: lm-eval ran at {100 * share:.0f}% of its command's fp32 peak; 0.5x its time "
+                f"needs {200 * share:.0f}% of that peak for the same FLOPs "
+                f"({200 * share * cdr['response_tokens'] / cdr['tokens']:.0f}% if every prompt token were free)"
+            )
     if per_response:
-        lines.append(f"- default pair: {per_response / 1e12:.3f} TFLOP per response counting response positions only; "
-                     f"at the best fp32 peak on record ({best_peak / 1e9:.1f} GFLOP/s) and 100% of it: "
-                     f"{best_peak / per_response:.2f} rewards/s at most")
+        lines.append(
+            f"- default pair: {per_response / 1e12:.3f} TFLOP per response counting response positions only; "
+            f"at the best fp32 peak on record ({best_peak / 1e9:.1f} GFLOP/s) and 100% of it: "
+            f"{best_peak / per_response:.2f} rewards/s at most"
+        )
     if report.get("bestof8"):
         b = report["bestof8"]
         p, r = b["mean_prompt_tokens"], b["mean_response_tokens"]
-        lines.append(f"- best-of-8: token count alone allows {8 * (p + r) / (p + 8 * r):.2f}x "
-                     f"(8 x {p + r:.0f} tokens against {p:.0f} + 8 x {r:.0f})")
+        lines.append(
+            f"- best-of-8: token count alone allows {8 * (p + r) / (p + 8 * r):.2f}x "
+            f"(8 x {p + r:.0f} tokens against {p:.0f} + 8 x {r:.0f})"
+        )
     return lines
 
 
@@ -422,8 +526,10 @@ def main() -> None:
     parts = [] if args.print_only else args.parts.split(",")
     if parts:  # each part keeps the command that last measured it; a run of some parts leaves the others' alone
         command = " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])
-        report["machine"] = {"cpus": os.cpu_count(), "commands": report.get("machine", {}).get("commands", {})
-                             | {part: command for part in parts}}
+        report["machine"] = {
+            "cpus": os.cpu_count(),
+            "commands": report.get("machine", {}).get("commands", {}) | {part: command for part in parts},
+        }
     peak_now = matmul_peak() if "matmul" in parts else None
     if peak_now and ("engines" in parts or "matmul" not in report):
         report["matmul"] = peak_now  # the peak the engine table's FLOP shares are taken against
@@ -435,10 +541,16 @@ def main() -> None:
             r["matmul_gflops_same_run"] = peak_now["float32_gflops"] if peak_now else None
         done = {(r["model"], r["engine"]) for r in fresh}
         report["engines"] = [r for r in report.get("engines", []) if (r["model"], r["engine"]) not in done] + fresh
-        report["engines"].sort(key=lambda r: (MODELS.index(r["model"]), ENGINES.index(r["engine"])
-                                              if r["engine"] in ENGINES else len(ENGINES)))
+        report["engines"].sort(
+            key=lambda r: (
+                MODELS.index(r["model"]),
+                ENGINES.index(r["engine"]) if r["engine"] in ENGINES else len(ENGINES),
+            )
+        )
     if "pair" in parts:
-        report["pair"] = [r | {"matmul_gflops_same_run": peak_now and peak_now["float32_gflops"]} for r in run_pair(args)]
+        report["pair"] = [
+            r | {"matmul_gflops_same_run": peak_now and peak_now["float32_gflops"]} for r in run_pair(args)
+        ]
     if "head" in parts:
         report["head"] = head_tiles(args.head_positions) | {"matmul_same_run": peak_now}
     if "bestof8" in parts:
@@ -449,13 +561,19 @@ def main() -> None:
 
     peak = report.get("matmul")
     if peak_now:
-        print(f"Matmul peak now: fp32 {peak_now['float32_gflops']:.1f} GFLOP/s (mm, {peak_now['size']}^3); at 1024^3 "
-              f"fp32 F.linear {peak_now['float32_linear_gflops']:.1f}, bf16 F.linear {peak_now['bfloat16_linear_gflops']:.1f}, "
-              f"bf16 mm {peak_now['bfloat16_gflops']:.1f} GFLOP/s")
+        print(
+            f"Matmul peak now: fp32 {peak_now['float32_gflops']:.1f} GFLOP/s (mm, {peak_now['size']}^3); at 1024^3 "
+            f"fp32 F.linear {peak_now['float32_linear_gflops']:.1f}, bf16 F.linear "
+            f"{peak_now['bfloat16_linear_gflops']:.1f}, "
+            f"bf16 mm {peak_now['bfloat16_gflops']:.1f} GFLOP/s"
+        )
     if peak:
-        print(f"Matmul peak ({peak['threads']} threads): fp32 {peak['float32_gflops']:.1f} GFLOP/s ({peak['size']}^3), "
-              f"bf16 {peak['bfloat16_gflops']:.1f} GFLOP/s (mm, {'1024' if 'bfloat16_linear_gflops' in peak else '512'}^3; CPU bf16 instructions: "
-              f"{'yes' if peak['cpu_bf16_instructions'] else 'no'})\n")
+        print(
+            f"Matmul peak ({peak['threads']} threads): fp32 {peak['float32_gflops']:.1f} GFLOP/s ({peak['size']}^3), "
+            f"bf16 {peak['bfloat16_gflops']:.1f} GFLOP/s (mm, "
+            f"{'1024' if 'bfloat16_linear_gflops' in peak else '512'}^3; CPU bf16 instructions: "
+            f"{'yes' if peak['cpu_bf16_instructions'] else 'no'})\n"
+        )
     if report.get("engines"):
         print("\n".join(engine_table(report["engines"], peak)) + "\n")
         if agree := bf16_agreement(report["engines"]):
@@ -465,26 +583,42 @@ def main() -> None:
     if report.get("pair"):
         seq, ovl = report["pair"]
         diff = max(abs(a - b) for a, b in zip(seq["rewards"], ovl["rewards"]))
-        print("| default pair, Python API | responses | load s | seconds | rewards/s | peak RSS MiB |\n|---|---|---|---|---|---|")
+        print(
+            "| default pair, Python API | responses | load s | seconds | rewards/s | peak RSS MiB "
+            "|\n|---|---|---|---|---|---|"
+        )
         for r in report["pair"]:
-            print(f"| {r['mode']} (threads per model: {r['threads'] or 'all'}) | {r['responses']} | {r['load_s']:.1f} | "
-                  f"{r['seconds']:.1f} | {r['rewards_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")
-        print(f"\noverlap / sequential time: {ovl['seconds'] / seq['seconds']:.2f}x; max reward difference {diff:.1e}\n")
+            print(
+                f"| {r['mode']} (threads per model: {r['threads'] or 'all'}) | {r['responses']} | {r['load_s']:.1f} | "
+                f"{r['seconds']:.1f} | {r['rewards_per_s']:.2f} | {r['peak_rss_mib']:.0f} |"
+            )
+        print(
+            f"\noverlap / sequential time: {ovl['seconds'] / seq['seconds']:.2f}x; max reward difference {diff:.1e}\n"
+        )
     if report.get("head"):
         h = report["head"]
         old = h["tiles"][0]["seconds"]
-        print(f"LM head alone, {h['positions']} positions x {h['vocab']:,} words x {h['hidden']}:\n"
-              "| tile (positions x words) | seconds | GFLOP/s | time vs 128-position chunks | max abs diff |\n|---|---|---|---|---|")
+        print(
+            f"LM head alone, {h['positions']} positions x {h['vocab']:,} words x {h['hidden']}:\n"
+            "| tile (positions x words) | seconds | GFLOP/s | time vs 128-position chunks | max abs diff "
+            "|\n|---|---|---|---|---|"
+        )
         for t in h["tiles"]:
             name = "128 x all (before)" if t["width"] == h["vocab"] else f"{t['positions']} x {t['width']}"
             name += " (shipped)" if [t["positions"], t["width"]] == h["shipped"] else ""
-            print(f"| {name} | {t['seconds']:.2f} | {t['gflops']:.1f} | {t['seconds'] / old:.2f}x | {t['max_abs_diff']:.1e} |")
+            print(
+                f"| {name} | {t['seconds']:.2f} | {t['gflops']:.1f} | {t['seconds'] / old:.2f}x | "
+                f"{t['max_abs_diff']:.1e} |"
+            )
         print()
     if report.get("bestof8"):
         b = report["bestof8"]
-        print(f"Best-of-8, {b['prompts']} prompts x 8 responses, prompt {b['mean_prompt_tokens']:.0f} tokens, response "
-              f"{b['mean_response_tokens']:.0f} tokens: shared {b['best_s']['shared']:.1f} s, unshared "
-              f"{b['best_s']['unshared']:.1f} s, speed-up x{b['speedup']:.2f}; max abs diff {b['max_abs_diff_nats']:.1e} nats\n")
+        print(
+            f"Best-of-8, {b['prompts']} prompts x 8 responses, prompt {b['mean_prompt_tokens']:.0f} tokens, response "
+            f"{b['mean_response_tokens']:.0f} tokens: shared {b['best_s']['shared']:.1f} s, unshared "
+            f"{b['best_s']['unshared']:.1f} s, speed-up x{b['speedup']:.2f}; max abs diff "
+            f"{b['max_abs_diff_nats']:.1e} nats\n"
+        )
     if report.get("engines"):
         print("What the targets need on this machine:\n" + "\n".join(ceilings(report)))
 

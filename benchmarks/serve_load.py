@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from proc_status import status_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +60,23 @@ def offline_rewards(convs, args) -> list[float]:
         rows = Path(tmp) / "rows.jsonl"
         rows.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
         out = Path(tmp) / "scores.jsonl"
-        subprocess.run([sys.executable, "-m", "cdr.cli", "score", str(rows), "-o", str(out), "--cache", "none", "-q",
-                        *args.reward_args], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cdr.cli",
+                "score",
+                str(rows),
+                "-o",
+                str(out),
+                "--cache",
+                "none",
+                "-q",
+                *args.reward_args,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         return [json.loads(line)["reward"] for line in out.open()]
 
 
@@ -68,10 +84,25 @@ class Server:
     def __init__(self, args, *extra: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", "serve", "--port", str(self.port), "--cache", "none",
-                                      "--log-level", "warning", *args.reward_args, *extra],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cdr.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--cache",
+                "none",
+                "--log-level",
+                "warning",
+                *args.reward_args,
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         deadline = time.time() + 600
         while True:
             if self.proc.poll() is not None or time.time() > deadline:
@@ -116,10 +147,17 @@ def summarize(results, seconds):
     ok = [r for r in results if r[1] == 200]
     lat = sorted(r[2] for r in ok)
     pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
-    return {"requests": len(results), "ok": len(ok), "503": sum(r[1] == 503 for r in results),
-            "other": sum(r[1] not in (200, 503) for r in results), "seconds": seconds,
-            "req_per_s": len(ok) / seconds, "p50_s": pct(0.5), "p99_s": pct(0.99),
-            "mean_s": statistics.fmean(lat) if lat else float("nan")}
+    return {
+        "requests": len(results),
+        "ok": len(ok),
+        "503": sum(r[1] == 503 for r in results),
+        "other": sum(r[1] not in (200, 503) for r in results),
+        "seconds": seconds,
+        "req_per_s": len(ok) / seconds,
+        "p50_s": pct(0.5),
+        "p99_s": pct(0.99),
+        "mean_s": statistics.fmean(lat) if lat else float("nan"),
+    }
 
 
 def openrlhf_rows(n: int, offset: int) -> list[tuple[str, str]]:
@@ -165,8 +203,12 @@ def openrlhf_main(args) -> None:
     from serve_clients import post_batch_0_8, rollout_0_9
 
     server = Server(args, "--max-batch", str(args.max_batch))
-    report = {"samples": args.samples, "reward_args": args.reward_args, "max_batch": args.max_batch,
-              "rss_mib_after_start": round(status_mib("VmRSS", server.proc.pid))}
+    report = {
+        "samples": args.samples,
+        "reward_args": args.reward_args,
+        "max_batch": args.max_batch,
+        "rss_mib_after_start": round(status_mib("VmRSS", server.proc.pid)),
+    }
     offset = 0
     try:
         for shape in args.openrlhf.split(","):
@@ -175,17 +217,28 @@ def openrlhf_main(args) -> None:
             t0 = time.perf_counter()
             with RssSampler(server.proc.pid) as rss:
                 if shape == "sample":
-                    answers, tries, seconds = asyncio.run(rollout_0_9(f"{server.url}/get_reward", rows, args.try_timeout_s))
+                    answers, tries, seconds = asyncio.run(
+                        rollout_0_9(f"{server.url}/get_reward", rows, args.try_timeout_s)
+                    )
                     failed = sum(isinstance(a, Exception) for a in answers)
-                    unscorable = sum(a["extra_logs"]["cdr_unscorable"][0] for a in answers if not isinstance(a, Exception))
+                    unscorable = sum(
+                        a["extra_logs"]["cdr_unscorable"][0] for a in answers if not isinstance(a, Exception)
+                    )
                     n_tries = [len(t) for t in tries]
                     lat = percentiles(seconds)
                 elif shape == "batch":
                     tries_b: list = []
                     try:
-                        body = post_batch_0_8(f"{server.url}/get_reward", {"query": [q for q, _ in rows],
-                                              "prompts": [p for _, p in rows], "labels": [None] * len(rows)},
-                                              args.try_timeout_s, tries_b)
+                        body = post_batch_0_8(
+                            f"{server.url}/get_reward",
+                            {
+                                "query": [q for q, _ in rows],
+                                "prompts": [p for _, p in rows],
+                                "labels": [None] * len(rows),
+                            },
+                            args.try_timeout_s,
+                            tries_b,
+                        )
                         failed = len(rows) - len(body["rewards"])
                         unscorable = sum(body["extra_logs"]["cdr_unscorable"])
                     except RuntimeError:
@@ -194,15 +247,25 @@ def openrlhf_main(args) -> None:
                 else:
                     raise SystemExit(f"--openrlhf: unknown shape {shape!r} (sample, batch)")
             wall = time.perf_counter() - t0
-            report[shape] = {"failed_samples": failed, "unscorable_samples": unscorable, "wall_s": round(wall, 1),
-                             "samples_per_s": round((len(rows) - failed) / wall, 3),
-                             "tries": {str(k): n_tries.count(k) for k in sorted(set(n_tries))},
-                             **lat, "rss_mib_peak": round(rss.peak), "rss_mib_after": round(status_mib("VmRSS", server.proc.pid))}
+            report[shape] = {
+                "failed_samples": failed,
+                "unscorable_samples": unscorable,
+                "wall_s": round(wall, 1),
+                "samples_per_s": round((len(rows) - failed) / wall, 3),
+                "tries": {str(k): n_tries.count(k) for k in sorted(set(n_tries))},
+                **lat,
+                "rss_mib_peak": round(rss.peak),
+                "rss_mib_after": round(status_mib("VmRSS", server.proc.pid)),
+            }
             print(shape, json.dumps(report[shape]), file=sys.stderr, flush=True)
         report["healthy_after"] = httpx.get(f"{server.url}/health").json()["status"] == "ok"
-        report["server_metrics"] = [line for line in httpx.get(f"{server.url}/metrics").text.splitlines()
-                                    if line.startswith(("cdr_result_cache_hits_total", "cdr_client_disconnects_total",
-                                                        "cdr_unscorable_rows_total"))]
+        report["server_metrics"] = [
+            line
+            for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith(
+                ("cdr_result_cache_hits_total", "cdr_client_disconnects_total", "cdr_unscorable_rows_total")
+            )
+        ]
     finally:
         server.stop()
     out = Path(args.out if args.out != DEFAULT_OUT else ROOT / "benchmarks" / "results" / "serve_openrlhf.json")
@@ -222,7 +285,9 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--timeout-s", type=float, default=3600)
     ap.add_argument("--reward-args", default="", help="extra reward options for both score and serve, one string")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="default: results/serve_load.json (serve_openrlhf.json with --openrlhf)")
+    ap.add_argument(
+        "--out", default=DEFAULT_OUT, help="default: results/serve_load.json (serve_openrlhf.json with --openrlhf)"
+    )
     ap.add_argument("--openrlhf", help="OpenRLHF's shapes instead of the load test: sample, batch or sample,batch")
     ap.add_argument("--samples", type=int, default=1024, help="samples per OpenRLHF shape")
     ap.add_argument("--try-timeout-s", type=float, default=180.0, help="OpenRLHF's timeout per try")
@@ -259,23 +324,44 @@ def main() -> None:
     batched_s = summarize(*asyncio.run(drive(server.url, convs, args.compare_requests, args.clients, args.timeout_s)))
     server.stop()
     single_server = Server(args, "--max-batch", "1")
-    single_s = summarize(*asyncio.run(drive(single_server.url, convs, args.compare_requests, args.clients, args.timeout_s)))
+    single_s = summarize(
+        *asyncio.run(drive(single_server.url, convs, args.compare_requests, args.clients, args.timeout_s))
+    )
     single_server.stop()
 
-    report = {"load": load, "max_abs_reward_diff": max(diffs) if diffs else None, "wrong_rewards": wrong,
-              "healthy_after": healthy, "rss_mib": rss, "rss_samples": samples,
-              "batching": {"max_batch": args.max_batch, "batched": batched_s, "batch_size_1": single_s,
-                           "speedup": batched_s["req_per_s"] / single_s["req_per_s"]},
-              "clients": args.clients, "distinct_conversations": len(convs), "reward_args": args.reward_args}
+    report = {
+        "load": load,
+        "max_abs_reward_diff": max(diffs) if diffs else None,
+        "wrong_rewards": wrong,
+        "healthy_after": healthy,
+        "rss_mib": rss,
+        "rss_samples": samples,
+        "batching": {
+            "max_batch": args.max_batch,
+            "batched": batched_s,
+            "batch_size_1": single_s,
+            "speedup": batched_s["req_per_s"] / single_s["req_per_s"],
+        },
+        "clients": args.clients,
+        "distinct_conversations": len(convs),
+        "reward_args": args.reward_args,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print("| run | requests | ok | 503 | other | req/s | p50 s | p99 s |\n|---|---|---|---|---|---|---|---|")
     for name, s in (("load test", load), (f"max batch {args.max_batch}", batched_s), ("max batch 1", single_s)):
-        print(f"| {name} | {s['requests']} | {s['ok']} | {s['503']} | {s['other']} | {s['req_per_s']:.2f} | "
-              f"{s['p50_s']:.2f} | {s['p99_s']:.2f} |")
-    print(f"\nrewards equal to offline `cdr score`: {len(diffs) - wrong}/{len(diffs)} (max abs diff {report['max_abs_reward_diff']:.2e})")
+        print(
+            f"| {name} | {s['requests']} | {s['ok']} | {s['503']} | {s['other']} | {s['req_per_s']:.2f} | "
+            f"{s['p50_s']:.2f} | {s['p99_s']:.2f} |"
+        )
+    print(
+        f"\nrewards equal to offline `cdr score`: {len(diffs) - wrong}/{len(diffs)} (max abs diff "
+        f"{report['max_abs_reward_diff']:.2e})"
+    )
     print(f"batching speed-up: {report['batching']['speedup']:.2f}x; healthy afterwards: {healthy}")
-    print(f"server RSS MiB: after start {rss['after_start']:.0f}, after load {rss['after_load']:.0f}; samples {samples}")
+    print(
+        f"server RSS MiB: after start {rss['after_start']:.0f}, after load {rss['after_load']:.0f}; samples {samples}"
+    )
 
 
 if __name__ == "__main__":

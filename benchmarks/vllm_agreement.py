@@ -85,16 +85,31 @@ def child(model: str, backend: str, dtype: str, responses: int, slice_size: int)
             seconds = time.time() - t0
             f.write(json.dumps({"kind": "slice", "responses": len(part), "tokens": tokens, "seconds": seconds}) + "\n")
             for k, lp in enumerate(out):
-                f.write(json.dumps({"kind": "response", "index": s + k,
-                                    "logprobs": None if isinstance(lp, Exception) else [float(x) for x in lp.logprobs]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "kind": "response",
+                            "index": s + k,
+                            "logprobs": None if isinstance(lp, Exception) else [float(x) for x in lp.logprobs],
+                        }
+                    )
+                    + "\n"
+                )
             f.flush()
-            print(f"{model} {backend}-{dtype}: {s + len(part)}/{responses} responses, {tokens / seconds:.0f} tokens/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{model} {backend}-{dtype}: {s + len(part)}/{responses} responses, {tokens / seconds:.0f} tokens/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def load(model, backend, dtype):
     records = done_records(path_for(model, backend, dtype))
-    lps = {r["index"]: (np.array(r["logprobs"]) if r["logprobs"] is not None else None) for r in records if r["kind"] == "response"}
+    lps = {
+        r["index"]: (np.array(r["logprobs"]) if r["logprobs"] is not None else None)
+        for r in records
+        if r["kind"] == "response"
+    }
     slices = [r for r in records if r["kind"] == "slice"]
     loads = [r["seconds"] for r in records if r["kind"] == "load"]
     return lps, slices, loads
@@ -106,8 +121,18 @@ def report(rows: list[dict]) -> dict:
     for (m, b, d), (_, slices, loads) in data.items():
         if slices:
             tok, sec = sum(s["tokens"] for s in slices), sum(s["seconds"] for s in slices)
-            result["speed"].append({"model": m, "backend": b, "dtype": d, "responses": sum(s["responses"] for s in slices),
-                                    "tokens": tok, "seconds": sec, "tokens_per_s": tok / sec, "load_s": loads})
+            result["speed"].append(
+                {
+                    "model": m,
+                    "backend": b,
+                    "dtype": d,
+                    "responses": sum(s["responses"] for s in slices),
+                    "tokens": tok,
+                    "seconds": sec,
+                    "tokens_per_s": tok / sec,
+                    "load_s": loads,
+                }
+            )
     for b, d in CONFIGS[1:]:
         # rows whose two responses every file involved has finished (responses are computed in order)
         def prefix(lps):
@@ -115,6 +140,7 @@ def report(rows: list[dict]) -> dict:
             while n in lps:
                 n += 1
             return n // 2
+
         n_rows = min([len(rows)] + [prefix(data[(m, x, y)][0]) for m in MODELS for x, y in (("hf", "float32"), (b, d))])
         if n_rows == 0:
             continue
@@ -136,11 +162,17 @@ def report(rows: list[dict]) -> dict:
                 if a is not None and c is not None and x is not None and y is not None:
                     single.append((a.sum() > c.sum()) == (x.sum() > y.sum()))
             allerr = np.concatenate(errs)
-            entry[m] = {"tokens": int(allerr.size), "mean_abs_err_per_token": float(allerr.mean()),
-                        "max_abs_err_per_token": float(allerr.max()), "max_response_mean_err": float(max(per_resp)),
-                        "single_model_decisions_agree": float(np.mean(single))}
-            means[m] = ({i: ref[i].mean() for i in range(2 * n_rows) if ref[i] is not None},
-                        {i: got[i].mean() for i in range(2 * n_rows) if got[i] is not None})
+            entry[m] = {
+                "tokens": int(allerr.size),
+                "mean_abs_err_per_token": float(allerr.mean()),
+                "max_abs_err_per_token": float(allerr.max()),
+                "max_response_mean_err": float(max(per_resp)),
+                "single_model_decisions_agree": float(np.mean(single)),
+            }
+            means[m] = (
+                {i: ref[i].mean() for i in range(2 * n_rows) if ref[i] is not None},
+                {i: got[i].mean() for i in range(2 * n_rows) if got[i] is not None},
+            )
         agree, total = 0, 0
         for r in range(n_rows):
             i, j = 2 * r, 2 * r + 1
@@ -173,8 +205,20 @@ def sampling_child(engine: str, prompts: int, n: int, max_new_tokens: int) -> No
     out = policy.generate(batch, options, seed=0)
     seconds = time.time() - t0
     tokens = sum(len(policy.tokenizer(x, add_special_tokens=False)["input_ids"]) for r in out for x in r)
-    print(json.dumps({"engine": engine, "prompts": prompts, "n": n, "max_new_tokens": max_new_tokens, "load_s": load_s,
-                      "seconds": seconds, "generated_tokens": tokens, "tokens_per_s": tokens / seconds}))
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "prompts": prompts,
+                "n": n,
+                "max_new_tokens": max_new_tokens,
+                "load_s": load_s,
+                "seconds": seconds,
+                "generated_tokens": tokens,
+                "tokens_per_s": tokens / seconds,
+            }
+        )
+    )
 
 
 def cpu_info() -> dict:
@@ -185,8 +229,11 @@ def cpu_info() -> dict:
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = set(fields.get("Flags", "").split())
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx_vnni")
-    return {"model": fields.get("Model name", "").strip(), "cpus": fields.get("CPU(s)", "").strip(),
-            "flags": {f: f in flags for f in wanted}}
+    return {
+        "model": fields.get("Model name", "").strip(),
+        "cpus": fields.get("CPU(s)", "").strip(),
+        "flags": {f: f in flags for f in wanted},
+    }
 
 
 def main() -> None:
@@ -197,8 +244,13 @@ def main() -> None:
     ap.add_argument("--slice", type=int, default=20, help="responses per call (and per saved step)")
     ap.add_argument("--only", choices=[f"{b}-{d}" for b, d in CONFIGS], action="append", help="run only these")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--sampling", nargs=3, type=int, metavar=("PROMPTS", "N", "MAX_NEW_TOKENS"),
-                    help="only measure cdr sample's engines (hf, vllm) on the embedded strong model, float32")
+    ap.add_argument(
+        "--sampling",
+        nargs=3,
+        type=int,
+        metavar=("PROMPTS", "N", "MAX_NEW_TOKENS"),
+        help="only measure cdr sample's engines (hf, vllm) on the embedded strong model, float32",
+    )
     ap.add_argument("--child", nargs=4, metavar=("MODEL", "BACKEND", "DTYPE", "RESPONSES"), help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(OUT), help="folder for the per-response files and the summaries")
     args = ap.parse_args()
@@ -213,8 +265,20 @@ def main() -> None:
     if args.sampling:
         runs = []
         for engine in ("hf", "vllm"):
-            proc = subprocess.run([sys.executable, __file__, "--child", "sampling", engine, *map(str, args.sampling[:1]),
-                                   f"{args.sampling[1]}:{args.sampling[2]}"], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "sampling",
+                    engine,
+                    *map(str, args.sampling[:1]),
+                    f"{args.sampling[1]}:{args.sampling[2]}",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "sampling.json").write_text(json.dumps(runs, indent=2))
@@ -228,8 +292,23 @@ def main() -> None:
                 if args.only and f"{backend}-{dtype}" not in args.only:
                     continue
                 n = args.bf16_rows if dtype == "bfloat16" and args.bf16_rows is not None else args.rows
-                subprocess.run([sys.executable, __file__, "--child", model, backend, dtype, str(2 * min(n, len(rows))),
-                                "--slice", str(args.slice), "--results", str(OUT)], check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        model,
+                        backend,
+                        dtype,
+                        str(2 * min(n, len(rows))),
+                        "--slice",
+                        str(args.slice),
+                        "--results",
+                        str(OUT),
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
     result = report(rows)
     import torch
 

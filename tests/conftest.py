@@ -59,12 +59,22 @@ def build_tiny_llama(tokenizer, path: Path, seed: int, **sizes) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(**{
-        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-        "tie_word_embeddings": False, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": None, **sizes,
-    })
+    config = LlamaConfig(
+        **{
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "tie_word_embeddings": False,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": None,
+            **sizes,
+        }
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -77,12 +87,23 @@ def build_tiny_gemma3(tokenizer, path: Path, seed: int, **sizes) -> Path:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(**{
-        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "max_position_embeddings": 1024,
-        "sliding_window": 16, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": 0, **sizes,
-    })
+    config = Gemma3TextConfig(
+        **{
+            "vocab_size": len(tokenizer),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 8,
+            "max_position_embeddings": 1024,
+            "sliding_window": 16,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": 0,
+            **sizes,
+        }
+    )
     model = Gemma3ForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -116,8 +137,9 @@ def tiny_pair(tiny_strong, tiny_weak):
 def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """The real console entry point in a subprocess."""
     env = {**kwargs.pop("env", os.environ), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "cdr.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "cdr.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+    )
 
 
 def cdr_in_process(*args: str) -> subprocess.CompletedProcess:
@@ -144,8 +166,12 @@ def kill_9_after(args: list[str], state: Path, rows_done: int, timeout: float = 
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "cdr.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdr.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:

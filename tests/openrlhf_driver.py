@@ -1,6 +1,7 @@
 """Drive OpenRLHF's own remote-reward code against a running `cdr serve`; print one JSON report line.
 
-    PYTHONPATH=/tmp/orlhf-0.8.11:tests python tests/openrlhf_driver.py 0.8.11 http://127.0.0.1:8000/get_reward TOKENIZER_DIR
+    PYTHONPATH=/tmp/orlhf-0.8.11:tests python tests/openrlhf_driver.py 0.8.11 \
+        http://127.0.0.1:8000/get_reward TOKENIZER_DIR
 
 OpenRLHF is installed with ``pip install --no-deps --target DIR openrlhf==VERSION``; its code runs as is.
 Stood in, because they cannot run here or are unrelated to the reward call: Ray (``ray.remote`` is the
@@ -44,8 +45,13 @@ def stub_ray() -> None:
     sys.modules["ray"] = ray
 
 
-QUESTIONS = ["What is 2+2?", "Name a colour.", "Tell me a story about a long journey through the mountains and rivers.",
-             "Say nothing.", "Count to three."]
+QUESTIONS = [
+    "What is 2+2?",
+    "Name a colour.",
+    "Tell me a story about a long journey through the mountains and rivers.",
+    "Say nothing.",
+    "Count to three.",
+]
 
 
 def plan(n: int):
@@ -66,8 +72,14 @@ def run_0_8(url: str, tokenizer, n: int) -> dict:
     import torch
 
     stub_ray()
-    stub_packages("openrlhf", "openrlhf.utils", "openrlhf.models", "openrlhf.trainer", "openrlhf.trainer.ppo_utils",
-                  "openrlhf.trainer.ray")
+    stub_packages(
+        "openrlhf",
+        "openrlhf.utils",
+        "openrlhf.models",
+        "openrlhf.trainer",
+        "openrlhf.trainer.ppo_utils",
+        "openrlhf.trainer.ray",
+    )
     launcher = types.ModuleType("openrlhf.trainer.ray.launcher")
     launcher.RayActorGroup = object
     sys.modules["openrlhf.trainer.ray.launcher"] = launcher
@@ -78,19 +90,33 @@ def run_0_8(url: str, tokenizer, n: int) -> dict:
     gen = object.__new__(SamplesGenerator)
     gen.tokenizer = tokenizer
     rows = plan(n)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q, _, _ in rows]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q, _, _ in rows
+    ]
     prompt_max_len = 1024
     prompt_ids = gen.tokenize_fn(prompts, prompt_max_len, padding=False)["input_ids"]
     prompt_ids[2] = prompt_ids[2][:12]  # this sample's prompt hit --prompt_max_len (right-truncated by tokenize_fn)
     samples = []
     for (q, text, eos), ids in zip(rows, prompt_ids):
-        out = (tokenizer(text, add_special_tokens=False)["input_ids"] if text else []) + ([tokenizer.eos_token_id] if eos else [])
+        out = (tokenizer(text, add_special_tokens=False)["input_ids"] if text else []) + (
+            [tokenizer.eos_token_id] if eos else []
+        )
         seq = torch.tensor([ids + out])
-        info = {"response_length": torch.tensor([len(out)]), "total_length": torch.tensor([seq.shape[1]])}  # as 0.8.11 sets
-        samples.append(Experience(sequences=seq, attention_mask=torch.ones_like(seq), prompts=[q], labels=[None], info=info))
-    queries = sum([tokenizer.batch_decode(remove_pad_token(s.sequences, s.attention_mask), skip_special_tokens=False)
-                   for s in samples], [])
+        info = {
+            "response_length": torch.tensor([len(out)]),
+            "total_length": torch.tensor([seq.shape[1]]),
+        }  # as 0.8.11 sets
+        samples.append(
+            Experience(sequences=seq, attention_mask=torch.ones_like(seq), prompts=[q], labels=[None], info=info)
+        )
+    queries = sum(
+        [
+            tokenizer.batch_decode(remove_pad_token(s.sequences, s.attention_mask), skip_special_tokens=False)
+            for s in samples
+        ],
+        [],
+    )
     answer = request_api_wrapper(url, {"query": queries, "prompts": prompts, "labels": [None] * n})
     update_samples_with_rewards([answer], samples)
     crash = False
@@ -99,9 +125,14 @@ def run_0_8(url: str, tokenizer, n: int) -> dict:
     except TypeError:
         crash = True
     rewards = [s.rewards for s in samples if s.rewards is not None and s.rewards.numel() == 1]
-    return {"samples": n, "rewards": len(rewards), "failed": n - len(rewards),
-            "unscorable_reward_rows": sum(float(r) == float(answer["rewards"][3]) for r in rewards),
-            "crash_with_list_extra_logs": crash, "extra_logs": answer["extra_logs"]}
+    return {
+        "samples": n,
+        "rewards": len(rewards),
+        "failed": n - len(rewards),
+        "unscorable_reward_rows": sum(float(r) == float(answer["rewards"][3]) for r in rewards),
+        "crash_with_list_extra_logs": crash,
+        "extra_logs": answer["extra_logs"],
+    }
 
 
 def run_0_11(url: str, tokenizer, n: int) -> dict:
@@ -111,7 +142,9 @@ def run_0_11(url: str, tokenizer, n: int) -> dict:
     vllm = types.ModuleType("vllm")
     vllm.SamplingParams = type("SamplingParams", (), {})
     sys.modules["vllm"] = vllm
-    stub_packages("openrlhf", "openrlhf.utils", "openrlhf.trainer", "openrlhf.trainer.ppo_utils", "openrlhf.trainer.ray")
+    stub_packages(
+        "openrlhf", "openrlhf.utils", "openrlhf.trainer", "openrlhf.trainer.ppo_utils", "openrlhf.trainer.ray"
+    )
     engine_mod = types.ModuleType("openrlhf.trainer.ray.vllm_engine")
     engine_mod.batch_vllm_engine_call = None
     sys.modules["openrlhf.trainer.ray.vllm_engine"] = engine_mod
@@ -132,12 +165,16 @@ def run_0_11(url: str, tokenizer, n: int) -> dict:
             ids = (tokenizer(text, add_special_tokens=False)["input_ids"] if text else [])[: params.max_tokens]
             if eos:
                 ids = ids + [tokenizer.eos_token_id]
-            out = types.SimpleNamespace(token_ids=ids, finish_reason="stop" if eos else "length", logprobs=None, text="")
+            out = types.SimpleNamespace(
+                token_ids=ids, finish_reason="stop" if eos else "length", logprobs=None, text=""
+            )
             await asyncio.sleep(0)
             return types.SimpleNamespace(outputs=[out])
 
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-               for q, _, _ in rows]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q, _, _ in rows
+    ]
     executor = SingleTurnAgentExecutor(remote_rm_url=url)
     max_tokens = 16
 
@@ -155,12 +192,17 @@ def run_0_11(url: str, tokenizer, n: int) -> dict:
     merged = Experience.concat_experiences(experiences, tokenizer.pad_token_id or 0)
     failed = sum(o["reward"] is None for o in outputs)
     flags = [o["extra_logs"].get("cdr_unscorable", [None])[0] for o in outputs]
-    return {"samples": n, "rewards": int(merged.rewards.numel()) if merged.rewards is not None else 0, "failed": failed,
-            "unscorable": flags[:5], "unscorable_rows": sum(f == 1.0 for f in flags),
-            "no_eos": [o["extra_logs"].get("cdr_no_eos", [None])[0] for o in outputs[:5]],
-            "truncated": [o["truncated"] for o in outputs[:5]],
-            "merged_info_keys": sorted(merged.info) if isinstance(merged.info, dict) else None,
-            "reward_dtype": str(merged.rewards.dtype) if isinstance(merged.rewards, torch.Tensor) else None}
+    return {
+        "samples": n,
+        "rewards": int(merged.rewards.numel()) if merged.rewards is not None else 0,
+        "failed": failed,
+        "unscorable": flags[:5],
+        "unscorable_rows": sum(f == 1.0 for f in flags),
+        "no_eos": [o["extra_logs"].get("cdr_no_eos", [None])[0] for o in outputs[:5]],
+        "truncated": [o["truncated"] for o in outputs[:5]],
+        "merged_info_keys": sorted(merged.info) if isinstance(merged.info, dict) else None,
+        "reward_dtype": str(merged.rewards.dtype) if isinstance(merged.rewards, torch.Tensor) else None,
+    }
 
 
 def main() -> None:

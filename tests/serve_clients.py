@@ -28,15 +28,17 @@ SLEEP_S = 1.0
 _SSL = ssl.create_default_context()  # built once: building one per client costs ~10 ms of CPU each
 
 
-def post_batch_0_8(url: str, data: dict, timeout_s: float = TIMEOUT_S, tries: list | None = None,
-                   try_max_times: int = TRY_MAX_TIMES) -> dict:
+def post_batch_0_8(
+    url: str, data: dict, timeout_s: float = TIMEOUT_S, tries: list | None = None, try_max_times: int = TRY_MAX_TIMES
+) -> dict:
     """``request_api_wrapper``: requests' timeout is per socket operation, as httpx's connect/read/write are."""
     tries = [] if tries is None else tries
     for _ in range(try_max_times):
         response = None
         try:
-            response = httpx.post(url, json=data, headers={"Content-Type": "application/json"},
-                                  timeout=httpx.Timeout(timeout_s))
+            response = httpx.post(
+                url, json=data, headers={"Content-Type": "application/json"}, timeout=httpx.Timeout(timeout_s)
+            )
             tries.append(response.status_code)
             response.raise_for_status()
             return response.json()
@@ -47,8 +49,9 @@ def post_batch_0_8(url: str, data: dict, timeout_s: float = TIMEOUT_S, tries: li
     raise RuntimeError(f"Request error for {try_max_times} times, returning None. Please check the API server.")
 
 
-async def post_sample_0_9(url: str, data: dict, timeout_s: float = TIMEOUT_S, tries: list | None = None,
-                          try_max_times: int = TRY_MAX_TIMES) -> dict:
+async def post_sample_0_9(
+    url: str, data: dict, timeout_s: float = TIMEOUT_S, tries: list | None = None, try_max_times: int = TRY_MAX_TIMES
+) -> dict:
     """``_post_request``: a fresh client (connection) per try; the total timeout covers connecting, queueing
     in the server and reading the answer."""
     tries = [] if tries is None else tries

@@ -10,8 +10,12 @@ from cdr.pipelines.runner import ChunkContext
 
 def ctx(reports=None):
     reports = [] if reports is None else reports
-    return ChunkContext(report=lambda err, skip_row=True: reports.append((err, skip_row)),
-                        note=lambda *a: None, counts=Counter(), advance=lambda n: None)
+    return ChunkContext(
+        report=lambda err, skip_row=True: reports.append((err, skip_row)),
+        note=lambda *a: None,
+        counts=Counter(),
+        advance=lambda n: None,
+    )
 
 
 def parse(data, reports=None):
@@ -78,5 +82,5 @@ def test_duplicates_are_dropped_and_reported():
     reports = []
     row = parse({"prompt": "Hi?", "responses": ["a", "b", "a", "c"]}, reports)
     assert row.candidates == ("a", "b", "c") and row.indices == (0, 1, 3)
-    (err, skip_row), = reports
+    ((err, skip_row),) = reports
     assert err.kind == "duplicate candidates" and err.field == "responses[2]" and not skip_row

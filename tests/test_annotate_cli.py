@@ -12,8 +12,16 @@ def candidate_rows(n):
     for i in range(n):
         answers = [f"Answer {j} to question {i}. " * (1 + (i + j) % 4) for j in range(4)]
         if i % 4 == 0:
-            out.append({"id": i, "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {i}?"}],
-                        "responses": answers})
+            out.append(
+                {
+                    "id": i,
+                    "prompt": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": f"Question {i}?"},
+                    ],
+                    "responses": answers,
+                }
+            )
         elif i % 4 == 1:
             out.append({"id": i, "prompt": f"Question {i}?", "response_a": answers[0], "response_b": answers[1]})
         else:
@@ -54,7 +62,10 @@ def test_dataset_and_parquet_outputs_load_with_datasets(tmp_path, tiny_strong, t
     import datasets
 
     src = write_jsonl(tmp_path / "in.jsonl", candidate_rows(4))
-    assert cdr_in_process("annotate", str(src), "-o", str(tmp_path / "ds"), *pair_args(tiny_strong, tiny_weak)).returncode == 0
+    assert (
+        cdr_in_process("annotate", str(src), "-o", str(tmp_path / "ds"), *pair_args(tiny_strong, tiny_weak)).returncode
+        == 0
+    )
     ds = datasets.load_from_disk(str(tmp_path / "ds"))
     assert {"prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected"} <= set(ds.column_names)
     assert ds[0]["chosen"][0]["role"] == "assistant"
@@ -95,20 +106,35 @@ def test_bad_rows_counted_by_kind_and_fail_mode(tmp_path, tiny_strong, tiny_weak
     assert proc.returncode == 0, proc.stderr
     assert "skipped by kind: empty text 1, no user turn 1, too few candidates 1, wrong type 1" in proc.stdout
     assert "duplicates_dropped: 1" in proc.stdout
-    for fragment in ("line 2, field 'responses[0]': expected 2 or more", "line 3, field 'responses[1]'",
-                     "line 4, field 'prompt': the prompt has no user turn", "line 5, field 'responses[2]': duplicates responses[0]",
-                     "line 6, field 'responses[1]': expected a string, got NoneType"):
+    for fragment in (
+        "line 2, field 'responses[0]': expected 2 or more",
+        "line 3, field 'responses[1]'",
+        "line 4, field 'prompt': the prompt has no user turn",
+        "line 5, field 'responses[2]': duplicates responses[0]",
+        "line 6, field 'responses[1]': expected a string, got NoneType",
+    ):
         assert fragment in proc.stderr
-    fail = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "f.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
+    fail = cdr_in_process(
+        "annotate", str(src), "-o", str(tmp_path / "f.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak)
+    )
     assert fail.returncode == 2 and "line 2, field 'responses[0]'" in fail.stderr and "Traceback" not in fail.stderr
 
 
 def test_cache_makes_a_second_strategy_free(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", candidate_rows(6))
     cache = str(tmp_path / "cache.sqlite")
-    first = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "a.jsonl"), *pair_args(tiny_strong, tiny_weak, cache))
+    first = cdr_in_process(
+        "annotate", str(src), "-o", str(tmp_path / "a.jsonl"), *pair_args(tiny_strong, tiny_weak, cache)
+    )
     assert first.returncode == 0 and ", 0 computed" not in first.stdout
-    second = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "b.jsonl"), "--strategy", "all-pairs",
-                     *pair_args(tiny_strong, tiny_weak, cache))
+    second = cdr_in_process(
+        "annotate",
+        str(src),
+        "-o",
+        str(tmp_path / "b.jsonl"),
+        "--strategy",
+        "all-pairs",
+        *pair_args(tiny_strong, tiny_weak, cache),
+    )
     assert second.returncode == 0, second.stderr
     assert "log-prob cache: " in second.stdout and ", 0 computed" in second.stdout

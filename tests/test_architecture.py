@@ -9,8 +9,10 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 # docs/architecture.md, "Layer rules": a module may import its own layer and the ones before it in this list
 LAYERS = [
-    ("leaves", ["cdr.errors", "cdr._version", "cdr.log", "cdr.variants", "cdr.options", "cdr.plots",
-                "cdr.gguf_tokenizer"]),
+    (
+        "leaves",
+        ["cdr.errors", "cdr._version", "cdr.log", "cdr.variants", "cdr.options", "cdr.plots", "cdr.gguf_tokenizer"],
+    ),
     ("data", ["cdr.conversation", "cdr.data", "cdr.recipes", "cdr.rendering", "cdr.span"]),
     ("models", ["cdr.models", "cdr.backends", "cdr.cache", "cdr.generation"]),
     ("reward", ["cdr.config", "cdr.reward", "cdr.rewardbench"]),
@@ -33,16 +35,22 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
     module, else cdr.x)."""
     out: set[str] = set()
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                 for stmt in block.body for n in ast.walk(stmt)}
+    type_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and _is_type_checking(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         if id(node) in type_only:  # `if TYPE_CHECKING:` imports are for annotations, never run
             continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         else:
             continue
         out.update(n for n in names if n == "cdr" or n.startswith("cdr."))
@@ -50,8 +58,9 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def layer_of(module: str) -> int:
@@ -93,7 +102,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for dep in sorted(edges[node]):
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+                cycles.append(" -> ".join(path[path.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, path + [dep])
         state[node] = "done"

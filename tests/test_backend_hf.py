@@ -14,7 +14,7 @@ def naive_logprobs(model, request):
     ids = torch.tensor([request.token_ids])
     with torch.no_grad():
         logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
-    targets = ids[0, request.response_start:]
+    targets = ids[0, request.response_start :]
     return logp[request.response_start - 1 : -1].gather(1, targets[:, None])[:, 0].double().numpy()
 
 
@@ -73,7 +73,9 @@ def test_lm_head_sees_response_positions_only(tiny_weak, monkeypatch):
     backend = TransformersBackend(resolve_model(str(tiny_weak)), BackendOptions(batch_tokens=100_000))
     tiles = []
     original = backend._logit_tile
-    backend._logit_tile = lambda hidden, start, stop: tiles.append((hidden.shape[0], start, stop)) or original(hidden, start, stop)
+    backend._logit_tile = lambda hidden, start, stop: (
+        tiles.append((hidden.shape[0], start, stop)) or original(hidden, start, stop)
+    )
     reqs = requests_for(backend.vocab_size, LENGTHS)
     got = backend.response_logprobs(reqs)
     responses = sum(len(r.token_ids) - r.response_start for r in reqs)
@@ -109,8 +111,10 @@ def test_prompt_sharing_equals_scoring_each_response_alone(which, request):
     shared = TransformersBackend(resolve_model(path), BackendOptions(batch_tokens=400))
     rng = np.random.default_rng(3)
     prompt = tuple(int(t) for t in rng.integers(3, shared.vocab_size, MIN_SHARED_PROMPT + 30))
-    reqs = [LogprobRequest(prompt + tuple(int(t) for t in rng.integers(3, shared.vocab_size, n)), len(prompt))
-            for n in (1, 9, 40, 17, 3)]
+    reqs = [
+        LogprobRequest(prompt + tuple(int(t) for t in rng.integers(3, shared.vocab_size, n)), len(prompt))
+        for n in (1, 9, 40, 17, 3)
+    ]
     reqs.append(requests_for(shared.vocab_size, [(30, 5)])[0])  # a row of its own goes the usual way
     calls = []
     original = shared._score_shared

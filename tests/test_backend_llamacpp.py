@@ -18,8 +18,13 @@ from cdr.reward import ModelScorer  # noqa: E402
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital of France? Answer in one sentence."
-ANSWERS = ["The capital of France is Paris.", "Paris.", "The capital of France is Berlin, a city on the Seine.",
-           "I think it might be Lyon, but I am not sure.", "Paris is the capital and largest city of France."]
+ANSWERS = [
+    "The capital of France is Paris.",
+    "Paris.",
+    "The capital of France is Berlin, a city on the Seine.",
+    "I think it might be Lyon, but I am not sure.",
+    "Paris is the capital and largest city of France.",
+]
 
 
 @pytest.fixture(scope="module")

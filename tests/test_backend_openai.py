@@ -20,11 +20,11 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
-from conftest import free_port, running  # noqa: E402
 from cdr import DensityRatio  # noqa: E402
 from cdr.backends import BackendOptions, LogprobRequest  # noqa: E402
 from cdr.backends.openai import OpenAICompletionsBackend, ServerError, parse_prompt_logprobs  # noqa: E402
 from cdr.models import resolve_model  # noqa: E402
+from conftest import free_port, running  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -57,8 +57,12 @@ def vllm_choice(ids, lps):
     dicts, the sampled top-1 first and the prompt's own token possibly later."""
     table = [None]
     for pos in range(1, len(ids)):
-        table.append({"7": {"logprob": -0.01, "rank": 1, "decoded_token": "x"},
-                      str(ids[pos]): {"logprob": lps[pos - 1], "rank": 3, "decoded_token": "y"}})
+        table.append(
+            {
+                "7": {"logprob": -0.01, "rank": 1, "decoded_token": "x"},
+                str(ids[pos]): {"logprob": lps[pos - 1], "rank": 3, "decoded_token": "y"},
+            }
+        )
     return {"index": 0, "text": "", "logprobs": None, "prompt_logprobs": table, "finish_reason": "length"}
 
 
@@ -75,9 +79,14 @@ def test_vllm_prompt_logprobs_are_read_by_token_id_not_position():
 
 
 def test_echo_token_logprobs_shape_and_token_check():
-    choice = {"logprobs": {"tokens": ["token_id:1", "token_id:5", "token_id:9", "token_id:3"],
-                           "token_logprobs": [None, -0.5, -0.25, -4.0], "top_logprobs": [None, {}, {}, {}],
-                           "text_offset": [0, 1, 2, 3]}}
+    choice = {
+        "logprobs": {
+            "tokens": ["token_id:1", "token_id:5", "token_id:9", "token_id:3"],
+            "token_logprobs": [None, -0.5, -0.25, -4.0],
+            "top_logprobs": [None, {}, {}, {}],
+            "text_offset": [0, 1, 2, 3],
+        }
+    }
     assert parse_prompt_logprobs(choice, [1, 5, 9]) == [None, -0.5, -0.25]  # the generated 4th token is ignored
     with pytest.raises(ServerError, match="differ from the ones sent"):
         parse_prompt_logprobs(choice, [1, 5, 8])
@@ -93,11 +102,20 @@ def test_against_cdr_serve_equals_the_in_process_backend(tiny_pair, tiny_strong,
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, atol=1e-5)
         # the whole reward through the HTTP path equals the in-process reward
-        convs = [[{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": c}]
-                 for c in ("Blue.", "The sky is blue and grass is green.")]
-        via_http = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", backend="openai",
-                                strong_url=f"{url}/v1", weak_url=f"{url}/v1", strong_served_model="strong",
-                                weak_served_model="weak").score(convs)
+        convs = [
+            [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": c}]
+            for c in ("Blue.", "The sky is blue and grass is green.")
+        ]
+        via_http = DensityRatio(
+            strong=str(tiny_strong),
+            weak=str(tiny_weak),
+            cache="none",
+            backend="openai",
+            strong_url=f"{url}/v1",
+            weak_url=f"{url}/v1",
+            strong_served_model="strong",
+            weak_served_model="weak",
+        ).score(convs)
         local = tiny_pair.score(convs)
         assert [r.reward for r in via_http] == pytest.approx([r.reward for r in local], abs=1e-4)
         assert via_http[0].strong_tokens == local[0].strong_tokens
@@ -129,7 +147,8 @@ def test_gives_up_with_a_clear_message(tiny_strong):
         assert len(calls) == 1  # a 4xx is not retried
     with pytest.raises(ServerError, match="ConnectError"):
         openai_backend(tiny_strong, f"http://127.0.0.1:{free_port()}/v1", retries=1).response_logprobs(
-            [LogprobRequest((1, 2, 3), 1)])
+            [LogprobRequest((1, 2, 3), 1)]
+        )
 
 
 def test_llama_server_without_prompt_logprobs_is_refused(tiny_strong):

@@ -38,10 +38,12 @@ def test_engine_turns_prefix_caching_off_and_passes_parallelism():
 
 def test_offline_prompt_logprobs_looked_up_by_id():
     ids = (11, 22, 33, 44)
-    table = [None,
-             {99: Logprob(-0.1, 1), 22: Logprob(-2.0, 5)},  # the prompt token is not the top-1
-             {33: Logprob(-0.5, 1)},
-             {7: Logprob(-0.2, 1), 44: Logprob(-3.0, 9)}]
+    table = [
+        None,
+        {99: Logprob(-0.1, 1), 22: Logprob(-2.0, 5)},  # the prompt token is not the top-1
+        {33: Logprob(-0.5, 1)},
+        {7: Logprob(-0.2, 1), 44: Logprob(-3.0, 9)},
+    ]
     assert list(prompt_token_logprobs(table, ids, 2)) == [-0.5, -3.0]
     assert list(prompt_token_logprobs(table, ids, 1)) == [-2.0, -0.5, -3.0]
     with pytest.raises(CdrError, match="lacks the prompt's own token 44"):
@@ -54,6 +56,7 @@ def test_without_vllm_installed_the_error_says_how_to_get_it():
     pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
+
         pytest.skip("vLLM is installed")
     except ImportError:
         pass

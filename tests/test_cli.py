@@ -18,10 +18,23 @@ def rows(n):
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
         if i % 3 == 0:
-            out.append({"id": i, "messages": [{"role": "user", "content": f"Tell me about {topic}."},
-                                              {"role": "assistant", "content": f"{topic} is a country. " * (1 + i % 5)}]})
+            out.append(
+                {
+                    "id": i,
+                    "messages": [
+                        {"role": "user", "content": f"Tell me about {topic}."},
+                        {"role": "assistant", "content": f"{topic} is a country. " * (1 + i % 5)},
+                    ],
+                }
+            )
         else:
-            out.append({"id": i, "prompt": f"What is the capital of {topic}? ({i})", "response": "I believe it is the city on the river. " * (1 + i % 4)})
+            out.append(
+                {
+                    "id": i,
+                    "prompt": f"What is the capital of {topic}? ({i})",
+                    "response": "I believe it is the city on the river. " * (1 + i % 4),
+                }
+            )
     return out
 
 
@@ -62,7 +75,9 @@ def test_score_other_formats(tmp_path, tiny_strong, tiny_weak, fmt):
     if fmt == "parquet":
         table = pq.read_table(out).to_pylist()
         # and Parquet in: score the Parquet output again as input
-        again = cdr_in_process("score", str(out), "-o", str(tmp_path / "again.jsonl"), *pair_args(tiny_strong, tiny_weak))
+        again = cdr_in_process(
+            "score", str(out), "-o", str(tmp_path / "again.jsonl"), *pair_args(tiny_strong, tiny_weak)
+        )
         assert again.returncode == 0, again.stderr
         assert len(read_jsonl(tmp_path / "again.jsonl")) == 4
     else:
@@ -92,7 +107,9 @@ def test_kill_9_then_resume_gives_identical_output(tmp_path, tiny_strong, tiny_w
     assert final.returncode == 0, final.stderr
     assert "resuming" in final.stderr
     assert out.read_bytes() == reference.read_bytes()
-    assert (tmp_path / "out.jsonl.errors.jsonl").read_bytes() == (tmp_path / "reference.jsonl.errors.jsonl").read_bytes()
+    assert (tmp_path / "out.jsonl.errors.jsonl").read_bytes() == (
+        tmp_path / "reference.jsonl.errors.jsonl"
+    ).read_bytes()
     assert "rows: 91  scored: 90  skipped: 1" in final.stdout
 
 
@@ -123,15 +140,22 @@ def test_malformed_rows_reported_with_line_numbers(tmp_path, tiny_strong, tiny_w
         assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "rows: 8  scored: 1  skipped: 7" in proc.stdout
-    assert "skipped by kind: bad JSON 1, bad role 2, empty text 1, missing field 1, not UTF-8 1, wrong type 1" in proc.stdout
+    assert (
+        "skipped by kind: bad JSON 1, bad role 2, empty text 1, missing field 1, not UTF-8 1, wrong type 1"
+        in proc.stdout
+    )
     reports = read_jsonl(tmp_path / "out.jsonl.errors.jsonl")
     assert [r["location"] for r in reports] == [f"line {i}" for i in range(2, 9)]
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 1
 
 
 def test_on_error_fail_stops_with_the_row(tmp_path, tiny_strong, tiny_weak):
-    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Hi?", "response": "Hello."}, {"prompt": "Hi?", "response": 3}])
-    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak))
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"prompt": "Hi?", "response": "Hello."}, {"prompt": "Hi?", "response": 3}]
+    )
+    proc = cdr_in_process(
+        "score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", "fail", *pair_args(tiny_strong, tiny_weak)
+    )
     assert proc.returncode == 2
     assert "cdr: error: line 2, field 'response': expected a string, got int" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -145,7 +169,9 @@ def test_user_errors_are_one_line(tmp_path, tiny_strong, tiny_weak):
     cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvarient: sum\n")
     proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg))
     assert proc.returncode == 2 and "line 3: unknown key 'varient'" in proc.stderr
-    proc = cdr_in_process("score", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process(
+        "score", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), *pair_args(tiny_strong, tiny_weak)
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -153,7 +179,9 @@ def test_config_file_and_flags(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"strong: {tiny_strong}\nweak: {tiny_weak}\nvariant: sum\nrendering: shared\ncache: none\n")
-    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--variant", "mean_diff")
+    proc = cdr_in_process(
+        "score", str(src), "-o", str(tmp_path / "o.jsonl"), "--config", str(cfg), "--variant", "mean_diff"
+    )
     assert proc.returncode == 0, proc.stderr
     r = read_jsonl(tmp_path / "o.jsonl")[0]
     assert r["cdr_variant"] == "mean_diff" and r["cdr_rendering"] == "shared"  # the flag wins over the file
@@ -168,22 +196,44 @@ def test_speed_flags_reach_the_config(tmp_path):
     parser = argparse.ArgumentParser()
     add_reward_options(parser)
     default = reward_config(parser.parse_args([]))
-    assert (default.overlap, default.strong_options.prompt_sharing, default.weak_options.prompt_sharing) == (False, True, True)
+    assert (default.overlap, default.strong_options.prompt_sharing, default.weak_options.prompt_sharing) == (
+        False,
+        True,
+        True,
+    )
     config = reward_config(parser.parse_args(["--overlap", "--no-prompt-sharing"]))
     assert config.overlap is True and config.strong_options.prompt_sharing is False
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("overlap: true\nprompt_sharing: false\n")
     from_file = reward_config(parser.parse_args(["--config", str(cfg)]))
-    assert from_file.overlap is True and from_file.weak_options.prompt_sharing is False  # absent flags do not override the file
+    assert (
+        from_file.overlap is True and from_file.weak_options.prompt_sharing is False
+    )  # absent flags do not override the file
 
 
 def test_hub_model_offline_is_a_clear_error(tmp_path, tiny_weak):
     """The hub loading path is real code; offline it must fail with a message, not a traceback."""
     src = write_jsonl(tmp_path / "in.jsonl", rows(1))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cdr.cli", "score", str(src), "-o", str(tmp_path / "o.jsonl"),
-                           "--strong", "cdr-test-org/no-such-model", "--weak", str(tiny_weak)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdr.cli",
+            "score",
+            str(src),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+            "--strong",
+            "cdr-test-org/no-such-model",
+            "--weak",
+            str(tiny_weak),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "could not load the tokenizer of 'cdr-test-org/no-such-model'" in proc.stderr
     assert "Traceback" not in proc.stderr

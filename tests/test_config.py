@@ -8,7 +8,7 @@ import pytest
 from cdr.backends import BACKENDS
 from cdr.backends.base import BackendOptions
 from cdr.cli import add_reward_options, build_parser, reward_config
-from cdr.config import RewardConfig, flat_options
+from cdr.config import RewardConfig
 from cdr.errors import CdrError
 from conftest import cdr_in_process, write_jsonl
 
@@ -21,13 +21,16 @@ def parse(*argv):
     return reward_config(parser.parse_args(list(argv)))
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
-    (["--device", "gpu"], "device (--device) must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
-    (["--threads", "0"], "threads (--threads) must be a whole number >= 1, got 0"),
-    (["--variant", "median"], "--variant: invalid choice: 'median'"),
-    (["--batch-tokens", "many"], "--batch-tokens: invalid int value: 'many'"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
+        (["--device", "gpu"], "device (--device) must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+        (["--threads", "0"], "threads (--threads) must be a whole number >= 1, got 0"),
+        (["--variant", "median"], "--variant: invalid choice: 'median'"),
+        (["--batch-tokens", "many"], "--batch-tokens: invalid int value: 'many'"),
+    ],
+)
 def test_bad_flag_values_are_one_line_naming_the_flag(tmp_path, argv, fragment):
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)
     proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), *argv)
@@ -46,15 +49,18 @@ def test_backend_help_lists_every_backend():
         assert name in backend_help, backend_help
 
 
-@pytest.mark.parametrize("yaml_text,fragment", [
-    ("plain_format: 3\n", "plain_format must be a mapping"),
-    ("plain_format:\n  usr: '{content}'\n", "plain_format: unknown key 'usr'"),
-    ("plain_format:\n  user: 7\n", "plain_format.user must be a string, got 7"),
-    ("dtype: fp16\n", "dtype (--dtype) must be one of"),
-    ("device: gpu\n", "device (--device) must be"),
-    ("remote_retries: -1\n", "remote_retries (--remote-retries) must be a whole number >= 0, got -1"),
-    ("variant: sum\nvarient: sum\n", "line 2: unknown key 'varient'"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,fragment",
+    [
+        ("plain_format: 3\n", "plain_format must be a mapping"),
+        ("plain_format:\n  usr: '{content}'\n", "plain_format: unknown key 'usr'"),
+        ("plain_format:\n  user: 7\n", "plain_format.user must be a string, got 7"),
+        ("dtype: fp16\n", "dtype (--dtype) must be one of"),
+        ("device: gpu\n", "device (--device) must be"),
+        ("remote_retries: -1\n", "remote_retries (--remote-retries) must be a whole number >= 0, got -1"),
+        ("variant: sum\nvarient: sum\n", "line 2: unknown key 'varient'"),
+    ],
+)
 def test_bad_yaml_values_are_one_line_naming_the_file_and_option(tmp_path, yaml_text, fragment):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml_text)
@@ -83,8 +89,14 @@ def test_python_api_checks_the_same_way():
 
 
 def test_backend_options_reach_each_side():
-    config = RewardConfig.from_flat(strong_url="http://s:1", weak_url="http://w:2", remote_timeout_s=7.5,
-                                    remote_retries=0, tensor_parallel_size=2, dtype="bfloat16")
+    config = RewardConfig.from_flat(
+        strong_url="http://s:1",
+        weak_url="http://w:2",
+        remote_timeout_s=7.5,
+        remote_retries=0,
+        tensor_parallel_size=2,
+        dtype="bfloat16",
+    )
     strong, weak = config.options_for("strong"), config.options_for("weak")
     assert (strong.url, weak.url) == ("http://s:1", "http://w:2")
     assert strong.timeout_s == weak.timeout_s == 7.5 and strong.retries == weak.retries == 0
@@ -114,8 +126,9 @@ def test_flat_round_trips_and_names_sides_only_when_they_differ():
 def test_cli_flags_are_made_from_the_fields():
     default = parse()
     assert default == RewardConfig()
-    config = parse("--remote-timeout-s", "9", "--tensor-parallel-size", "2", "--weak-url", "http://w:2",
-                   "--exclude-eot")
+    config = parse(
+        "--remote-timeout-s", "9", "--tensor-parallel-size", "2", "--weak-url", "http://w:2", "--exclude-eot"
+    )
     assert config.weak_options.timeout_s == 9 and config.strong_options.tensor_parallel_size == 2
     assert config.weak_options.url == "http://w:2" and config.strong_options.url is None
     assert config.include_eot is False

@@ -16,14 +16,17 @@ def write(path, lines: list[bytes]):
 
 
 def test_jsonl_bad_lines_keep_line_numbers(tmp_path):
-    path = write(tmp_path / "in.jsonl", [
-        json.dumps(GOOD).encode(),
-        b"",  # blank lines are not rows but keep the numbering honest
-        b'{"prompt": "unterminated',
-        b'{"prompt": "caf\xe9", "response": "x"}',  # latin-1 byte, not UTF-8
-        b"[1, 2]",
-        json.dumps(GOOD).encode(),
-    ])
+    path = write(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps(GOOD).encode(),
+            b"",  # blank lines are not rows but keep the numbering honest
+            b'{"prompt": "unterminated',
+            b'{"prompt": "caf\xe9", "response": "x"}',  # latin-1 byte, not UTF-8
+            b"[1, 2]",
+            json.dumps(GOOD).encode(),
+        ],
+    )
     rows = list(iter_rows(path))
     assert [r.location for r in rows] == ["line 1", "line 3", "line 4", "line 5", "line 6"]
     assert [r.index for r in rows] == [0, 1, 2, 3, 4]
@@ -42,7 +45,11 @@ def test_jsonl_bad_lines_keep_line_numbers(tmp_path):
         ({"other": 1}, "messages", "expected 'messages', or 'prompt' and 'response'"),
         ({"prompt": "Hi?", "response": 5}, "response", "got int"),
         ({"messages": [{"role": "user", "content": "Hi"}]}, "messages[0].role", "must be 'assistant'"),
-        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 7}]}, "messages[1].content", "got int"),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 7}]},
+            "messages[1].content",
+            "got int",
+        ),
     ],
 )
 def test_row_errors_name_location_and_field(tmp_path, row, field, fragment):

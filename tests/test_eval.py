@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from conftest import cdr_in_process, kill_9_after, run_cdr, write_jsonl
 from cdr.errors import CdrError, RowError
 from cdr.pipelines.evaluate import Selection, build_results, load_rewardbench, mini_path, stratified_sample
 from cdr.rewardbench import ALL_VARIANTS, response_score
+from conftest import cdr_in_process, kill_9_after, run_cdr, write_jsonl
 
 
 def rb_row(subset, rid, chosen="A good answer.", rejected="Bad.", prompt="Question?"):
@@ -17,27 +17,43 @@ def rb_row(subset, rid, chosen="A good answer.", rejected="Bad.", prompt="Questi
 
 
 def test_same_id_in_two_subsets_is_two_rows_but_a_repeated_key_is_reported(tmp_path):
-    path = write_jsonl(tmp_path / "rb.jsonl", [
-        rb_row("donotanswer", 3692), rb_row("hep-python", 3692), rb_row("hep-python", "3692"),
-    ])
+    path = write_jsonl(
+        tmp_path / "rb.jsonl",
+        [
+            rb_row("donotanswer", 3692),
+            rb_row("hep-python", 3692),
+            rb_row("hep-python", "3692"),
+        ],
+    )
     rows, problems = load_rewardbench(str(path), log=lambda _: None)
     assert [(r["subset"], r["id"]) for r in rows] == [("donotanswer", "3692"), ("hep-python", "3692")]
-    assert problems == [{"location": "line 3", "field": "id", "kind": "duplicate key",
-                         "error": "duplicate (subset, id) = ('hep-python', '3692'), first at line 2"}]
+    assert problems == [
+        {
+            "location": "line 3",
+            "field": "id",
+            "kind": "duplicate key",
+            "error": "duplicate (subset, id) = ('hep-python', '3692'), first at line 2",
+        }
+    ]
 
 
 def test_malformed_rows_name_line_and_field(tmp_path):
-    path = write_jsonl(tmp_path / "rb.jsonl", [
-        rb_row("hep-go", 1),
-        {"prompt": "Q", "chosen": "x", "subset": "hep-go", "id": 2},  # no rejected
-        rb_row("hep-go", 3, chosen=["not", "text"]),
-        "{not json",
-        rb_row("hep-go", 5, prompt=[{"role": "robot", "content": "hi"}]),
-    ])
+    path = write_jsonl(
+        tmp_path / "rb.jsonl",
+        [
+            rb_row("hep-go", 1),
+            {"prompt": "Q", "chosen": "x", "subset": "hep-go", "id": 2},  # no rejected
+            rb_row("hep-go", 3, chosen=["not", "text"]),
+            "{not json",
+            rb_row("hep-go", 5, prompt=[{"role": "robot", "content": "hi"}]),
+        ],
+    )
     rows, problems = load_rewardbench(str(path), log=lambda _: None)
     assert len(rows) == 1
     assert [(p["location"], p["field"], p["kind"]) for p in problems] == [
-        ("line 2", "rejected", "missing field"), ("line 3", "chosen", "wrong type"), ("line 4", None, "bad JSON"),
+        ("line 2", "rejected", "missing field"),
+        ("line 3", "chosen", "wrong type"),
+        ("line 4", None, "bad JSON"),
         ("line 5", "prompt[0].role", "bad role"),
     ]
     with pytest.raises(RowError, match="line 2, field 'rejected'"):
@@ -66,8 +82,14 @@ def test_stratified_sample_is_proportional_deterministic_and_in_file_order():
 
 
 def side(strong, strong_n, weak, weak_n, chars):
-    return {"strong_logprob": strong, "strong_tokens": strong_n, "weak_logprob": weak, "weak_tokens": weak_n,
-            "chars": chars, "truncated": False}
+    return {
+        "strong_logprob": strong,
+        "strong_tokens": strong_n,
+        "weak_logprob": weak,
+        "weak_tokens": weak_n,
+        "chars": chars,
+        "truncated": False,
+    }
 
 
 def record(subset, chosen, rejected, error=None):
@@ -78,11 +100,20 @@ def record(subset, chosen, rejected, error=None):
 
 def test_variants_ties_and_unscorable_rows_on_hand_made_numbers():
     good = side(-10.0, 5, -20.0, 4, 50)  # sum +10, mean +2, mean_diff -2 + 5 = +3; strong mean -2; weak mean -5
-    bad = side(-12.0, 6, -15.0, 5, 60)   # sum +3, mean 0.5, mean_diff -2 + 3 = +1; strong mean -2 (tie); weak mean -3
+    bad = side(-12.0, 6, -15.0, 5, 60)  # sum +3, mean 0.5, mean_diff -2 + 3 = +1; strong mean -2 (tie); weak mean -3
     rec = record("hep-go", good, bad)
     assert rec["rewards"]["sum"] == [10.0, 3.0] and rec["rewards"]["mean_diff"] == [3.0, 1.0]
-    assert rec["correct"] == {"sum": True, "mean": True, "mean_diff": True, "strong_sum": True, "strong_mean": False,
-                              "weak_sum": False, "weak_mean": False, "shorter": True, "longer": False}
+    assert rec["correct"] == {
+        "sum": True,
+        "mean": True,
+        "mean_diff": True,
+        "strong_sum": True,
+        "strong_mean": False,
+        "weak_sum": False,
+        "weak_mean": False,
+        "shorter": True,
+        "longer": False,
+    }
     broken = record("hep-go", side(None, None, None, None, 10), bad, error="strong chosen: too long")
     assert not any(broken["correct"][v] for v in ("sum", "mean", "mean_diff", "strong_sum", "weak_mean"))
     assert broken["correct"]["shorter"] is True  # length needs no model
@@ -93,8 +124,21 @@ def test_variants_ties_and_unscorable_rows_on_hand_made_numbers():
 
 
 def eval_args(out, tiny_strong, tiny_weak, *extra):
-    return ["eval", "mini", "--output-dir", str(out), "--strong", str(tiny_strong), "--weak", str(tiny_weak),
-            "--cache", "none", "--bootstrap", "50", *extra]
+    return [
+        "eval",
+        "mini",
+        "--output-dir",
+        str(out),
+        "--strong",
+        str(tiny_strong),
+        "--weak",
+        str(tiny_weak),
+        "--cache",
+        "none",
+        "--bootstrap",
+        "50",
+        *extra,
+    ]
 
 
 def test_eval_outputs_and_variants_equal_direct_scoring(tmp_path, tiny_strong, tiny_weak):
@@ -126,7 +170,12 @@ def test_eval_outputs_and_variants_equal_direct_scoring(tmp_path, tiny_strong, t
 
 def test_eval_killed_mid_run_resumes_to_the_same_scores(tmp_path, tiny_strong, tiny_weak_fast):
     whole = tmp_path / "whole"
-    assert cdr_in_process(*eval_args(whole, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5", "-q")).returncode == 0
+    assert (
+        cdr_in_process(
+            *eval_args(whole, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5", "-q")
+        ).returncode
+        == 0
+    )
     cut = tmp_path / "cut"
     args = eval_args(cut, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5", "-q")
     done = kill_9_after(args, cut / "scores.jsonl.cdr-state.json", rows_done=10)
@@ -144,8 +193,17 @@ def test_eval_errors_are_one_line(tmp_path, tiny_strong, tiny_weak):
     assert proc.returncode == 2 and "subset(s) not in the data: no-such-subset" in proc.stderr
     assert "Traceback" not in proc.stderr
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = run_cdr(*eval_args(tmp_path / "y", tiny_strong, tiny_weak)[:1], "someone/missing-dataset",
-                   "--output-dir", str(tmp_path / "y"), "--strong", str(tiny_strong), "--weak", str(tiny_weak), env=env)
+    proc = run_cdr(
+        *eval_args(tmp_path / "y", tiny_strong, tiny_weak)[:1],
+        "someone/missing-dataset",
+        "--output-dir",
+        str(tmp_path / "y"),
+        "--strong",
+        str(tiny_strong),
+        "--weak",
+        str(tiny_weak),
+        env=env,
+    )
     assert proc.returncode == 2 and "could not load 'someone/missing-dataset' from the Hugging Face hub" in proc.stderr
     assert "Traceback" not in proc.stderr
 

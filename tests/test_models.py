@@ -26,7 +26,9 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 
 def test_missing_model_package_names_the_install_command():
-    missing = PackagedModel("x", "x", ("cdr-no-such-distribution",), "pip install cdr-no-such-distribution==1.0", "MIT", find=lambda: None)
+    missing = PackagedModel(
+        "x", "x", ("cdr-no-such-distribution",), "pip install cdr-no-such-distribution==1.0", "MIT", find=lambda: None
+    )
     with pytest.raises(ModelNotAvailable, match="pip install cdr-no-such-distribution==1.0"):
         missing.locate()
 

@@ -51,7 +51,10 @@ def test_existing_foreign_output_is_not_clobbered(tmp_path):
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_finish_converts(tmp_path, fmt):
     out = ResumableOutput(tmp_path / f"out.{fmt}", KEY)
-    rows = [{"prompt": "a", "reward": 1.5}, {"prompt": "b", "reward": None, "messages": [{"role": "user", "content": "q"}]}]
+    rows = [
+        {"prompt": "a", "reward": 1.5},
+        {"prompt": "b", "reward": None, "messages": [{"role": "user", "content": "q"}]},
+    ]
     out.append(rows, [], 2, {})
     out.finish()
     if fmt == "parquet":

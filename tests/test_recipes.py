@@ -7,7 +7,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import cdr_in_process, write_jsonl
 from cdr import DensityRatio
 from cdr.conversation import Conversation, Message
 from cdr.errors import CdrError
@@ -23,6 +22,7 @@ from cdr.recipes import (
 from cdr.recipes.context import select_exemplars, with_context
 from cdr.reward import as_conversations
 from cdr.span import Tokenization, locate_response
+from conftest import cdr_in_process, write_jsonl
 
 SMALL = """\
 name: small
@@ -66,28 +66,52 @@ def write(tmp_path, text, name="r.yaml"):
 
 # --- validation -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, message", [
-    ("name: x\nplacemnt: both\n", r"line 2: 'placemnt': unknown key"),
-    ("name: x\nplacement: everywhere\n", r"line 2: 'placement': expected one of both, strong, separate"),
-    ("name: x\nexemplars: -1\n", r"line 2: 'exemplars': expected a whole number >= 0"),
-    ("name: x\nfallback: A\ndomains:\n  A:\n    criteria: c\n    exemplars:\n      - prompt: p\n        good: g\n"
-     "        bad: b\n", r"line 7: 'domains.A.exemplars\[0\]': missing 'explanation'"),
-    ("name: x\nfallback: B\ndomains:\n  A:\n    criteria: c\n", r"line 2: 'fallback': 'B' is not one of the domains"),
-    ("name: x\ndomains:\n  A:\n    criteria: c\n", r"'fallback': missing"),
-    ("name: x\nfallback: A\ndomains:\n  A:\n    criteria: c\n    weak:\n      criteria: w\n",
-     r"line 6: 'domains.A.weak': a weak context needs placement: separate"),
-    ("name: x\nfallback: A\nrouter:\n  kind: rules\n  rules:\n    A:\n      patterns: ['(']\ndomains:\n  A: {criteria: c}\n",
-     r"'router.rules.A.patterns\[0\]': not a valid regular expression"),
-    ("name: x\nfallback: A\nrouter:\n  kind: rules\n  rules:\n    B: {keywords: [b]}\ndomains:\n  A: {criteria: c}\n",
-     r"line 6: 'router.rules.B': not one of the domains"),
-    ("name: x\nfallback: A\nrouter: {kind: llm, column: d}\ndomains:\n  A: {criteria: c}\n",
-     r"'router.column': not used by a 'llm' router"),
-    ("name: x\nfallback: A\ndomains:\n  A: {criteria: c}\n  B: {criteria: d}\n", r"2 domains need a router"),
-    ("name: x\nfallback: A\ndomains:\n  A:\n    criteria: ''\n", r"line 5: 'domains.A.criteria': expected non-empty text"),
-    ("- just\n- a list\n", r"expected a mapping"),
-    ("name: x\nexemplars: 1\nexemplars: 2\n", r"line 3: 'exemplars': appears twice"),
-    ("name: [unclosed\n", r"not valid YAML"),
-])
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nplacemnt: both\n", r"line 2: 'placemnt': unknown key"),
+        ("name: x\nplacement: everywhere\n", r"line 2: 'placement': expected one of both, strong, separate"),
+        ("name: x\nexemplars: -1\n", r"line 2: 'exemplars': expected a whole number >= 0"),
+        (
+            "name: x\nfallback: A\ndomains:\n  A:\n    criteria: c\n    exemplars:\n      - prompt: p\n        "
+            "good: g\n"
+            "        bad: b\n",
+            r"line 7: 'domains.A.exemplars\[0\]': missing 'explanation'",
+        ),
+        (
+            "name: x\nfallback: B\ndomains:\n  A:\n    criteria: c\n",
+            r"line 2: 'fallback': 'B' is not one of the domains",
+        ),
+        ("name: x\ndomains:\n  A:\n    criteria: c\n", r"'fallback': missing"),
+        (
+            "name: x\nfallback: A\ndomains:\n  A:\n    criteria: c\n    weak:\n      criteria: w\n",
+            r"line 6: 'domains.A.weak': a weak context needs placement: separate",
+        ),
+        (
+            "name: x\nfallback: A\nrouter:\n  kind: rules\n  rules:\n    A:\n      patterns: ['(']\ndomains:\n "
+            " A: {criteria: c}\n",
+            r"'router.rules.A.patterns\[0\]': not a valid regular expression",
+        ),
+        (
+            "name: x\nfallback: A\nrouter:\n  kind: rules\n  rules:\n    B: {keywords: [b]}\ndomains:\n  A: "
+            "{criteria: c}\n",
+            r"line 6: 'router.rules.B': not one of the domains",
+        ),
+        (
+            "name: x\nfallback: A\nrouter: {kind: llm, column: d}\ndomains:\n  A: {criteria: c}\n",
+            r"'router.column': not used by a 'llm' router",
+        ),
+        ("name: x\nfallback: A\ndomains:\n  A: {criteria: c}\n  B: {criteria: d}\n", r"2 domains need a router"),
+        (
+            "name: x\nfallback: A\ndomains:\n  A:\n    criteria: ''\n",
+            r"line 5: 'domains.A.criteria': expected non-empty text",
+        ),
+        ("- just\n- a list\n", r"expected a mapping"),
+        ("name: x\nexemplars: 1\nexemplars: 2\n", r"line 3: 'exemplars': appears twice"),
+        ("name: [unclosed\n", r"not valid YAML"),
+    ],
+)
 def test_recipe_errors_name_the_key_and_line(tmp_path, text, message):
     with pytest.raises(CdrError, match=message):
         load_recipe(write(tmp_path, text))
@@ -111,7 +135,10 @@ def test_presets_load_and_extends_merges_domains(tmp_path):
     contrastive = load_recipe("contrastive")
     assert contrastive.placement == "separate" and contrastive.router == paper.router
     assert all(d.weak and d.weak.criteria for d in contrastive.domains.values())
-    medical = load_recipe(write(tmp_path, """\
+    medical = load_recipe(
+        write(
+            tmp_path,
+            """\
         extends: paper
         name: medical
         router:
@@ -121,7 +148,9 @@ def test_presets_load_and_extends_merges_domains(tmp_path):
         domains:
           MEDICAL:
             criteria: Give accurate, cautious medical information and say when to see a doctor.
-        """))
+        """,
+        )
+    )
     assert list(medical.domains) == ["SAFETY", "REASONING", "CHAT", "MEDICAL"]
     assert medical.domains["SAFETY"] == paper.domains["SAFETY"] and medical.exemplars == 1
     assert len({r.sha256() for r in (paper, contrastive, medical, load_recipe("vanilla"))}) == 4
@@ -132,11 +161,13 @@ def test_documented_medical_example_loads():
 
     recipe = load_recipe(str(Path(__file__).parent.parent / "examples" / "medical.yaml"))
     assert "MEDICAL" in recipe.domains and recipe.domains["MEDICAL"].exemplars
-    assert route(recipe, RulesRouter(recipe.router.rules),
-                 [(Message("user", "What dose of ibuprofen is safe for a child?"),)]) == ["MEDICAL"]
+    assert route(
+        recipe, RulesRouter(recipe.router.rules), [(Message("user", "What dose of ibuprofen is safe for a child?"),)]
+    ) == ["MEDICAL"]
 
 
 # --- exemplars and rendering -----------------------------------------------------------------------------------
+
 
 def test_exemplar_choice_is_deterministic_per_prompt_and_ignores_the_response(tmp_path):
     recipe = small_recipe(tmp_path)
@@ -155,9 +186,13 @@ def test_exemplar_choice_is_deterministic_per_prompt_and_ignores_the_response(tm
 
 def test_context_goes_before_the_conversation_and_keeps_its_system_message(tmp_path):
     recipe = small_recipe(tmp_path)
-    c = Conversation.from_messages([{"role": "system", "content": "Answer in French."},
-                                    {"role": "user", "content": "What is 2 + 2?"},
-                                    {"role": "assistant", "content": "Quatre."}])
+    c = Conversation.from_messages(
+        [
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "Quatre."},
+        ]
+    )
     out = customize(recipe, c, "MATH").strong
     roles = [m.role for m in out.messages]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
@@ -182,16 +217,22 @@ def test_rendering_with_and_without_a_chat_template_scores_the_same_response_tok
     tokenization = Tokenization(tokenizer)
     vanilla_span = locate_response(tokenization, renderer.render(plain), True, None)
     custom_span = locate_response(tokenization, renderer.render(custom), True, None)
-    vanilla_ids = vanilla_span.token_ids[vanilla_span.start:]
-    custom_ids = custom_span.token_ids[custom_span.start:]
+    vanilla_ids = vanilla_span.token_ids[vanilla_span.start :]
+    custom_ids = custom_span.token_ids[custom_span.start :]
     assert custom_ids == vanilla_ids
     text = renderer.render(custom).full
     shown = select_exemplars(recipe, recipe.domains["MATH"], plain.prompt)[0]
-    assert text.index("Check every step.") < text.index(shown.prompt) < text.index(shown.good) < text.index("What is 2 + 2?")
+    assert (
+        text.index("Check every step.")
+        < text.index(shown.prompt)
+        < text.index(shown.good)
+        < text.index("What is 2 + 2?")
+    )
     assert len(custom_span.token_ids) > len(vanilla_span.token_ids) + 20
 
 
 # --- which model sees the context ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("placement", ["both", "strong", "separate"])
 def test_customization_reaches_the_right_models(tmp_path, tiny_strong, tiny_weak, placement):
@@ -220,6 +261,7 @@ def test_customization_reaches_the_right_models(tmp_path, tiny_strong, tiny_weak
 
 
 # --- routers ---------------------------------------------------------------------------------------------------
+
 
 def test_rules_router_uses_the_last_user_turn_and_falls_back(tmp_path):
     recipe = small_recipe(tmp_path)
@@ -268,7 +310,9 @@ def test_column_and_callable_routers(tmp_path, tiny_strong, tiny_weak):
     assert [r.domain for r in reward.score(convs)] == ["MATH", "MATH", "CHAT"]
     assert len(calls) == 2  # each distinct prompt is routed once
     assert reward.provenance["router"].startswith("python:")
-    bad = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", recipe=recipe, router=lambda m: "NOPE")
+    bad = DensityRatio(
+        strong=str(tiny_strong), weak=str(tiny_weak), cache="none", recipe=recipe, router=lambda m: "NOPE"
+    )
     with pytest.raises(CdrError, match="returned 'NOPE', not one of the recipe's domains"):
         bad.score(convs[:1])
 
@@ -276,20 +320,29 @@ def test_column_and_callable_routers(tmp_path, tiny_strong, tiny_weak):
 def test_python_router_from_yaml(tmp_path):
     from cdr.recipes import build_router
 
-    path = write(tmp_path, "name: x\nfallback: A\nrouter: {kind: python, callable: 'os.path:basename'}\n"
-                           "domains:\n  A: {criteria: c}\n  B: {criteria: d}\n")
+    path = write(
+        tmp_path,
+        "name: x\nfallback: A\nrouter: {kind: python, callable: 'os.path:basename'}\n"
+        "domains:\n  A: {criteria: c}\n  B: {criteria: d}\n",
+    )
     with pytest.raises(CdrError, match="pass --allow-python-router"):  # a recipe file runs no code unless asked
         build_router(load_recipe(path))
     router = build_router(load_recipe(path), allow_python=True)
     assert router.name == "os.path:basename"
-    bad = write(tmp_path, "name: x\nfallback: A\nrouter: {kind: python, callable: 'no_such_mod:f'}\n"
-                          "domains:\n  A: {criteria: c}\n", "bad.yaml")
+    bad = write(
+        tmp_path,
+        "name: x\nfallback: A\nrouter: {kind: python, callable: 'no_such_mod:f'}\ndomains:\n  A: {criteria: c}\n",
+        "bad.yaml",
+    )
     with pytest.raises(CdrError, match="cannot be imported"):
         build_router(load_recipe(bad), allow_python=True)
 
 
 def test_llm_router_takes_the_most_likely_domain_name(tmp_path, tiny_strong, tiny_weak):
-    recipe = load_recipe(write(tmp_path, """\
+    recipe = load_recipe(
+        write(
+            tmp_path,
+            """\
         name: llm
         fallback: CHAT
         router: {kind: llm, model: strong, max_chars: 40}
@@ -297,7 +350,9 @@ def test_llm_router_takes_the_most_likely_domain_name(tmp_path, tiny_strong, tin
           SAFETY: {description: harmful requests, criteria: Be safe.}
           REASONING: {description: code and math, criteria: Be correct.}
           CHAT: {description: everything else, criteria: Be helpful.}
-        """))
+        """,
+        )
+    )
     reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", recipe=recipe)
     router = reward.router
     assert isinstance(router, LLMRouter) and router.scorer is reward.strong
@@ -315,23 +370,39 @@ def test_llm_router_takes_the_most_likely_domain_name(tmp_path, tiny_strong, tin
 
 # --- through the pipelines and the CLI ---------------------------------------------------------------------------
 
+
 def test_score_and_eval_cli_take_a_recipe(tmp_path, tiny_strong, tiny_weak):
-    rows = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "What is 2 + 2?", "response": "4"},
-                                                {"prompt": "Say hi.", "response": "Hi!"}])
+    rows = write_jsonl(
+        tmp_path / "in.jsonl", [{"prompt": "What is 2 + 2?", "response": "4"}, {"prompt": "Say hi.", "response": "Hi!"}]
+    )
     recipe = small_recipe(tmp_path)
     common = ["--strong", str(tiny_strong), "--weak", str(tiny_weak), "--cache", "none", "-q"]
-    r = cdr_in_process("score", str(rows), "-o", str(tmp_path / "out.jsonl"), "--recipe", str(tmp_path / "small-both.yaml"), *common)
+    r = cdr_in_process(
+        "score", str(rows), "-o", str(tmp_path / "out.jsonl"), "--recipe", str(tmp_path / "small-both.yaml"), *common
+    )
     assert r.returncode == 0, r.stderr
     out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
     assert [o["cdr_domain"] for o in out] == ["MATH", "CHAT"]
     assert {o["cdr_recipe_sha256"] for o in out} == {recipe.sha256()} and out[0]["cdr_recipe"] == "small"
 
-    bench = write_jsonl(tmp_path / "rb.jsonl", [
-        {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 1},
-        {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "subset": "alpacaeval-easy", "id": 2},
-    ])
-    r = cdr_in_process("eval", str(bench), "--output-dir", str(tmp_path / "ev"), "--recipe", str(tmp_path / "small-both.yaml"),
-                "--bootstrap", "0", *common)
+    bench = write_jsonl(
+        tmp_path / "rb.jsonl",
+        [
+            {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 1},
+            {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "subset": "alpacaeval-easy", "id": 2},
+        ],
+    )
+    r = cdr_in_process(
+        "eval",
+        str(bench),
+        "--output-dir",
+        str(tmp_path / "ev"),
+        "--recipe",
+        str(tmp_path / "small-both.yaml"),
+        "--bootstrap",
+        "0",
+        *common,
+    )
     assert r.returncode == 0, r.stderr
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["routing"]["by_section"] == {"Reasoning": {"MATH": 1}, "Chat": {"CHAT": 1}}
@@ -339,7 +410,9 @@ def test_score_and_eval_cli_take_a_recipe(tmp_path, tiny_strong, tiny_weak):
     assert "Routing (recipe `small`" in (tmp_path / "ev" / "results.md").read_text()
 
     (tmp_path / "broken.yaml").write_text("name: b\nfallback: A\ndomains:\n  A:\n    critera: c\n")
-    r = cdr_in_process("score", str(rows), "-o", str(tmp_path / "o2.jsonl"), "--recipe", str(tmp_path / "broken.yaml"), *common)
+    r = cdr_in_process(
+        "score", str(rows), "-o", str(tmp_path / "o2.jsonl"), "--recipe", str(tmp_path / "broken.yaml"), *common
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "line 5: 'domains.A.critera': unknown key" in r.stderr
 

@@ -70,7 +70,14 @@ def test_provenance_names_the_exact_pair(tiny_pair, tiny_strong):
     assert p["strong"] == str(tiny_strong)
     assert len(p["strong_sha256"]) == 64 and len(p["weak_sha256"]) == 64
     assert p["strong_sha256"] != p["weak_sha256"]
-    assert {"rendering", "strong_template_sha256", "weak_template_sha256", "variant", "cdr_version", "include_eot"} <= set(p)
+    assert {
+        "rendering",
+        "strong_template_sha256",
+        "weak_template_sha256",
+        "variant",
+        "cdr_version",
+        "include_eot",
+    } <= set(p)
     json.dumps(p)
 
 
@@ -120,7 +127,9 @@ def test_overlap_scores_both_models_at_once_with_the_same_numbers(tiny_strong, t
         torch.set_num_threads(threads)
 
 
-def test_tokenizer_loaded_once_per_process_and_reloaded_when_its_files_change(tmp_path, tiny_strong, tiny_weak, smol_tokenizer):
+def test_tokenizer_loaded_once_per_process_and_reloaded_when_its_files_change(
+    tmp_path, tiny_strong, tiny_weak, smol_tokenizer
+):
     from conftest import build_tiny_llama
 
     a = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none")

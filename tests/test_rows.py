@@ -29,8 +29,10 @@ def test_a_run_with_other_settings_is_refused_naming_what_changed(tmp_path):
     check_same_run(tmp_path, {"a": 1, "b": 2}, {"a": 1, "b": 2})
     with pytest.raises(CdrError) as err:
         check_same_run(tmp_path / "out.jsonl", {"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0})
-    assert str(err.value) == (f"'{tmp_path / 'out.jsonl'}' belongs to a run with different settings (b, c changed); "
-                              "pass --overwrite to start again, or choose another output")
+    assert str(err.value) == (
+        f"'{tmp_path / 'out.jsonl'}' belongs to a run with different settings (b, c changed); "
+        "pass --overwrite to start again, or choose another output"
+    )
 
 
 def test_row_reports_count_skipped_rows_per_kind_and_show_the_first_ones():
@@ -68,8 +70,15 @@ def test_the_result_fields_are_declared_once():
     assert sorted(held) == sorted(RESULT_FIELDS)
     result = RewardResult(1.5, -2.0, -3.5, 4, 4, error=None, domain="math")
     assert list(reward_columns(result).items()) == [
-        ("reward", 1.5), ("strong_logprob", -2.0), ("weak_logprob", -3.5), ("strong_tokens", 4), ("weak_tokens", 4),
-        ("truncated", False), ("cdr_domain", "math"), ("cdr_error", None)]
+        ("reward", 1.5),
+        ("strong_logprob", -2.0),
+        ("weak_logprob", -3.5),
+        ("strong_tokens", 4),
+        ("weak_tokens", 4),
+        ("truncated", False),
+        ("cdr_domain", "math"),
+        ("cdr_error", None),
+    ]
 
 
 def test_the_services_reward_item_has_the_result_fields():

@@ -15,7 +15,6 @@ import pytest
 
 from cdr.errors import CdrError
 from cdr.output import ResumableOutput
-
 from conftest import cdr_in_process, kill_9_after, write_jsonl
 from test_cli import pair_args, read_jsonl, rows
 
@@ -28,6 +27,7 @@ def tree(path):
 
 
 # --- 1. the output may never be the input ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["same", "symlink", "hardlink", "dotted"])
 @pytest.mark.parametrize("command", ["score", "annotate"])
@@ -50,12 +50,15 @@ def test_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, tiny_s
 def test_a_file_cdr_keeps_beside_the_output_may_not_be_the_input(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "o.jsonl.errors.jsonl", rows(2))
     before = src.read_bytes()
-    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "o.jsonl"), "--overwrite", *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process(
+        "score", str(src), "-o", str(tmp_path / "o.jsonl"), "--overwrite", *pair_args(tiny_strong, tiny_weak)
+    )
     assert proc.returncode == 2 and "errors file of output" in proc.stderr
     assert src.read_bytes() == before
 
 
 # --- 2. --overwrite never deletes a directory cdr did not write ------------------------------------------------
+
 
 @pytest.mark.parametrize("target", ["v", "v/sub/.."])
 def test_overwrite_never_deletes_a_foreign_directory(tmp_path, tiny_strong, tiny_weak, target):
@@ -65,7 +68,9 @@ def test_overwrite_never_deletes_a_foreign_directory(tmp_path, tiny_strong, tiny
     (tmp_path / "v" / "sub" / "deep.txt").write_text("y\n")
     before = tree(tmp_path)
     for extra in ([], ["--overwrite"]):
-        proc = cdr_in_process("score", str(src), "-o", str(tmp_path / target), *extra, *pair_args(tiny_strong, tiny_weak))
+        proc = cdr_in_process(
+            "score", str(src), "-o", str(tmp_path / target), *extra, *pair_args(tiny_strong, tiny_weak)
+        )
         assert proc.returncode == 2, proc.stderr
         assert "cdr did not write" in proc.stderr and "pass --overwrite" not in proc.stderr
         assert tree(tmp_path) == before
@@ -134,6 +139,7 @@ def test_ray_overwrite_removes_only_its_own_shard_files(tmp_path):
 
 # --- 3. one writer per output ------------------------------------------------------------------------------------
 
+
 def test_a_second_writer_is_refused(tmp_path):
     from cdr.output import lock_path
 
@@ -152,8 +158,13 @@ def test_two_score_runs_on_one_output(tmp_path, tiny_strong, tiny_weak_fast):
     src = write_jsonl(tmp_path / "in.jsonl", rows(24))
     out = tmp_path / "out.jsonl"
     args = ["score", str(src), "-o", str(out), "--chunk-rows", "1", "-q", *pair_args(tiny_strong, tiny_weak_fast)]
-    first = subprocess.Popen([sys.executable, "-m", "cdr.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cdr.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     state = tmp_path / "out.jsonl.cdr-state.json"
     deadline = time.time() + 300
     while not state.exists() and first.poll() is None and time.time() < deadline:
@@ -181,6 +192,7 @@ def test_ray_output_lock_is_checked_before_ray_starts(tmp_path):
 
 
 # --- 4. resume checks the journal --------------------------------------------------------------------------------
+
 
 def three_chunks(path):
     out = ResumableOutput(path, KEY)
@@ -284,8 +296,10 @@ def test_ray_shard_that_fails_its_checksum_is_recomputed(tmp_path):
 
 # --- 5. the log-prob cache verifies what it reads ----------------------------------------------------------------
 
-CONVS = [[{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": a}]
-         for a in ("Paris.", "Berlin, surely.", "Paris, the city of light.")]
+CONVS = [
+    [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": a}]
+    for a in ("Paris.", "Berlin, surely.", "Paris, the city of light.")
+]
 
 
 def test_a_flipped_bit_in_the_cache_is_a_miss_not_a_wrong_reward(tmp_path, tiny_strong, tiny_weak):
@@ -325,10 +339,13 @@ def test_a_damaged_cache_file_is_named_and_the_run_carries_on(tmp_path, tiny_str
     assert "Traceback" not in proc.stderr
     assert f"cdr: warning: the log-prob cache '{cache}' cannot be used" in proc.stderr
     assert "log-prob cache: not used" in proc.stdout
-    assert [r["reward"] for r in read_jsonl(tmp_path / "out.jsonl")] == [r["reward"] for r in read_jsonl(tmp_path / "ref.jsonl")]
+    assert [r["reward"] for r in read_jsonl(tmp_path / "out.jsonl")] == [
+        r["reward"] for r in read_jsonl(tmp_path / "ref.jsonl")
+    ]
 
 
 # --- 6. strict JSON out ------------------------------------------------------------------------------------------
+
 
 def strict_loads(line):
     def refuse(name):
@@ -358,6 +375,7 @@ def test_cli_output_is_strict_json(tmp_path, tiny_strong, tiny_weak):
 
 # --- 7. exit status ----------------------------------------------------------------------------------------------
 
+
 def test_a_run_where_every_row_failed_exits_non_zero(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", ['{"prompt": "x"}', "not json", '{"response": 3}'])
     proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
@@ -374,23 +392,34 @@ def test_a_run_where_every_row_failed_exits_non_zero(tmp_path, tiny_strong, tiny
 def test_an_annotate_run_where_no_row_was_scored_exits_non_zero(tmp_path, tiny_strong, tiny_weak):
     # one malformed row (a single candidate) and one whose candidates are all unscorable (the prompt alone
     # fills --max-length): nothing was annotated, so the run failed
-    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x", "responses": ["only one"]},
-                                              {"prompt": "a long prompt " * 20, "responses": ["A.", "B."]}])
-    proc = cdr_in_process("annotate", str(src), "-o", str(tmp_path / "pairs.jsonl"), "--max-length", "8",
-                          *pair_args(tiny_strong, tiny_weak))
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"prompt": "x", "responses": ["only one"]}, {"prompt": "a long prompt " * 20, "responses": ["A.", "B."]}],
+    )
+    proc = cdr_in_process(
+        "annotate",
+        str(src),
+        "-o",
+        str(tmp_path / "pairs.jsonl"),
+        "--max-length",
+        "8",
+        *pair_args(tiny_strong, tiny_weak),
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "skipped: 1" in proc.stdout and "unscorable: 1" in proc.stdout and "no row produced a result" in proc.stdout
 
 
 # --- 8. deep nesting is a malformed row --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("on_error", ["skip", "fail"])
 def test_a_deeply_nested_row_is_a_malformed_row(tmp_path, tiny_strong, tiny_weak, on_error):
     deep = '{"prompt": "Hi?", "response": "Hello.", "x": ' + "[" * 10000 + "]" * 10000 + "}"
     medium = '{"prompt": "Hi?", "response": "Hello.", "x": ' + "[" * 500 + "]" * 500 + "}"
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Hi?", "response": "Hello."}, deep, medium])
-    proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", on_error,
-                          *pair_args(tiny_strong, tiny_weak))
+    proc = cdr_in_process(
+        "score", str(src), "-o", str(tmp_path / "out.jsonl"), "--on-error", on_error, *pair_args(tiny_strong, tiny_weak)
+    )
     assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
     if on_error == "fail":
         assert proc.returncode == 2 and "cdr: error: line 2: nested deeper than 100 levels" in proc.stderr
@@ -433,12 +462,15 @@ def test_unwritable_output_is_reported_before_the_models_load(tmp_path):
     assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--max-length", "-5"], "max_length (--max-length) must be a whole number >= 1, got -5"),
-    (["--threads", "0"], "threads (--threads) must be a whole number >= 1, got 0"),
-    (["--chunk-rows", "0"], "--chunk-rows must be at least 1, got 0"),
-    (["--concurrency", "0"], "concurrency (--concurrency) must be a whole number >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-length", "-5"], "max_length (--max-length) must be a whole number >= 1, got -5"),
+        (["--threads", "0"], "threads (--threads) must be a whole number >= 1, got 0"),
+        (["--chunk-rows", "0"], "--chunk-rows must be at least 1, got 0"),
+        (["--concurrency", "0"], "concurrency (--concurrency) must be a whole number >= 1"),
+    ],
+)
 def test_bad_flags_are_reported_before_the_models_load(tmp_path, flags, message):
     src = write_jsonl(tmp_path / "in.jsonl", rows(1))
     proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *flags, *NO_MODEL)
@@ -452,11 +484,14 @@ def recipe_file(tmp_path, text, name="r.yaml"):
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: !foo bar\n", "r.yaml, line 1: 'name': cannot read this value (!foo)"),
-    ("name: x\nseed: !!int abc\n", "r.yaml, line 2: 'seed': cannot read this value"),
-    ("name: x\nextends: paper\ndomains: [a, b]\n", "r.yaml, line 3: 'domains': expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: !foo bar\n", "r.yaml, line 1: 'name': cannot read this value (!foo)"),
+        ("name: x\nseed: !!int abc\n", "r.yaml, line 2: 'seed': cannot read this value"),
+        ("name: x\nextends: paper\ndomains: [a, b]\n", "r.yaml, line 3: 'domains': expected a mapping"),
+    ],
+)
 def test_recipe_mistakes_are_one_line(tmp_path, text, message):
     from cdr.recipes import load_recipe
 
@@ -468,50 +503,80 @@ def test_recipe_mistakes_are_one_line(tmp_path, text, message):
 def score_with_python_router(tmp_path, module: str, code: str, output: str, src, pair: list[str]):
     """`cdr score --allow-python-router` with a recipe routing through ``module:pick`` (written from ``code``)."""
     (tmp_path / f"{module}.py").write_text(code)
-    recipe = recipe_file(tmp_path, f"name: x\nfallback: A\nrouter: {{kind: python, callable: '{module}:pick'}}\n"
-                                   "domains:\n  A: {criteria: Be brief.}\n  B: {criteria: Be long.}\n")
+    recipe = recipe_file(
+        tmp_path,
+        f"name: x\nfallback: A\nrouter: {{kind: python, callable: '{module}:pick'}}\n"
+        "domains:\n  A: {criteria: Be brief.}\n  B: {criteria: Be long.}\n",
+    )
     sys.path.insert(0, str(tmp_path))
     try:
-        return cdr_in_process("score", str(src), "-o", str(tmp_path / output), "--recipe", str(recipe),
-                              "--allow-python-router", *pair)
+        return cdr_in_process(
+            "score", str(src), "-o", str(tmp_path / output), "--recipe", str(recipe), "--allow-python-router", *pair
+        )
     finally:
         sys.path.remove(str(tmp_path))
 
 
 def test_a_failing_python_router_is_one_line(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
-    proc = score_with_python_router(tmp_path, "myrouting", "def pick(messages):\n    raise KeyError('topic')\n",
-                                    "out.jsonl", src, pair_args(tiny_strong, tiny_weak))
+    proc = score_with_python_router(
+        tmp_path,
+        "myrouting",
+        "def pick(messages):\n    raise KeyError('topic')\n",
+        "out.jsonl",
+        src,
+        pair_args(tiny_strong, tiny_weak),
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cdr: error: router myrouting:pick failed: KeyError: 'topic'" in proc.stderr
 
 
 # --- 10. a recipe runs no code unless asked --------------------------------------------------------------------
 
+
 def test_a_python_router_needs_an_explicit_opt_in(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "in.jsonl", rows(2))
     for target in ("sys:exit", "this:s"):
-        recipe = recipe_file(tmp_path, f"name: x\nfallback: A\nrouter: {{kind: python, callable: '{target}'}}\n"
-                                       "domains:\n  A: {criteria: Be brief.}\n  B: {criteria: Be long.}\n")
+        recipe = recipe_file(
+            tmp_path,
+            f"name: x\nfallback: A\nrouter: {{kind: python, callable: '{target}'}}\n"
+            "domains:\n  A: {criteria: Be brief.}\n  B: {criteria: Be long.}\n",
+        )
         modules = set(sys.modules)
-        proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), "--recipe", str(recipe),
-                              *pair_args(tiny_strong, tiny_weak))
+        proc = cdr_in_process(
+            "score",
+            str(src),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--recipe",
+            str(recipe),
+            *pair_args(tiny_strong, tiny_weak),
+        )
         assert proc.returncode == 2, proc.stderr
         assert "pass --allow-python-router" in proc.stderr and target in proc.stderr
         assert "this" not in set(sys.modules) - modules  # its import code never ran
-    proc = score_with_python_router(tmp_path, "okrouting", "def pick(messages):\n    return 'B'\n", "ok.jsonl", src,
-                                    pair_args(tiny_strong, tiny_weak))
+    proc = score_with_python_router(
+        tmp_path,
+        "okrouting",
+        "def pick(messages):\n    return 'B'\n",
+        "ok.jsonl",
+        src,
+        pair_args(tiny_strong, tiny_weak),
+    )
     assert proc.returncode == 0, proc.stderr
     assert [r["cdr_domain"] for r in read_jsonl(tmp_path / "ok.jsonl")] == ["B", "B"]
 
 
 # --- 11. smaller ---------------------------------------------------------------------------------------------------
 
+
 def test_format_error_names_real_flags(tmp_path):
     src = write_jsonl(tmp_path / "in.txt", rows(1))
     proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *NO_MODEL)
     assert proc.returncode == 2 and "(or --input-format)" in proc.stderr and "--format)" not in proc.stderr
-    proc = cdr_in_process("score", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"), "--input-format", "jsonl", *NO_MODEL)
+    proc = cdr_in_process(
+        "score", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.txt"), "--input-format", "jsonl", *NO_MODEL
+    )
     assert proc.returncode == 2 and "(or --output-format)" in proc.stderr
 
 
@@ -523,7 +588,9 @@ def test_a_directory_as_input_is_called_a_directory(tmp_path):
 
 def test_duplicate_keys_are_reported(tmp_path, tiny_strong, tiny_weak):
     src = tmp_path / "in.jsonl"
-    src.write_text('{"prompt": "Hi?", "response": "first", "response": "Hello."}\n{"prompt": "Hi?", "response": "Yo."}\n')
+    src.write_text(
+        '{"prompt": "Hi?", "response": "first", "response": "Hello."}\n{"prompt": "Hi?", "response": "Yo."}\n'
+    )
     proc = cdr_in_process("score", str(src), "-o", str(tmp_path / "out.jsonl"), *pair_args(tiny_strong, tiny_weak))
     assert proc.returncode == 0, proc.stderr
     assert "line 1, field 'response': appears twice in the row; the last value is used" in proc.stderr

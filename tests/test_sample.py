@@ -7,7 +7,6 @@ import pytest
 from cdr.data import RawRow
 from cdr.errors import RowError
 from cdr.pipelines.sample import prompt_messages
-
 from conftest import ROOT, cdr_in_process, kill_9_after, run_cdr, write_jsonl
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -20,12 +19,18 @@ def first_row(path):
 
 # The shapes of the benchmark prompt files users already have (texts here are ours).
 SHAPES = [
-    ({"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it rhyme."]},
-     "Write a haiku about rain."),  # MT-Bench: strings, first turn used
-    ({"question_id": "ab12", "category": "arena-hard-v0.1", "turns": [{"content": "Explain ABC notation."}]},
-     "Explain ABC notation."),  # Arena-Hard: {"content": ...}
-    ({"dataset": "helpful_base", "instruction": "Name three rivers.", "output": "x", "generator": "y"},
-     "Name three rivers."),  # AlpacaEval
+    (
+        {"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it rhyme."]},
+        "Write a haiku about rain.",
+    ),  # MT-Bench: strings, first turn used
+    (
+        {"question_id": "ab12", "category": "arena-hard-v0.1", "turns": [{"content": "Explain ABC notation."}]},
+        "Explain ABC notation.",
+    ),  # Arena-Hard: {"content": ...}
+    (
+        {"dataset": "helpful_base", "instruction": "Name three rivers.", "output": "x", "generator": "y"},
+        "Name three rivers.",
+    ),  # AlpacaEval
 ]
 
 
@@ -66,7 +71,20 @@ def prompts(n):
 
 
 def sample_args(policy, out, *extra):
-    return ["sample", "--policy", str(policy), "-o", str(out), "-n", "3", "--max-new-tokens", "6", "--seed", "5", *extra]
+    return [
+        "sample",
+        "--policy",
+        str(policy),
+        "-o",
+        str(out),
+        "-n",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "5",
+        *extra,
+    ]
 
 
 def read_jsonl(path):
@@ -104,8 +122,24 @@ def test_killed_sampling_run_resumes_identically(tmp_path, tiny_strong):
 def test_sample_and_annotate_in_one_run(tmp_path, tiny_strong, tiny_weak):
     src = write_jsonl(tmp_path / "p.jsonl", prompts(6))
     out = tmp_path / "pairs.jsonl"
-    proc = cdr_in_process(*sample_args(tiny_strong, out, "--annotate", "--limit", "4", "--strong", str(tiny_strong),
-                                "--weak", str(tiny_weak), "--cache", "none", "--max-new-tokens", "10"), str(src))
+    proc = cdr_in_process(
+        *sample_args(
+            tiny_strong,
+            out,
+            "--annotate",
+            "--limit",
+            "4",
+            "--strong",
+            str(tiny_strong),
+            "--weak",
+            str(tiny_weak),
+            "--cache",
+            "none",
+            "--max-new-tokens",
+            "10",
+        ),
+        str(src),
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(read_jsonl(tmp_path / "pairs.jsonl.candidates.jsonl")) == 4
     pairs = read_jsonl(out)

@@ -67,8 +67,10 @@ def test_openrlhf_get_reward_splits_templated_queries(server, tiny_pair):
     gemma_prompt = "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
     raw_prompt = "What is 2+2?\nAnswer:"
     queries = [CHATML_PROMPT + "4.<|im_end|>", gemma_prompt + "4.<end_of_turn>", raw_prompt + " 4."]
-    body = httpx.post(f"{server}/get_reward", json={"query": queries, "prompts": [CHATML_PROMPT, gemma_prompt, raw_prompt],
-                                                    "labels": [None, None, None]}).json()
+    body = httpx.post(
+        f"{server}/get_reward",
+        json={"query": queries, "prompts": [CHATML_PROMPT, gemma_prompt, raw_prompt], "labels": [None, None, None]},
+    ).json()
     from cdr import DensityRatio
 
     expected = tiny_pair.score([conv(), conv()])
@@ -78,8 +80,10 @@ def test_openrlhf_get_reward_splits_templated_queries(server, tiny_pair):
     assert body["scores"] == body["rewards"] and len(body["extra_logs"]["strong_logprob"]) == 3
     assert body["extra_logs"]["cdr_no_eos"] == [0.0, 0.0, 1.0]
     # a row that cannot be split gets the unscorable reward and a flag; the others their own reward
-    bad = httpx.post(f"{server}/get_reward", json={"query": [CHATML_PROMPT + "4.<|im_end|>", "something else"],
-                                                   "prompts": [CHATML_PROMPT, CHATML_PROMPT]})
+    bad = httpx.post(
+        f"{server}/get_reward",
+        json={"query": [CHATML_PROMPT + "4.<|im_end|>", "something else"], "prompts": [CHATML_PROMPT, CHATML_PROMPT]},
+    )
     assert bad.status_code == 200
     assert bad.json()["rewards"] == [pytest.approx(expected[0].reward, rel=1e-6), -1.0]
     assert bad.json()["extra_logs"]["cdr_unscorable"] == [0.0, 1.0]
@@ -89,8 +93,17 @@ def test_openrlhf_get_reward_splits_templated_queries(server, tiny_pair):
 
 def test_completions_echo_matches_the_backend_in_vllm_shape(server, tiny_pair):
     ids = tiny_pair.strong.tokenizer("The capital of France is Paris.").input_ids
-    r = httpx.post(f"{server}/v1/completions", json={"model": "strong", "prompt": ids, "echo": True, "logprobs": 3,
-                                                     "max_tokens": 0, "return_tokens_as_token_ids": True})
+    r = httpx.post(
+        f"{server}/v1/completions",
+        json={
+            "model": "strong",
+            "prompt": ids,
+            "echo": True,
+            "logprobs": 3,
+            "max_tokens": 0,
+            "return_tokens_as_token_ids": True,
+        },
+    )
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     lp = choice["logprobs"]
@@ -103,49 +116,61 @@ def test_completions_echo_matches_the_backend_in_vllm_shape(server, tiny_pair):
         assert top[f"token_id:{ids[pos]}"] == lp["token_logprobs"][pos] and 3 <= len(top) <= 4
         assert max(top.values()) >= lp["token_logprobs"][pos]
     # a string prompt is tokenized by the served model; one greedy token is appended for max_tokens=1
-    r = httpx.post(f"{server}/v1/completions", json={"model": "weak", "prompt": "Hello", "echo": True, "logprobs": 0,
-                                                     "max_tokens": 1}).json()
+    r = httpx.post(
+        f"{server}/v1/completions",
+        json={"model": "weak", "prompt": "Hello", "echo": True, "logprobs": 0, "max_tokens": 1},
+    ).json()
     weak_ids = tiny_pair.weak.tokenizer("Hello").input_ids
     assert len(r["choices"][0]["logprobs"]["tokens"]) == len(weak_ids) + 1
     assert r["usage"] == {"prompt_tokens": len(weak_ids), "completion_tokens": 1, "total_tokens": len(weak_ids) + 1}
 
 
-@pytest.mark.parametrize("body,status,message", [
-    ({"prompt": [1, 2], "max_tokens": 5}, 422, "generates at most 1"),
-    ({"prompt": [1, 2], "model": "gpt-4"}, 404, "is not served here"),
-    ({"prompt": [1, 10**9], "echo": True, "logprobs": 0}, 422, "outside the vocabulary"),
-    ({"prompt": [], "echo": True}, 422, "prompt is empty"),
-    ({"prompt": [1, 2], "stream": True}, 422, "stream is not supported"),
-])
+@pytest.mark.parametrize(
+    "body,status,message",
+    [
+        ({"prompt": [1, 2], "max_tokens": 5}, 422, "generates at most 1"),
+        ({"prompt": [1, 2], "model": "gpt-4"}, 404, "is not served here"),
+        ({"prompt": [1, 10**9], "echo": True, "logprobs": 0}, 422, "outside the vocabulary"),
+        ({"prompt": [], "echo": True}, 422, "prompt is empty"),
+        ({"prompt": [1, 2], "stream": True}, 422, "stream is not supported"),
+    ],
+)
 def test_completions_refusals(server, body, status, message):
     r = httpx.post(f"{server}/v1/completions", json=body)
     assert r.status_code == status and message in r.text
 
 
 STREAM_REFUSED = "stream is not supported: this endpoint returns prompt log-probs in one response"
-MAX_TOKENS_REFUSED = ("max_tokens=5: this server scores prompts and generates at most 1 (greedy) token; "
-                      "use max_tokens 0 or 1")
+MAX_TOKENS_REFUSED = (
+    "max_tokens=5: this server scores prompts and generates at most 1 (greedy) token; use max_tokens 0 or 1"
+)
 
 
-@pytest.mark.parametrize("body,param,message", [
-    ({"prompt": [1, 2], "stream": True}, "stream", STREAM_REFUSED),
-    ({"prompt": [1, 2], "max_tokens": 5}, "max_tokens", MAX_TOKENS_REFUSED),
-    ({"prompt": [1, 2], "stream": True, "max_tokens": 5}, "stream", STREAM_REFUSED),  # stream is checked first
-])
+@pytest.mark.parametrize(
+    "body,param,message",
+    [
+        ({"prompt": [1, 2], "stream": True}, "stream", STREAM_REFUSED),
+        ({"prompt": [1, 2], "max_tokens": 5}, "max_tokens", MAX_TOKENS_REFUSED),
+        ({"prompt": [1, 2], "stream": True, "max_tokens": 5}, "stream", STREAM_REFUSED),  # stream is checked first
+    ],
+)
 def test_completions_cross_field_refusals_have_the_exact_error_body(server, body, param, message):
     r = httpx.post(f"{server}/v1/completions", json=body)
     assert r.status_code == 422
     assert r.json() == {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": "422"}}
 
 
-@pytest.mark.parametrize("body,fragment", [
-    ({"conversations": [[{"role": "user", "content": "Hi"}]]}, "must be 'assistant'"),
-    ({"conversations": [[{"role": "robot", "content": "Hi"}]]}, "role"),
-    ({"conversations": "not a list"}, "list"),
-    ({"conversations": [[{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]]}, "string"),
-    ({"conversations": []}, "at least 1"),
-    ({}, "Field required"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        ({"conversations": [[{"role": "user", "content": "Hi"}]]}, "must be 'assistant'"),
+        ({"conversations": [[{"role": "robot", "content": "Hi"}]]}, "role"),
+        ({"conversations": "not a list"}, "list"),
+        ({"conversations": [[{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]]}, "string"),
+        ({"conversations": []}, "at least 1"),
+        ({}, "Field required"),
+    ],
+)
 def test_malformed_bodies_are_422_with_a_message(server, body, fragment):
     r = httpx.post(f"{server}/v1/reward", json=body)
     assert r.status_code == 422 and fragment in r.text
@@ -178,10 +203,12 @@ def test_bearer_token(tiny_pair):
 
 def test_full_queue_answers_503_with_retry_after(tiny_pair):
     with running(tiny_pair, max_queue=2, max_batch=64, max_wait_ms=300) as url:
+
         async def burst():
             async with httpx.AsyncClient(timeout=60) as client:
-                return await asyncio.gather(*[client.post(f"{url}/v1/reward", json={"conversations": [conv(), conv()]})
-                                              for _ in range(12)])
+                return await asyncio.gather(
+                    *[client.post(f"{url}/v1/reward", json={"conversations": [conv(), conv()]}) for _ in range(12)]
+                )
 
         responses = asyncio.run(burst())
         codes = [r.status_code for r in responses]
@@ -208,8 +235,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_pair)
 
         async def many():
             async with httpx.AsyncClient(timeout=60) as client:
-                return await asyncio.gather(*[client.post(f"{url}/v1/reward", json={"conversations": [conv("Count.", a)]})
-                                              for a in answers])
+                return await asyncio.gather(
+                    *[client.post(f"{url}/v1/reward", json={"conversations": [conv("Count.", a)]}) for a in answers]
+                )
 
         got = [r.json()["results"][0]["reward"] for r in asyncio.run(many())]
         want = [r.reward for r in tiny_pair.score([conv("Count.", a) for a in answers])]
@@ -218,12 +246,25 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_pair)
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(tmp_path, tiny_strong, tiny_weak):
-    args = ["--strong", str(tiny_strong), "--weak", str(tiny_weak), "--cache", "none", "--max-wait-ms", "1500",
-            "--log-level", "warning"]
-    with serve_process(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"}) as (url, proc):
+    args = [
+        "--strong",
+        str(tiny_strong),
+        "--weak",
+        str(tiny_weak),
+        "--cache",
+        "none",
+        "--max-wait-ms",
+        "1500",
+        "--log-level",
+        "warning",
+    ]
+    with serve_process(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    ) as (url, proc):
         result = {}
-        thread = threading.Thread(target=lambda: result.update(r=httpx.post(f"{url}/v1/reward", json={"conversations": [conv()]}, timeout=60)))
+        thread = threading.Thread(
+            target=lambda: result.update(r=httpx.post(f"{url}/v1/reward", json={"conversations": [conv()]}, timeout=60))
+        )
         thread.start()
         time.sleep(0.5)  # the request now waits in the batcher
         proc.send_signal(signal.SIGTERM)
@@ -249,8 +290,9 @@ def test_openapi_fuzz_finds_no_server_errors(server):
     for operation in schema.get_all_operations():
         op = operation.ok()
 
-        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=25, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
         @given(case=op.as_strategy())
         def check(case):
             response = case.call(base_url=server, timeout=60)

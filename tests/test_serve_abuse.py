@@ -34,7 +34,7 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
             if not chunk:
                 return True, data
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         return False, data
     except ConnectionResetError:
         return True, data
@@ -49,8 +49,10 @@ def guarded(tiny_pair):
 def test_a_body_shorter_than_its_content_length_gets_408_and_the_connection_closed(guarded):
     url, port = guarded
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /v1/reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000\r\n\r\n{\"conversations\": ")
+        sock.sendall(
+            b"POST /v1/reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000\r\n\r\n{"conversations": '
+        )
         closed, data = closed_within(sock, 10)
     assert closed and data.startswith(b"HTTP/1.1 408")
     assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "timeout_error"
@@ -79,10 +81,23 @@ def test_a_keep_alive_connection_still_serves_several_requests(guarded):
 def test_a_slow_body_does_not_hold_up_shutdown(tiny_strong, tiny_weak_fast):
     """SIGTERM with a request still 'sending' its body: that request is answered 503 at once and the server
     stops, instead of waiting out the whole --grace-s (or the body deadline)."""
-    args = ["--strong", str(tiny_strong), "--weak", str(tiny_weak_fast), "--cache", "none", "--log-level", "warning",
-            "--body-timeout-s", "60", "--grace-s", "60"]
-    with serve_process(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"}) as (url, proc):
+    args = [
+        "--strong",
+        str(tiny_strong),
+        "--weak",
+        str(tiny_weak_fast),
+        "--cache",
+        "none",
+        "--log-level",
+        "warning",
+        "--body-timeout-s",
+        "60",
+        "--grace-s",
+        "60",
+    ]
+    with serve_process(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    ) as (url, proc):
         port = int(url.rsplit(":", 1)[1])
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(b"POST /v1/reward HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{")
@@ -139,12 +154,15 @@ def test_a_huge_prompt_does_not_stall_the_event_loop(process_server):
     assert len(latencies) > 3 and max(latencies) < 1.0, max(latencies)
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"prompt": [1, 2], "logprobs": NaN}',
-    b'{"prompt": [1, 2], "max_tokens": Infinity}',
-    b'{"conversations": -Infinity}',
-    b'{"conversations": [[{"role": "user", "content": NaN}]]}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": [1, 2], "logprobs": NaN}',
+        b'{"prompt": [1, 2], "max_tokens": Infinity}',
+        b'{"conversations": -Infinity}',
+        b'{"conversations": [[{"role": "user", "content": NaN}]]}',
+    ],
+)
 def test_nan_and_infinity_in_a_bad_field_are_422_not_500(guarded, raw):
     url, _ = guarded
     path = "/v1/reward" if b"conversations" in raw else "/v1/completions"
@@ -201,8 +219,11 @@ def test_memory_is_bounded_after_huge_requests(process_server):
     for _ in range(3):
         r = httpx.post(f"{url}/v1/reward", json={"conversations": [conv(huge)]}, timeout=120)
         assert r.status_code == 422 and "cannot fit" in r.text
-        r = httpx.post(f"{url}/get_reward", json={"query": ["<|im_start|>user\nx<|im_end|>\n" + huge],
-                                                  "prompts": ["<|im_start|>user\nx<|im_end|>\n"]}, timeout=120)
+        r = httpx.post(
+            f"{url}/get_reward",
+            json={"query": ["<|im_start|>user\nx<|im_end|>\n" + huge], "prompts": ["<|im_start|>user\nx<|im_end|>\n"]},
+            timeout=120,
+        )
         assert r.status_code == 200 and r.json()["extra_logs"]["cdr_unscorable"] == [1.0]
     after = rss_mib()
     assert after - before < 150, (before, after)

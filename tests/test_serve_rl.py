@@ -56,8 +56,11 @@ def test_a_whole_rollout_batch_in_one_request_with_the_defaults(server, tiny_pai
     through the micro-batcher in chunks instead of being refused (413 above the old 256-row limit)."""
     rows = samples(1024)
     tries: list = []
-    body = post_batch_0_8(f"{server}/get_reward", {"query": [q for q, _ in rows], "prompts": [p for _, p in rows],
-                                                   "labels": [None] * len(rows)}, tries=tries)
+    body = post_batch_0_8(
+        f"{server}/get_reward",
+        {"query": [q for q, _ in rows], "prompts": [p for _, p in rows], "labels": [None] * len(rows)},
+        tries=tries,
+    )
     assert tries == [200]
     assert len(body["rewards"]) == 1024 and body["scores"] == body["rewards"]
     assert sum(body["extra_logs"]["cdr_unscorable"]) == 0
@@ -84,12 +87,17 @@ def test_rows_that_cannot_be_scored_get_the_configured_reward_and_a_flag(tiny_pa
     good_q, good_p = samples(1)[0]
     prompt = chatml("Tell me a story.")
     truncated_query = prompt[10:] + "Once upon a time.<|im_end|>"  # OpenRLHF 0.10+ keeps the prompt's tail
-    rows = [(good_q, good_p), (prompt + "<|im_end|>", prompt), (truncated_query, prompt),
-            (prompt + "word " * 300 + "<|im_end|>", prompt)]
+    rows = [
+        (good_q, good_p),
+        (prompt + "<|im_end|>", prompt),
+        (truncated_query, prompt),
+        (prompt + "word " * 300 + "<|im_end|>", prompt),
+    ]
     with running(tiny_pair, unscorable_reward=-7.5, max_tokens=200) as url:
         tries: list = []
-        body = post_batch_0_8(f"{url}/get_reward", {"query": [q for q, _ in rows], "prompts": [p for _, p in rows]},
-                              tries=tries)
+        body = post_batch_0_8(
+            f"{url}/get_reward", {"query": [q for q, _ in rows], "prompts": [p for _, p in rows]}, tries=tries
+        )
         assert tries == [200]
         assert body["rewards"][1:] == [-7.5, -7.5, -7.5] and body["rewards"][0] != -7.5
         assert body["extra_logs"]["cdr_unscorable"] == [0.0, 1.0, 1.0, 1.0]
@@ -108,7 +116,7 @@ def test_rows_that_cannot_be_scored_get_the_configured_reward_and_a_flag(tiny_pa
 
 def test_extra_logs_can_be_empty_for_openrlhf_0_8(tiny_pair):
     """OpenRLHF 0.8.x torch.cat()s extra_logs values and crashes on JSON lists (fixed in 0.9.0)."""
-    (q, p), = samples(1)
+    ((q, p),) = samples(1)
     with running(tiny_pair, extra_logs="none") as url:
         body = httpx.post(f"{url}/get_reward", json={"query": [q], "prompts": [p], "labels": [None]}).json()
     assert body["extra_logs"] == {} and len(body["rewards"]) == 1
@@ -118,12 +126,16 @@ def test_a_response_cut_off_at_the_token_limit_is_scored_without_an_end_of_turn(
     """With EOS the policy ended its turn, and the end-of-turn token is scored (include_eot, the default);
     cut off at the limit it did not, so scoring an end-of-turn it never produced would be wrong."""
     prompt = chatml("Name a colour.")
-    body = httpx.post(f"{server}/get_reward", json={"query": [prompt + "Blue is nice.<|im_end|>", prompt + "Blue is nice."],
-                                                    "prompts": [prompt, prompt]}).json()
+    body = httpx.post(
+        f"{server}/get_reward",
+        json={"query": [prompt + "Blue is nice.<|im_end|>", prompt + "Blue is nice."], "prompts": [prompt, prompt]},
+    ).json()
     from cdr import DensityRatio
 
     with_eot = tiny_pair.score([conv("Name a colour.", "Blue is nice.")])[0]
-    no_eot = DensityRatio(config=tiny_pair.config, include_eot=False).score([conv("Name a colour.", "Blue is nice.")])[0]
+    no_eot = DensityRatio(config=tiny_pair.config, include_eot=False).score([conv("Name a colour.", "Blue is nice.")])[
+        0
+    ]
     assert body["rewards"] == pytest.approx([with_eot.reward, no_eot.reward], rel=1e-4, abs=1e-5)
     assert body["rewards"][0] != pytest.approx(body["rewards"][1])
     assert body["extra_logs"]["cdr_no_eos"] == [0.0, 1.0]
@@ -174,7 +186,7 @@ def test_a_batch_slower_than_the_read_timeout_is_kept_alive_with_whitespace(tiny
 
 def test_path_token_and_client_allow_list_for_clients_without_headers(tiny_pair):
     """OpenRLHF sends no Authorization header: a secret first path segment authenticates it instead."""
-    (q, p), = samples(1)
+    ((q, p),) = samples(1)
     body = {"query": [q], "prompts": [p]}
     token = "t0ken-abcdefghijklmnop"
     with running(tiny_pair, path_token=token, api_key="bearer-secret") as url:
@@ -182,7 +194,10 @@ def test_path_token_and_client_allow_list_for_clients_without_headers(tiny_pair)
         assert httpx.post(f"{url}/wrong-token-abcdefgh/get_reward", json=body).status_code == 401
         r = httpx.post(f"{url}/{token}/get_reward", json=body)
         assert r.status_code == 200 and len(r.json()["rewards"]) == 1
-        assert httpx.post(f"{url}/get_reward", json=body, headers={"Authorization": "Bearer bearer-secret"}).status_code == 200
+        assert (
+            httpx.post(f"{url}/get_reward", json=body, headers={"Authorization": "Bearer bearer-secret"}).status_code
+            == 200
+        )
         assert httpx.get(f"{url}/{token}/metrics").status_code == 200
         assert httpx.get(f"{url}/health").status_code == 200
     with running(tiny_pair, allow_clients=("10.0.0.0/8",)) as url:
@@ -204,6 +219,7 @@ def test_serve_rejects_bad_auth_settings(monkeypatch):
 
 # --- OpenRLHF's own client code, when it is installed (pip install --no-deps --target DIR openrlhf==X) ------
 
+
 def openrlhf_dir(version: str) -> Path | None:
     for spec in os.environ.get("CDR_OPENRLHF_TARGETS", "").split(","):
         if spec.startswith(version + "="):
@@ -218,20 +234,29 @@ def test_openrlhf_real_client(version, tiny_strong, tiny_weak, tmp_path):
     Ray and unrelated heavy imports are stood in (see tests/openrlhf_driver.py)."""
     target = openrlhf_dir(version)
     if target is None:
-        pytest.skip(f"OpenRLHF {version} is not installed: pip install --no-deps --target /tmp/orlhf-{version} "
-                    f"openrlhf=={version} (or set CDR_OPENRLHF_TARGETS={version}=DIR)")
+        pytest.skip(
+            f"OpenRLHF {version} is not installed: pip install --no-deps --target /tmp/orlhf-{version} "
+            f"openrlhf=={version} (or set CDR_OPENRLHF_TARGETS={version}=DIR)"
+        )
     needed = "requests" if version.startswith("0.8") else "aiohttp"
     deps = os.environ.get("CDR_OPENRLHF_DEPS", "/tmp/orlhf-deps")  # e.g. pip install --target /tmp/orlhf-deps aiohttp
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), deps, str(HERE)])}
     if subprocess.run([sys.executable, "-c", f"import {needed}"], env=env, capture_output=True).returncode:
-        pytest.skip(f"OpenRLHF {version}'s client uses {needed}, which is not installed (pip install --target {deps} {needed})")
+        pytest.skip(
+            f"OpenRLHF {version}'s client uses {needed}, which is not installed (pip install --target {deps} {needed})"
+        )
     from cdr import DensityRatio
 
     reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none")
     extra = {"extra_logs": "none"} if version.startswith("0.8") else {}
     with running(reward, **extra) as url:
-        proc = subprocess.run([sys.executable, str(HERE / "openrlhf_driver.py"), version, f"{url}/get_reward",
-                               str(tiny_strong)], capture_output=True, text=True, timeout=600, env=env)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "openrlhf_driver.py"), version, f"{url}/get_reward", str(tiny_strong)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     print(report)

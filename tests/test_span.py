@@ -18,7 +18,7 @@ def conv(prompt=Q, response=A):
 
 def scored_text(tokenizer, rendered, include_eot=True, max_length=None, tok=None):
     span = locate_response(tok or Tokenization(tokenizer), rendered, include_eot, max_length)
-    return span, tokenizer.decode(span.token_ids[span.start:])
+    return span, tokenizer.decode(span.token_ids[span.start :])
 
 
 def test_chatml_with_injected_default_system_prompt(smol_tokenizer):

@@ -18,17 +18,21 @@ from cdr.conversation import Conversation
 from cdr.models import PACKAGED_MODELS, _installed, converted_dir, resolve_model
 from cdr.rendering import Renderer
 from cdr.span import Tokenization, locate_response
-
 from conftest import ROOT
 
-needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                     reason="llama-cpp-python (the reference tokenizer) is not installed")
+needs_llama_cpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python (the reference tokenizer) is not installed"
+)
 MODELS = [
     "smollm2-135m-instruct",
     "gemma-3-270m",
-    pytest.param("qwen2.5-coder-0.5b-instruct", marks=pytest.mark.skipif(
-        not all(_installed(d) for d in PACKAGED_MODELS["qwen2.5-coder-0.5b-instruct"].distributions),
-        reason="the Qwen spare's chunk packages are not installed (they are in the [test] extra)")),
+    pytest.param(
+        "qwen2.5-coder-0.5b-instruct",
+        marks=pytest.mark.skipif(
+            not all(_installed(d) for d in PACKAGED_MODELS["qwen2.5-coder-0.5b-instruct"].distributions),
+            reason="the Qwen spare's chunk packages are not installed (they are in the [test] extra)",
+        ),
+    ),
 ]
 
 
@@ -86,7 +90,9 @@ def test_probe_texts_equal_llama_cpp_and_the_stored_check_says_so(name):
     source, directory, tok = converted_tokenizer(name)
     reference = llama_tokenizer(source)
     for text in gguf_tokenizer.PROBE_TEXTS:
-        assert tok(text, add_special_tokens=False)["input_ids"] == reference.tokenize(text.encode(), add_bos=False, special=True), text
+        assert tok(text, add_special_tokens=False)["input_ids"] == reference.tokenize(
+            text.encode(), add_bos=False, special=True
+        ), text
     stored = gguf_tokenizer.load_check(directory)
     assert stored.status == "match" and stored.reference.startswith("llama-cpp-python")
     assert stored.conversion_version == gguf_tokenizer.CONVERSION_VERSION
@@ -109,8 +115,13 @@ def test_check_catches_an_unrepaired_conversion():
 
 def test_a_stored_mismatch_warns_loudly_at_load(tmp_path, smol_tokenizer, caplog):
     source = resolve_model("smollm2-135m-instruct")
-    bad = gguf_tokenizer.TokenizerCheck("mismatch", "llama-cpp-python x", "smollm", [],
-                                        [{"text": "a\n\n1", "at_token": 1, "cdr": [198, 198], "llama.cpp": [1116]}])
+    bad = gguf_tokenizer.TokenizerCheck(
+        "mismatch",
+        "llama-cpp-python x",
+        "smollm",
+        [],
+        [{"text": "a\n\n1", "at_token": 1, "cdr": [198, 198], "llama.cpp": [1116]}],
+    )
     gguf_tokenizer.save_check(bad, tmp_path)
     with caplog.at_level(logging.WARNING, logger="cdr"):
         result = gguf_tokenizer.verify(smol_tokenizer, tmp_path, source.gguf_path, source.name)

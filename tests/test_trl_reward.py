@@ -38,7 +38,9 @@ def reward(tiny_strong, tiny_weak):
 
 
 def _expected(reward, prompts, completions):
-    convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]
+    convs = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions)
+    ]
     return [r.reward for r in reward.score(convs)]
 
 
@@ -89,8 +91,10 @@ def test_bad_inputs_raise_value_error_naming_the_index(reward):
     with pytest.raises(ValueError, match=r"prompts\[1\].*one format"):
         f(["Hi", [{"role": "user", "content": "Hi"}]], ["a", [{"role": "assistant", "content": "b"}]])
     with pytest.raises(ValueError, match=r"prompts\[1\]\[0\]\.role"):  # ConversationError is a ValueError
-        f([[{"role": "user", "content": "Hi"}], [{"role": "robot", "content": "Hi"}]],
-          [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]])
+        f(
+            [[{"role": "user", "content": "Hi"}], [{"role": "robot", "content": "Hi"}]],
+            [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]],
+        )
     with pytest.raises(ValueError, match="batch_size"):
         reward_function(reward, batch_size=0)
     with pytest.raises(TypeError):
@@ -106,7 +110,10 @@ def test_unscorable_rows(reward, tiny_strong, tiny_weak):
     # a prompt that fills the context: DensityRatio marks it unscorable (reward None)
     short = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", max_length=64)
     long_prompt = "word " * 100
-    assert short.score([[{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "Ok."}]])[0].reward is None
+    assert (
+        short.score([[{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "Ok."}]])[0].reward
+        is None
+    )
     for unscorable, check in ((float("nan"), math.isnan), (0.0, lambda x: x == 0.0), (None, lambda x: x is None)):
         out = reward_function(short, unscorable=unscorable)(["Hi", long_prompt, "Hi"], ["Hello.", "Ok.", "Hey."])
         assert math.isfinite(out[0]) and math.isfinite(out[2]) and check(out[1])
@@ -149,9 +156,18 @@ def test_grpo_trainer_smoke(reward, tiny_strong, tmp_path):
         [{"prompt": p} for p in ["Name a colour.", "What is 2 + 2?", "Say hello.", "Give me a fruit."]]
     )
     config = GRPOConfig(
-        output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
-        max_completion_length=8, learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no",
-        bf16=False, use_cpu=True, seed=0,
+        output_dir=str(tmp_path / "grpo"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        bf16=False,
+        use_cpu=True,
+        seed=0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[counted], args=config, train_dataset=dataset, processing_class=tok)
     result = trainer.train()

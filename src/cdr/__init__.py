@@ -9,5 +9,13 @@ from cdr.config import RewardConfig
 from cdr.conversation import Conversation, ConversationError, Message
 from cdr.reward import DensityRatio, RewardResult
 
-__all__ = ["DensityRatio", "RewardResult", "RewardConfig", "BackendOptions", "Conversation", "ConversationError", "Message",
-           "__version__"]
+__all__ = [
+    "DensityRatio",
+    "RewardResult",
+    "RewardConfig",
+    "BackendOptions",
+    "Conversation",
+    "ConversationError",
+    "Message",
+    "__version__",
+]

@@ -18,8 +18,8 @@ import hashlib
 import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -60,8 +60,10 @@ class LogprobCache:
             self._db = sqlite3.connect(str(self.path), timeout=120, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS logprobs (key BLOB PRIMARY KEY, model TEXT NOT NULL, "
-                             "logprobs BLOB NOT NULL, checksum BLOB)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS logprobs (key BLOB PRIMARY KEY, model TEXT NOT NULL, "
+                "logprobs BLOB NOT NULL, checksum BLOB)"
+            )
             columns = [r[1] for r in self._db.execute("PRAGMA table_info(logprobs)")]
             if "checksum" not in columns:  # a cache of an older cdr: its entries count as misses until rewritten
                 self._db.execute("ALTER TABLE logprobs ADD COLUMN checksum BLOB")
@@ -76,8 +78,10 @@ class LogprobCache:
             except sqlite3.Error:  # the file is already unusable; the warning below says so
                 pass
         self._db = None
-        self._warn(f"cdr: warning: the log-prob cache '{self.path}' cannot be used ({exc}); carrying on without it "
-                   "(move or delete the file to start a new cache)")
+        self._warn(
+            f"cdr: warning: the log-prob cache '{self.path}' cannot be used ({exc}); carrying on without it "
+            "(move or delete the file to start a new cache)"
+        )
 
     def get_many(self, model_key: str, requests: Sequence[LogprobRequest]) -> list[np.ndarray | None]:
         keys = [request_key(model_key, r) for r in requests]
@@ -89,7 +93,8 @@ class LogprobCache:
                         part = keys[start : start + 500]
                         marks = ",".join("?" * len(part))
                         for k, value, checksum in self._db.execute(
-                                f"SELECT key, logprobs, checksum FROM logprobs WHERE key IN ({marks})", part):
+                            f"SELECT key, logprobs, checksum FROM logprobs WHERE key IN ({marks})", part
+                        ):
                             found[k] = (value, checksum)
                 except sqlite3.DatabaseError as exc:
                     self._disable(exc)
@@ -122,8 +127,9 @@ class LogprobCache:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany("INSERT OR REPLACE INTO logprobs (key, model, logprobs, checksum) "
-                                         "VALUES (?, ?, ?, ?)", rows)
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO logprobs (key, model, logprobs, checksum) VALUES (?, ?, ?, ?)", rows
+                    )
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")

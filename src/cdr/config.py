@@ -43,8 +43,9 @@ def _plain_format(value: Any) -> PlainFormat:
     if isinstance(value, PlainFormat):
         return value
     if not isinstance(value, dict):
-        raise CdrError(f"plain_format must be a mapping with some of the keys {', '.join(PLAIN_FORMAT_KEYS)}, "
-                       f"got {value!r}")
+        raise CdrError(
+            f"plain_format must be a mapping with some of the keys {', '.join(PLAIN_FORMAT_KEYS)}, got {value!r}"
+        )
     for key, text in value.items():
         if key not in PLAIN_FORMAT_KEYS:
             raise CdrError(f"plain_format: unknown key '{key}'; expected some of {', '.join(PLAIN_FORMAT_KEYS)}")
@@ -56,7 +57,7 @@ def _plain_format(value: Any) -> PlainFormat:
         raise CdrError(f"plain_format: {exc}") from None
 
 
-def _one_side(name: str, table: dict[str, "FlatOption"]) -> tuple[str, "FlatOption"] | None:
+def _one_side(name: str, table: dict[str, FlatOption]) -> tuple[str, FlatOption] | None:
     """``strong_threads`` -> ('strong', the threads option): a both-sides backend option set for one model."""
     side, _, rest = name.partition("_")
     opt = table.get(rest)
@@ -65,40 +66,67 @@ def _one_side(name: str, table: dict[str, "FlatOption"]) -> tuple[str, "FlatOpti
 
 @dataclass
 class RewardConfig:
-    strong: str = option("default", help="strong (better aligned) model: 'default', a packaged name, a path (dir or "
-                                         ".gguf) or a hub id")
+    strong: str = option(
+        "default", help="strong (better aligned) model: 'default', a packaged name, a path (dir or .gguf) or a hub id"
+    )
     weak: str = option("default", help="weak (less aligned) model, same forms as strong")
     backend: str = option("default", choices=BACKEND_CHOICES, help=f"backend for both models: {_BACKEND_HELP}")
-    strong_backend: str | None = option(None, choices=BACKEND_CHOICES,
-                                        help="backend for the strong model only (overrides --backend)")
-    weak_backend: str | None = option(None, choices=BACKEND_CHOICES,
-                                      help="backend for the weak model only (overrides --backend)")
-    variant: str = option(DEFAULT_VARIANT, choices=VARIANTS,
-                          help="sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; "
-                               "mean_diff: strong mean log-prob - weak mean log-prob")
-    rendering: str = option(DEFAULT_RENDERING, choices=RENDERINGS,
-                            help="own: each model uses its own chat template (plain format without one); shared: the "
-                                 "strong model's rendering goes to both")
-    include_eot: bool = option(True, flag="exclude-eot", help="score the end-of-turn token(s) that close the response",
-                               flag_help="do not score the end-of-turn token(s) after the response")
+    strong_backend: str | None = option(
+        None, choices=BACKEND_CHOICES, help="backend for the strong model only (overrides --backend)"
+    )
+    weak_backend: str | None = option(
+        None, choices=BACKEND_CHOICES, help="backend for the weak model only (overrides --backend)"
+    )
+    variant: str = option(
+        DEFAULT_VARIANT,
+        choices=VARIANTS,
+        help="sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; "
+        "mean_diff: strong mean log-prob - weak mean log-prob",
+    )
+    rendering: str = option(
+        DEFAULT_RENDERING,
+        choices=RENDERINGS,
+        help="own: each model uses its own chat template (plain format without one); shared: the "
+        "strong model's rendering goes to both",
+    )
+    include_eot: bool = option(
+        True,
+        flag="exclude-eot",
+        help="score the end-of-turn token(s) that close the response",
+        flag_help="do not score the end-of-turn token(s) after the response",
+    )
     plain_format: PlainFormat = option(
-        default_factory=PlainFormat, cli=False,
+        default_factory=PlainFormat,
+        cli=False,
         help="format for models without a chat template: system/user/assistant with {content}, end_of_turn ({eos} = "
-             "EOS token)")
-    max_length: int | None = option(None, minimum=1, help="truncate sequences longer than this (default: the model's "
-                                                          "context); truncated rows are flagged")
-    overlap: bool = option(False, help="score the strong and the weak model at the same time, in two threads (see "
-                                       "docs/benchmarks.md for when it pays)")
-    recipe: Any = option("vanilla", help="customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; "
-                                         "see docs/recipes.md")
-    cache: str | None = option("default", help="log-prob cache (SQLite file): 'default' is "
-                                               "~/.cache/cdr/logprobs.sqlite, 'none' turns it off")
-    allow_python_router: bool = option(False, help="allow a recipe's python router to import and run the "
-                                                   "module:function it names (off unless asked)")
-    strong_options: BackendOptions = option(default_factory=BackendOptions, cli=False,
-                                            help="how the strong model is loaded and run")
-    weak_options: BackendOptions = option(default_factory=BackendOptions, cli=False,
-                                          help="how the weak model is loaded and run")
+        "EOS token)",
+    )
+    max_length: int | None = option(
+        None,
+        minimum=1,
+        help="truncate sequences longer than this (default: the model's context); truncated rows are flagged",
+    )
+    overlap: bool = option(
+        False,
+        help="score the strong and the weak model at the same time, in two threads (see "
+        "docs/benchmarks.md for when it pays)",
+    )
+    recipe: Any = option(
+        "vanilla",
+        help="customization: a preset (vanilla, paper, contrastive) or a recipe YAML file; see docs/recipes.md",
+    )
+    cache: str | None = option(
+        "default", help="log-prob cache (SQLite file): 'default' is ~/.cache/cdr/logprobs.sqlite, 'none' turns it off"
+    )
+    allow_python_router: bool = option(
+        False, help="allow a recipe's python router to import and run the module:function it names (off unless asked)"
+    )
+    strong_options: BackendOptions = option(
+        default_factory=BackendOptions, cli=False, help="how the strong model is loaded and run"
+    )
+    weak_options: BackendOptions = option(
+        default_factory=BackendOptions, cli=False, help="how the weak model is loaded and run"
+    )
 
     def __post_init__(self) -> None:
         self.plain_format = _plain_format(self.plain_format)
@@ -121,8 +149,11 @@ class RewardConfig:
         Ray engine's resume key)."""
         values: dict[str, Any] = {}
         for opt in flat_options():
-            side_values = [getattr(self.options_for(side), opt.field.name) for side in opt.sides] if opt.sides \
+            side_values = (
+                [getattr(self.options_for(side), opt.field.name) for side in opt.sides]
+                if opt.sides
                 else [getattr(self, opt.field.name)]
+            )
             if len(set(map(repr, side_values))) == 1:
                 values[opt.name] = side_values[0]
             else:  # set differently per model (in Python): both, under per-side names
@@ -130,7 +161,7 @@ class RewardConfig:
         values["plain_format"] = dataclasses.asdict(self.plain_format)
         return values
 
-    def replace(self, **flat: Any) -> "RewardConfig":
+    def replace(self, **flat: Any) -> RewardConfig:
         """A copy with options changed, by flat name. A backend option without a side changes both models;
         a per-side one (``strong_url``) wins over it."""
         table = {opt.name: opt for opt in flat_options()}
@@ -155,7 +186,7 @@ class RewardConfig:
         return dataclasses.replace(self, **top)
 
     @classmethod
-    def from_flat(cls, flat: dict[str, Any] | None = None, **more: Any) -> "RewardConfig":
+    def from_flat(cls, flat: dict[str, Any] | None = None, **more: Any) -> RewardConfig:
         """Build from flat options: ``RewardConfig.from_flat(strong='x', dtype='bfloat16', strong_url=...)``."""
         return cls().replace(**{**(flat or {}), **more})
 
@@ -165,7 +196,7 @@ class RewardConfig:
         return next(opt.help for opt in flat_options() if opt.name == name)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "RewardConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> RewardConfig:
         """Flat keys as on the command line (with underscores); ``overrides`` (not None) win over the file."""
         import yaml
 
@@ -224,8 +255,11 @@ class FlatOption:
 def flat_options() -> list[FlatOption]:
     """The reward options in their flat form: the reward-level ones, then the backend ones (a per-side
     backend option once per model)."""
-    out = [FlatOption(f.name, f, ()) for f in dataclasses.fields(RewardConfig) if f.name not in
-           ("strong_options", "weak_options", "plain_format")]
+    out = [
+        FlatOption(f.name, f, ())
+        for f in dataclasses.fields(RewardConfig)
+        if f.name not in ("strong_options", "weak_options", "plain_format")
+    ]
     for f in dataclasses.fields(BackendOptions):
         if f.metadata.get("per_side"):
             out += [FlatOption(flat_name(f, side), f, (side,)) for side in SIDES]

@@ -7,8 +7,9 @@ without reading a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 ROLES = ("system", "user", "assistant")
 
@@ -50,13 +51,13 @@ class Conversation:
         return [m.as_dict() for m in self.messages]
 
     @classmethod
-    def from_messages(cls, messages: Any, field: str = "messages") -> "Conversation":
+    def from_messages(cls, messages: Any, field: str = "messages") -> Conversation:
         return cls(tuple(validate_messages(messages, field, require_response=True)))
 
     @classmethod
     def from_prompt_response(
         cls, prompt: Any, response: Any, prompt_field: str = "prompt", response_field: str = "response"
-    ) -> "Conversation":
+    ) -> Conversation:
         turns = validate_prompt(prompt, prompt_field)
         _check_content(response, response_field)
         return cls(tuple(turns) + (Message("assistant", response),))
@@ -66,7 +67,9 @@ def validate_prompt(prompt: Any, field: str = "prompt") -> list[Message]:
     """A prompt: a non-empty string (one user turn) or a message list with a user turn, ending with a user turn."""
     if isinstance(prompt, str):
         if not prompt.strip():
-            raise ConversationError(field, "expected non-empty text or a message list, got an empty string", "empty text")
+            raise ConversationError(
+                field, "expected non-empty text or a message list, got an empty string", "empty text"
+            )
         return [Message("user", prompt)]
     turns = validate_messages(prompt, field, require_response=False)
     if not any(m.role == "user" for m in turns):
@@ -96,7 +99,9 @@ def validate_messages(messages: Any, field: str, require_response: bool) -> list
     for i, raw in enumerate(messages):
         where = f"{field}[{i}]"
         if not isinstance(raw, Mapping):
-            raise ConversationError(where, f"expected a message object with 'role' and 'content', got {type(raw).__name__}", "wrong type")
+            raise ConversationError(
+                where, f"expected a message object with 'role' and 'content', got {type(raw).__name__}", "wrong type"
+            )
         role = raw.get("role")
         if role not in ROLES:
             raise ConversationError(f"{where}.role", f"expected one of {', '.join(ROLES)}, got {role!r}", "bad role")
@@ -104,7 +109,9 @@ def validate_messages(messages: Any, field: str, require_response: bool) -> list
             raise ConversationError(f"{where}.content", "missing", "missing field")
         _check_content(raw["content"], f"{where}.content")
         if role == "system" and i != 0:
-            raise ConversationError(f"{where}.role", "a system message is only allowed as the first message", "bad role")
+            raise ConversationError(
+                f"{where}.role", "a system message is only allowed as the first message", "bad role"
+            )
         out.append(Message(role, raw["content"]))
     if require_response:
         if out[-1].role != "assistant":

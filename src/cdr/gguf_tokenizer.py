@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,12 @@ def repair(tokenizer, fields: dict[str, Any]) -> list[str]:
     repairs = []
     backend = tokenizer.backend_tokenizer
     if fields.get("model") == "gpt2" and fields.get("pre") in DIGITS_THEN_GPT2:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-        ])
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+            ]
+        )
         repairs.append(f"pre-tokenizer '{fields['pre']}': each digit isolated before the GPT-2 split, as in llama.cpp")
     added = tokenizer.added_tokens_decoder
     normalizer = backend.normalizer
@@ -129,8 +132,13 @@ def reference_tokenizer(gguf_path: Path) -> tuple[Callable[[str], list[int]], st
     return tokenize, f"llama-cpp-python {llama_cpp.__version__}"
 
 
-def check(tokenizer, gguf_path: Path, fields: dict[str, Any] | None = None, repairs: list[str] | None = None,
-          texts: tuple[str, ...] = PROBE_TEXTS) -> TokenizerCheck:
+def check(
+    tokenizer,
+    gguf_path: Path,
+    fields: dict[str, Any] | None = None,
+    repairs: list[str] | None = None,
+    texts: tuple[str, ...] = PROBE_TEXTS,
+) -> TokenizerCheck:
     """Compare ``tokenizer`` with llama.cpp's tokenizer of ``gguf_path`` on ``texts``."""
     pre = (fields or {}).get("pre")
     reference = reference_tokenizer(gguf_path)
@@ -143,8 +151,9 @@ def check(tokenizer, gguf_path: Path, fields: dict[str, Any] | None = None, repa
         theirs = tokenize(text)
         if list(ours) != list(theirs):
             at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            mismatches.append({"text": text, "at_token": at, "cdr": list(ours[at : at + 4]),
-                               "llama.cpp": list(theirs[at : at + 4])})
+            mismatches.append(
+                {"text": text, "at_token": at, "cdr": list(ours[at : at + 4]), "llama.cpp": list(theirs[at : at + 4])}
+            )
     return TokenizerCheck("mismatch" if mismatches else "match", name, pre, list(repairs or []), mismatches)
 
 
@@ -176,7 +185,12 @@ def verify(tokenizer, directory: Path, gguf_path: Path, name: str) -> TokenizerC
             "cdr: WARNING: the tokenizer converted from %s does not tokenize as llama.cpp does on %d of %d probe "
             "texts (first: %r at token %d, cdr %s vs llama.cpp %s); its rewards are computed on token sequences the "
             "model may never have seen. Use the model's original tokenizer (a transformers directory) if you can.",
-            name, len(result.mismatches), len(PROBE_TEXTS), first["text"][:40], first["at_token"], first["cdr"],
+            name,
+            len(result.mismatches),
+            len(PROBE_TEXTS),
+            first["text"][:40],
+            first["at_token"],
+            first["cdr"],
             first["llama.cpp"],
         )
     return result

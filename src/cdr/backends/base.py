@@ -8,8 +8,8 @@ backends (``cdr.span``), so every backend scores exactly the same tokens.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,45 +31,72 @@ class BackendOptions:
     """How one model is loaded and run; each backend reads the options it understands. The single source of
     these options: ``RewardConfig`` nests one per model and the command line's flags are made from them."""
 
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?|mps",
-                         expected="auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", choices=DTYPES,
-                        help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    device: str = option(
+        "auto",
+        help="auto, cpu, cuda or cuda:N",
+        pattern=r"auto|cpu|cuda(:\d+)?|mps",
+        expected="auto, cpu, cuda, cuda:N or mps",
+    )
+    dtype: str = option(
+        "auto", choices=DTYPES, help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"
+    )
     batch_tokens: int = option(8192, minimum=1, help="padded tokens per forward batch")
-    threads: int | None = option(None, minimum=1,
-                                 help="CPU threads per model (default: all cores; half of them each with --overlap)")
+    threads: int | None = option(
+        None, minimum=1, help="CPU threads per model (default: all cores; half of them each with --overlap)"
+    )
     trust_remote_code: bool = option(False, help="allow model code from the hub to run (off unless asked)")
     prompt_sharing: bool = option(
-        True, flag="no-prompt-sharing",
+        True,
+        flag="no-prompt-sharing",
         help="responses sharing a prompt of 64+ tokens run it once and reuse its key/value cache "
-             "(transformers backend)",
-        flag_help="run every response's prompt again (the plain path; for measuring prompt sharing)")
+        "(transformers backend)",
+        flag_help="run every response's prompt again (the plain path; for measuring prompt sharing)",
+    )
     tensor_parallel_size: int = option(1, minimum=1, help="vllm backend: GPUs per model")
     vllm_kv_cache_gib: float | None = option(
-        None, above=0,
-        help="vllm backend: KV cache per model in GiB (default: 2 on a CPU; on a GPU, from vllm_memory_fraction)")
+        None,
+        above=0,
+        help="vllm backend: KV cache per model in GiB (default: 2 on a CPU; on a GPU, from vllm_memory_fraction)",
+    )
     vllm_memory_fraction: float | None = option(
-        None, above=0, maximum=1.0,
+        None,
+        above=0,
+        maximum=1.0,
         help="vllm backend: vLLM's gpu_memory_utilization per model (default on a GPU: 0.45, so the pair's two "
-             "engines fit)")
-    vllm_compile: bool = option(False, help="vllm backend: let vLLM compile the models (torch.compile; minutes of "
-                                            "start-up per model on a CPU) instead of running eagerly")
+        "engines fit)",
+    )
+    vllm_compile: bool = option(
+        False,
+        help="vllm backend: let vLLM compile the models (torch.compile; minutes of "
+        "start-up per model on a CPU) instead of running eagerly",
+    )
     vllm_multiprocessing: bool = option(
-        False, help="vllm backend: each engine in its own process, started with spawn (a calling script then needs an "
-                    "if __name__ == '__main__' guard); default: in this process")
+        False,
+        help="vllm backend: each engine in its own process, started with spawn (a calling script then needs an "
+        "if __name__ == '__main__' guard); default: in this process",
+    )
     # remote backends (openai)
     url: str | None = option(
-        None, per_side=True,
-        help="openai backend: base URL of the server holding the {side} model (e.g. http://127.0.0.1:8000/v1)")
-    served_model: str | None = option(None, per_side=True,
-                                      help="openai backend: the {side} model's name on its server (default: --{side})")
-    api_key_env: str | None = option(None, name="remote_api_key_env",
-                                     help="openai backend: environment variable with the servers' bearer token")
+        None,
+        per_side=True,
+        help="openai backend: base URL of the server holding the {side} model (e.g. http://127.0.0.1:8000/v1)",
+    )
+    served_model: str | None = option(
+        None, per_side=True, help="openai backend: the {side} model's name on its server (default: --{side})"
+    )
+    api_key_env: str | None = option(
+        None, name="remote_api_key_env", help="openai backend: environment variable with the servers' bearer token"
+    )
     concurrency: int = option(8, minimum=1, help="openai backend: requests in flight at once, per model")
-    timeout_s: float = option(120.0, above=0, name="remote_timeout_s",
-                              help="openai backend: per-request timeout, seconds")
-    retries: int = option(4, minimum=0, name="remote_retries",
-                          help="openai backend: retries on connection errors, 429 and 5xx, with exponential backoff")
+    timeout_s: float = option(
+        120.0, above=0, name="remote_timeout_s", help="openai backend: per-request timeout, seconds"
+    )
+    retries: int = option(
+        4,
+        minimum=0,
+        name="remote_retries",
+        help="openai backend: retries on connection errors, 429 and 5xx, with exponential backoff",
+    )
 
     def __post_init__(self) -> None:
         check(self)
@@ -105,8 +132,9 @@ class Backend(ABC):
     def has_top_logprobs(self) -> bool:
         return type(self).next_token_top_logprobs is not Backend.next_token_top_logprobs
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int,
-                                last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(
+        self, token_ids: Sequence[int], k: int, last_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most likely next tokens at every position of one sequence (or only after the last one):
         (ids, log-probs), each of shape (positions, k), best first. Optional: it serves vLLM-style
         ``logprobs=k`` and one greedy token."""

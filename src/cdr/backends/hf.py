@@ -9,7 +9,7 @@ never materialised.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -93,8 +93,9 @@ class TransformersBackend(Backend):
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         # Cohere multiplies logits by logit_scale, Granite divides by logits_scaling.
-        self.scale = (float(getattr(config, "logit_scale", None) or 1.0)
-                      / float(getattr(config, "logits_scaling", None) or 1.0))
+        self.scale = float(getattr(config, "logit_scale", None) or 1.0) / float(
+            getattr(config, "logits_scaling", None) or 1.0
+        )
         self.vocab_size = self.head.weight.shape[0]
         self.pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
         self.response_head_only = isinstance(self.head, torch.nn.Linear) and self._head_path_matches_full_forward()
@@ -144,8 +145,12 @@ class TransformersBackend(Backend):
             groups.setdefault(tuple(r.token_ids[: r.response_start]), []).append(i)
         rest = []
         for prefix, members in groups.items():
-            if (self.options.prompt_sharing and self.response_head_only and len(members) > 1
-                    and len(prefix) >= MIN_SHARED_PROMPT):
+            if (
+                self.options.prompt_sharing
+                and self.response_head_only
+                and len(members) > 1
+                and len(prefix) >= MIN_SHARED_PROMPT
+            ):
                 yield prefix, members
             else:
                 rest.extend(members)
@@ -178,9 +183,13 @@ class TransformersBackend(Backend):
                 cache = copy.deepcopy(prompt_cache)
                 cache.batch_repeat_interleave(k)
                 positions = torch.arange(p, p + width, device=self.device)[None].expand(k, -1)
-                hidden = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      position_ids=positions, use_cache=True,
-                                      **{self._cache_arg: cache}).last_hidden_state
+                hidden = self.decoder(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self._cache_arg: cache},
+                ).last_hidden_state
                 # one head pass for the whole suffix batch: the first suffix token is predicted by the prompt's
                 # last position
                 suffixes = [batch[i].token_ids[p:] for i in chunk]
@@ -218,7 +227,7 @@ class TransformersBackend(Backend):
             # position t predicts token t + 1: the response tokens start..n-1 are predicted at start-1..n-2
             rows.extend([b] * (n - r.response_start))
             cols.extend(range(r.response_start - 1, n - 1))
-            targets.extend(r.token_ids[r.response_start:])
+            targets.extend(r.token_ids[r.response_start :])
             sizes.append(n - r.response_start)
         ids, mask = ids.to(self.device), mask.to(self.device)
         target = torch.tensor(targets, device=self.device)
@@ -261,8 +270,9 @@ class TransformersBackend(Backend):
         tile = TILES.get(hidden.device.type, TILES["cpu"])
         return self._postprocess(picked) - tiled_logsumexp(hidden, self._logit_tile, self.vocab_size, tile)
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int,
-                                last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(
+        self, token_ids: Sequence[int], k: int, last_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         ids = torch.tensor([list(token_ids)], device=self.device)
@@ -272,8 +282,10 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             if self.response_head_only:
                 hidden = self.decoder(input_ids=ids).last_hidden_state[0, first:]
-                logit_chunks = (self._logit_tile(hidden[s : s + chunk], 0, self.vocab_size)
-                                for s in range(0, hidden.shape[0], chunk))
+                logit_chunks = (
+                    self._logit_tile(hidden[s : s + chunk], 0, self.vocab_size)
+                    for s in range(0, hidden.shape[0], chunk)
+                )
             else:
                 logits = self.model(input_ids=ids).logits[0, first:].float()
                 logit_chunks = (logits[s : s + chunk] for s in range(0, logits.shape[0], chunk))

@@ -11,7 +11,7 @@ The context is sized to the longest sequence seen, and grows when a longer one c
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -41,8 +41,10 @@ class LlamaCppBackend(Backend):
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            raise ModelNotAvailable("the llamacpp backend needs llama-cpp-python (built from source, 4 to 6 minutes): "
-                                    "pip install 'cdr-annotate[llamacpp]'") from None
+            raise ModelNotAvailable(
+                "the llamacpp backend needs llama-cpp-python (built from source, 4 to 6 minutes): "
+                "pip install 'cdr-annotate[llamacpp]'"
+            ) from None
         self.llm = None
         self.n_ctx = 0
         self.evaluated: list[int] = []
@@ -55,8 +57,14 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         self.llm = None  # free the old context first
-        self.llm = Llama(model_path=self.source.path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-                         n_threads=self.options.threads, verbose=False)
+        self.llm = Llama(
+            model_path=self.source.path,
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 512),
+            logits_all=True,
+            n_threads=self.options.threads,
+            verbose=False,
+        )
         self.n_ctx = n_ctx
         self.evaluated = []
         return self.llm
@@ -116,8 +124,9 @@ class LlamaCppBackend(Backend):
                 on_progress(1)
         return out  # type: ignore[return-value]
 
-    def next_token_top_logprobs(self, token_ids: Sequence[int], k: int,
-                                last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def next_token_top_logprobs(
+        self, token_ids: Sequence[int], k: int, last_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         ids = list(token_ids)

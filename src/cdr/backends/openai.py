@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,10 @@ def parse_prompt_logprobs(choice: dict[str, Any], token_ids: Sequence[int]) -> l
     logprobs = choice.get("logprobs") or {}
     values = logprobs.get("token_logprobs")
     if not values or len(values) < n:
-        raise ServerError("the server echoed no prompt log-probs (it needs /v1/completions with echo and logprobs, as "
-                          "vLLM and `cdr serve` provide; llama.cpp's llama-server does not)")
+        raise ServerError(
+            "the server echoed no prompt log-probs (it needs /v1/completions with echo and logprobs, as "
+            "vLLM and `cdr serve` provide; llama.cpp's llama-server does not)"
+        )
     tokens = logprobs.get("tokens") or []
     if tokens and tokens[0].startswith("token_id:"):
         echoed = [int(t.removeprefix("token_id:")) for t in tokens[:n]]
@@ -69,8 +72,10 @@ class OpenAICompletionsBackend(Backend):
     def __init__(self, source: ModelSource, options: BackendOptions):
         super().__init__(source, options)
         if not options.url:
-            raise CdrError(f"the openai backend for '{source.name}' needs the server's base URL "
-                           "(--strong-url / --weak-url, e.g. http://127.0.0.1:8000/v1)")
+            raise CdrError(
+                f"the openai backend for '{source.name}' needs the server's base URL "
+                "(--strong-url / --weak-url, e.g. http://127.0.0.1:8000/v1)"
+            )
         self.url = options.url.rstrip("/")
         self.served_model = options.served_model or source.name
         key = os.environ.get(options.api_key_env) if options.api_key_env else None
@@ -92,6 +97,7 @@ class OpenAICompletionsBackend(Backend):
 
         limit = asyncio.Semaphore(self.options.concurrency)
         async with httpx.AsyncClient(timeout=self.options.timeout_s, headers=self.headers) as client:
+
             async def one(request: LogprobRequest) -> np.ndarray:
                 async with limit:
                     lps = await self._score(client, request)
@@ -104,8 +110,16 @@ class OpenAICompletionsBackend(Backend):
     async def _score(self, client, request: LogprobRequest) -> np.ndarray:
         import httpx
 
-        body = {"model": self.served_model, "prompt": list(request.token_ids), "echo": True, "logprobs": 0,
-                "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "return_tokens_as_token_ids": True}
+        body = {
+            "model": self.served_model,
+            "prompt": list(request.token_ids),
+            "echo": True,
+            "logprobs": 0,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,
+            "return_tokens_as_token_ids": True,
+        }
         delay = 0.5
         for attempt in range(self.options.retries + 1):
             try:
@@ -116,7 +130,7 @@ class OpenAICompletionsBackend(Backend):
                 if response.status_code == 200:
                     choice = response.json()["choices"][0]
                     values = parse_prompt_logprobs(choice, request.token_ids)
-                    return np.array(values[request.response_start:], dtype=np.float64)
+                    return np.array(values[request.response_start :], dtype=np.float64)
                 failure = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code not in (429,) and response.status_code < 500:
                     raise ServerError(f"{self.url}/completions refused the request: {failure}")

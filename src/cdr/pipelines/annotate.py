@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cdr.conversation import Conversation, ConversationError, Message, validate_prompt
 from cdr.data import RawRow
@@ -62,7 +63,9 @@ class CandidateRow:
 
 def prompt_id(prompt: list[dict[str, str]]) -> str:
     """sha256 of the prompt's canonical JSON: equal prompts get equal ids across files and runs."""
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: ChunkContext) -> CandidateRow:
@@ -82,14 +85,19 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     if data.get(responses_field) is not None:
         field, values = responses_field, data[responses_field]
         if not isinstance(values, list):
-            raise RowError(where, field, f"expected a list of candidate responses, got {type(values).__name__}",
-                           "wrong type")
+            raise RowError(
+                where, field, f"expected a list of candidate responses, got {type(values).__name__}", "wrong type"
+            )
         names = [f"{field}[{i}]" for i in range(len(values))]
     elif data.get("response_a") is not None or data.get("response_b") is not None:
         names, values = ["response_a", "response_b"], [data.get("response_a"), data.get("response_b")]
     else:
-        raise RowError(where, responses_field, f"missing: expected '{responses_field}' (a list) or 'response_a' and "
-                       "'response_b'", "missing field")
+        raise RowError(
+            where,
+            responses_field,
+            f"missing: expected '{responses_field}' (a list) or 'response_a' and 'response_b'",
+            "missing field",
+        )
     texts: list[str] = []
     for name, value in zip(names, values):
         if isinstance(value, dict) and value.get("role") == "assistant":  # {"role": "assistant", "content": ...}
@@ -102,8 +110,12 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
             raise RowError(where, name, "expected non-empty text, got an empty string", "empty text")
         texts.append(value)
     if len(texts) < 2:
-        raise RowError(where, names[0] if names else responses_field,
-                       f"expected 2 or more candidate responses, got {len(texts)}", "too few candidates")
+        raise RowError(
+            where,
+            names[0] if names else responses_field,
+            f"expected 2 or more candidate responses, got {len(texts)}",
+            "too few candidates",
+        )
     kept: dict[str, int] = {}
     for i, text in enumerate(texts):
         if text.strip() in kept:
@@ -119,14 +131,16 @@ def parse_candidates(raw: RawRow, prompt_field: str, responses_field: str, ctx: 
     return CandidateRow(turns, tuple(texts[i] for i in indices), indices, extra)
 
 
-def choose_preferences(scores: list[float | None], options: AnnotateOptions, pid: str) -> tuple[list[tuple[int, int]], str | None]:
+def choose_preferences(
+    scores: list[float | None], options: AnnotateOptions, pid: str
+) -> tuple[list[tuple[int, int]], str | None]:
     """(chosen, rejected) index pairs into ``scores``, or ([], reason) when the prompt yields none."""
     scored = [i for i, s in enumerate(scores) if s is not None]
     if len(scored) < 2:
         return [], "unscorable"
     ranked = sorted(scored, key=lambda i: (-scores[i], i))  # stable: ties keep input order
     if options.strategy == "all-pairs":
-        preferences = [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1:]]
+        preferences = [(a, b) for x, a in enumerate(ranked) for b in ranked[x + 1 :]]
     elif options.strategy == "best-worst":
         preferences = [(ranked[0], ranked[-1])]
     else:
@@ -164,8 +178,13 @@ class AnnotateJob:
 
     def key(self, provenance: dict[str, Any]) -> dict[str, Any]:
         """What identifies a run for resume: the job's options and what produces the rewards."""
-        return {"command": "annotate", "prompt_field": self.prompt_field, "responses_field": self.responses_field,
-                "annotation": self.annotation, "provenance": provenance}
+        return {
+            "command": "annotate",
+            "prompt_field": self.prompt_field,
+            "responses_field": self.responses_field,
+            "annotation": self.annotation,
+            "provenance": provenance,
+        }
 
     def processor(self, reward: DensityRatio) -> Callable[[list[RawRow], ChunkContext], list[dict[str, Any]]]:
         provenance = reward.provenance
@@ -179,10 +198,14 @@ class AnnotateJob:
                     rows.append((raw, parse_candidates(raw, prompt_field, responses_field, ctx)))
                 except RowError as err:
                     ctx.report(err)
-            convs = [Conversation(row.prompt + (Message("assistant", text),)) for _, row in rows for text in row.candidates]
+            convs = [
+                Conversation(row.prompt + (Message("assistant", text),)) for _, row in rows for text in row.candidates
+            ]
             per_pass = len(chunk) / max(1, 2 * len(convs))
             source_rows = [raw.data for raw, row in rows for _ in row.candidates]  # for a recipe's column router
-            results = reward.score(convs, rows=source_rows, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
+            results = (
+                reward.score(convs, rows=source_rows, on_progress=lambda n: ctx.advance(n * per_pass)) if convs else []
+            )
             out, at = [], 0
             for raw, row in rows:
                 res = results[at : at + len(row.candidates)]
@@ -202,23 +225,25 @@ class AnnotateJob:
                     all_scores[i] = s
                 for a, b in preferences:
                     ctx.counts["pairs"] += 1  # the summary's name for preferences written
-                    out.append({
-                        "prompt": row.prompt_dicts,
-                        "chosen": [{"role": "assistant", "content": row.candidates[a]}],
-                        "rejected": [{"role": "assistant", "content": row.candidates[b]}],
-                        "prompt_id": pid,
-                        "score_chosen": scores[a],
-                        "score_rejected": scores[b],
-                        "chosen_index": row.indices[a],
-                        "rejected_index": row.indices[b],
-                        "chosen_tokens": res[a].strong_tokens,
-                        "rejected_tokens": res[b].strong_tokens,
-                        "scores": all_scores,
-                        "cdr_domain": res[a].domain,
-                        **row.extra,
-                        **provenance_columns(provenance),
-                        **{f"cdr_{k}": v for k, v in annotation.items()},
-                    })
+                    out.append(
+                        {
+                            "prompt": row.prompt_dicts,
+                            "chosen": [{"role": "assistant", "content": row.candidates[a]}],
+                            "rejected": [{"role": "assistant", "content": row.candidates[b]}],
+                            "prompt_id": pid,
+                            "score_chosen": scores[a],
+                            "score_rejected": scores[b],
+                            "chosen_index": row.indices[a],
+                            "rejected_index": row.indices[b],
+                            "chosen_tokens": res[a].strong_tokens,
+                            "rejected_tokens": res[b].strong_tokens,
+                            "scores": all_scores,
+                            "cdr_domain": res[a].domain,
+                            **row.extra,
+                            **provenance_columns(provenance),
+                            **{f"cdr_{k}": v for k, v in annotation.items()},
+                        }
+                    )
             return out
 
         return process
@@ -236,8 +261,16 @@ def annotate_file(
     **run_options: Any,
 ) -> RunSummary:
     job = AnnotateJob(options, prompt_field, responses_field)
-    summary = run_rows(input_path, output_path, job.processor(reward), key=job.key(reward.provenance), summary_order=job.summary_order,
-                       desc=job.desc, result_key=job.result_key, **run_options)
+    summary = run_rows(
+        input_path,
+        output_path,
+        job.processor(reward),
+        key=job.key(reward.provenance),
+        summary_order=job.summary_order,
+        desc=job.desc,
+        result_key=job.result_key,
+        **run_options,
+    )
     if length_report:
         from cdr.length_report import write_length_report
 

@@ -30,8 +30,14 @@ def expand(rows: list[dict]) -> list[dict]:
     for row in rows:
         turns = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
         for side in ("chosen", "rejected"):
-            out.append({"id": row["id"], "domain": row["domain"], "side": side,
-                        "messages": turns + [{"role": "assistant", "content": row[side]}]})
+            out.append(
+                {
+                    "id": row["id"],
+                    "domain": row["domain"],
+                    "side": side,
+                    "messages": turns + [{"role": "assistant", "content": row[side]}],
+                }
+            )
     return out
 
 
@@ -68,11 +74,20 @@ def decision_table(scored: list[dict], provenance: dict) -> str:
             w[1] += strong_ok
             w[2] += longer_ok
             w[3] += 1
-        verdict = "the good answer" if ok else "a tie (counts as wrong)" if good["reward"] == bad["reward"] else "the bad answer  <- wrong"
+        verdict = (
+            "the good answer"
+            if ok
+            else "a tie (counts as wrong)"
+            if good["reward"] == bad["reward"]
+            else "the bad answer  <- wrong"
+        )
         lines.append(f"{rid:<9} {pair['domain']:<7} {good['reward']:>8.3f} {bad['reward']:>8.3f}  {verdict}")
-    lines += ["", f"How often the good answer wins ({provenance['variant']} reward, {provenance['strong']} over "
-              f"{provenance['weak']}, rendering '{provenance['rendering']}'):",
-              f"{'domain':<8} {'pairs':>5} {'cdr reward':>11} {'strong alone':>13} {'longer answer':>14}"]
+    lines += [
+        "",
+        f"How often the good answer wins ({provenance['variant']} reward, {provenance['strong']} over "
+        f"{provenance['weak']}, rendering '{provenance['rendering']}'):",
+        f"{'domain':<8} {'pairs':>5} {'cdr reward':>11} {'strong alone':>13} {'longer answer':>14}",
+    ]
     for key in [*sorted(k for k in wins if k != "all"), "all"]:
         ratio, strong, longer, n = wins[key]
         lines.append(f"{key:<8} {n:>5} {ratio / n:>11.0%} {strong / n:>13.0%} {longer / n:>14.0%}")

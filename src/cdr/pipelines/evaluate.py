@@ -77,8 +77,10 @@ def _raw_rows(source: str) -> Iterator[RawRow]:
 
             ds = datasets.load_dataset(source, split="filtered")
         except Exception as exc:  # the hub's own errors are many; all mean "could not get it"
-            raise CdrError(f"could not load '{source}' from the Hugging Face hub ({type(exc).__name__}: {exc}); "
-                           "offline, pass a local JSONL/Parquet file or 'mini'") from None
+            raise CdrError(
+                f"could not load '{source}' from the Hugging Face hub ({type(exc).__name__}: {exc}); "
+                "offline, pass a local JSONL/Parquet file or 'mini'"
+            ) from None
         for i, row in enumerate(ds):
             yield RawRow(i, f"row {i + 1}", dict(row))
     else:
@@ -92,8 +94,9 @@ def check_row(raw: RawRow) -> dict[str, Any]:
     data = raw.data or {}
     for name in REQUIRED:
         if data.get(name) is None or data.get(name) == "":
-            raise RowError(raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}",
-                           "missing field")
+            raise RowError(
+                raw.location, name, f"missing: a RewardBench row needs {', '.join(REQUIRED)}", "missing field"
+            )
     try:
         prompt = [m.as_dict() for m in validate_prompt(data["prompt"], "prompt")]
         for name in ("chosen", "rejected"):
@@ -101,10 +104,20 @@ def check_row(raw: RawRow) -> dict[str, Any]:
     except ConversationError as exc:
         raise RowError.from_conversation_error(raw.location, exc) from None
     if not isinstance(data["subset"], str):
-        raise RowError(raw.location, "subset",
-                       f"expected a subset name (a string), got {type(data['subset']).__name__}", "wrong type")
-    return {"subset": data["subset"], "id": str(data["id"]), "prompt": prompt, "chosen": data["chosen"],
-            "rejected": data["rejected"], "source": raw.location}
+        raise RowError(
+            raw.location,
+            "subset",
+            f"expected a subset name (a string), got {type(data['subset']).__name__}",
+            "wrong type",
+        )
+    return {
+        "subset": data["subset"],
+        "id": str(data["id"]),
+        "prompt": prompt,
+        "chosen": data["chosen"],
+        "rejected": data["rejected"],
+        "source": raw.location,
+    }
 
 
 def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -126,8 +139,9 @@ def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(keep)]
 
 
-def load_rewardbench(source: str, selection: Selection = Selection(), on_error: str = "skip",
-                     log: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
+def load_rewardbench(
+    source: str, selection: Selection = Selection(), on_error: str = "skip", log: Callable[[str], None] | None = None
+) -> tuple[list[dict], list[dict]]:
     """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
 
     Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
@@ -138,8 +152,9 @@ def load_rewardbench(source: str, selection: Selection = Selection(), on_error: 
             row = check_row(raw)
             key = (row["subset"], row["id"])
             if key in seen:
-                raise RowError(raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}",
-                               "duplicate key")
+                raise RowError(
+                    raw.location, "id", f"duplicate (subset, id) = {key}, first at {seen[key]}", "duplicate key"
+                )
             seen[key] = raw.location
         except RowError as err:
             reports.report(err)
@@ -159,13 +174,17 @@ def load_rewardbench(source: str, selection: Selection = Selection(), on_error: 
         raise CdrError(f"no rows to evaluate in '{source}'")
     outside = sorted({r["subset"] for r in rows} - KNOWN_SUBSETS)
     if outside:
-        (log or logger.info)(f"note: subsets outside RewardBench's sections are reported per subset only: {', '.join(outside)}")
+        (log or logger.info)(
+            f"note: subsets outside RewardBench's sections are reported per subset only: {', '.join(outside)}"
+        )
     return rows, problems
 
 
 def conversations(row: dict) -> tuple[Conversation, Conversation]:
-    return (Conversation.from_prompt_response(row["prompt"], row["chosen"]),
-            Conversation.from_prompt_response(row["prompt"], row["rejected"]))
+    return (
+        Conversation.from_prompt_response(row["prompt"], row["chosen"]),
+        Conversation.from_prompt_response(row["prompt"], row["rejected"]),
+    )
 
 
 def side_record(text: str, strong: ResponseLogprobs | Exception, weak: ResponseLogprobs | Exception) -> dict:
@@ -182,8 +201,16 @@ def side_record(text: str, strong: ResponseLogprobs | Exception, weak: ResponseL
 
 def score_record(row: dict, chosen: dict, rejected: dict, error: str | None, domain: str | None = None) -> dict:
     rewards = {name: [response_score(name, chosen), response_score(name, rejected)] for name in ALL_VARIANTS}
-    return {"subset": row["subset"], "id": row["id"], "domain": domain, "chosen": chosen, "rejected": rejected,
-            "error": error, "rewards": rewards, "correct": {name: is_correct(*pair) for name, pair in rewards.items()}}
+    return {
+        "subset": row["subset"],
+        "id": row["id"],
+        "domain": domain,
+        "chosen": chosen,
+        "rejected": rejected,
+        "error": error,
+        "rewards": rewards,
+        "correct": {name: is_correct(*pair) for name, pair in rewards.items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -201,13 +228,18 @@ class EvalJob:
         def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
             picked = [raw.data for raw in chunk]
             convs = [c for row in picked for c in conversations(row)]
-            pair = reward.model_logprobs(convs, on_progress=lambda n: ctx.advance(n / 4),
-                                         rows=[row for row in picked for _ in range(2)])
+            pair = reward.model_logprobs(
+                convs, on_progress=lambda n: ctx.advance(n / 4), rows=[row for row in picked for _ in range(2)]
+            )
             strong, weak = pair.strong, pair.weak
             records = []
             for i, row in enumerate(picked):
-                errors = [f"{role} {side}: {x}" for role, xs in (("strong", strong), ("weak", weak))
-                          for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1])) if isinstance(x, Exception)]
+                errors = [
+                    f"{role} {side}: {x}"
+                    for role, xs in (("strong", strong), ("weak", weak))
+                    for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1]))
+                    if isinstance(x, Exception)
+                ]
                 if errors:
                     ctx.counts["unscorable"] += 1
                     ctx.note(row["source"], "unscorable", "; ".join(errors))
@@ -243,12 +275,24 @@ def evaluate(
     job = EvalJob()
 
     start = time.time()
-    summary = run_rows(out_dir / "rows.jsonl", out_dir / "scores.jsonl", job.processor(reward), key=job.key(reward.provenance),
-                       summary_order=job.summary_order, chunk_rows=chunk_rows, overwrite=overwrite,
-                       progress=progress, desc=job.desc)
+    summary = run_rows(
+        out_dir / "rows.jsonl",
+        out_dir / "scores.jsonl",
+        job.processor(reward),
+        key=job.key(reward.provenance),
+        summary_order=job.summary_order,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
+        progress=progress,
+        desc=job.desc,
+    )
     records = [json.loads(line) for line in open(out_dir / "scores.jsonl", encoding="utf-8")]
-    timing = {"load_s": load_seconds, "scoring_s_this_run": round(time.time() - start, 2),
-              "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
+    timing = {
+        "load_s": load_seconds,
+        "scoring_s_this_run": round(time.time() - start, 2),
+        "rows_this_run": summary.rows - summary.resumed_from,
+        "resumed_after_row": summary.resumed_from,
+    }
     if reward.cache is not None:
         timing["cache"] = {"reused": reward.cache.hits, "computed": reward.cache.misses}
     return _write_results(out_dir, records, provenance, n_bootstrap, source, rows_text, selection, problems, timing)
@@ -275,18 +319,42 @@ def evaluate_on_ray(
     problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)
     job = EvalJob()
     start = time.time()
-    summary = run_rows_ray(out_dir / "rows.jsonl", out_dir / "shards", job, config, options,
-                           key=job.key(run_identity(config)), on_error=on_error, overwrite=overwrite, progress=progress)
+    summary = run_rows_ray(
+        out_dir / "rows.jsonl",
+        out_dir / "shards",
+        job,
+        config,
+        options,
+        key=job.key(run_identity(config)),
+        on_error=on_error,
+        overwrite=overwrite,
+        progress=progress,
+    )
     records = read_shards(out_dir / "shards")
     atomic_write_text(out_dir / "scores.jsonl", encode_lines(records).decode("utf-8"))  # strict JSON: NaN -> null
-    timing = {"engine": "ray", "num_actors": options.num_actors, "scoring_s_this_run": round(time.time() - start, 2),
-              "rows_this_run": summary.rows - summary.resumed_from, "resumed_after_row": summary.resumed_from}
-    return _write_results(out_dir, records, run_provenance(out_dir / "shards"), n_bootstrap, source, rows_text,
-                          selection, problems, timing)
+    timing = {
+        "engine": "ray",
+        "num_actors": options.num_actors,
+        "scoring_s_this_run": round(time.time() - start, 2),
+        "rows_this_run": summary.rows - summary.resumed_from,
+        "resumed_after_row": summary.resumed_from,
+    }
+    return _write_results(
+        out_dir,
+        records,
+        run_provenance(out_dir / "shards"),
+        n_bootstrap,
+        source,
+        rows_text,
+        selection,
+        problems,
+        timing,
+    )
 
 
-def _prepare_rows(out_dir: Path, source: str, selection: Selection, on_error: str,
-                  loaded: tuple[list[dict], list[dict]] | None) -> tuple[list[dict], str]:
+def _prepare_rows(
+    out_dir: Path, source: str, selection: Selection, on_error: str, loaded: tuple[list[dict], list[dict]] | None
+) -> tuple[list[dict], str]:
     """Load and select the rows (unless ``loaded`` already holds them) and pin them in ``DIR/rows.jsonl``, which every
     engine then reads; returns the skipped-row problems and the file's text."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -296,18 +364,36 @@ def _prepare_rows(out_dir: Path, source: str, selection: Selection, on_error: st
     return problems, rows_text
 
 
-def _write_results(out_dir: Path, records: list[dict], provenance: dict, n_bootstrap: int, source: str, rows_text: str,
-                   selection: Selection, problems: list[dict], timing: dict) -> dict:
+def _write_results(
+    out_dir: Path,
+    records: list[dict],
+    provenance: dict,
+    n_bootstrap: int,
+    source: str,
+    rows_text: str,
+    selection: Selection,
+    problems: list[dict],
+    timing: dict,
+) -> dict:
     results = build_results(records, provenance, n_bootstrap)
-    results["data"] = {"source": source, "sha256": _sha256_text(rows_text), "rows": rows_text.count("\n"),
-                       "selection": selection.__dict__, "skipped_rows": problems}
+    results["data"] = {
+        "source": source,
+        "sha256": _sha256_text(rows_text),
+        "rows": rows_text.count("\n"),
+        "selection": selection.__dict__,
+        "skipped_rows": problems,
+    }
     results["timing"] = timing
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out_dir / "results.md", markdown(results))
     from cdr.plots import section_bars
 
-    section_bars(results["variants"], LABELS, out_dir / "sections.png",
-                 f"{results['model']} over {results['ref_model']}: {len(records)} RewardBench rows")
+    section_bars(
+        results["variants"],
+        LABELS,
+        out_dir / "sections.png",
+        f"{results['model']} over {results['ref_model']}: {len(records)} RewardBench rows",
+    )
     return results
 
 
@@ -317,8 +403,9 @@ def _sha256_text(text: str) -> str:
 
 def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000) -> dict:
     """reward-bench's results shape for the default variant, plus the same figures for every variant."""
-    variants = {name: summarize([(r["subset"], r["correct"][name]) for r in records], n_bootstrap)
-                for name in ALL_VARIANTS}
+    variants = {
+        name: summarize([(r["subset"], r["correct"][name]) for r in records], n_bootstrap) for name in ALL_VARIANTS
+    }
     default = variants[provenance["variant"]]
     return {
         "accuracy": default["accuracy"],
@@ -348,8 +435,10 @@ def routing(records: list[dict]) -> dict | None:
     matrix: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         matrix[section_of.get(r["subset"], r["subset"])][r.get("domain") or "none"] += 1
-    return {"domains": dict(Counter(r.get("domain") or "none" for r in records)),
-            "by_section": {section: dict(counts) for section, counts in matrix.items()}}
+    return {
+        "domains": dict(Counter(r.get("domain") or "none" for r in records)),
+        "by_section": {section: dict(counts) for section, counts in matrix.items()},
+    }
 
 
 def cell(value: float | None, interval: list[float] | None) -> str:
@@ -366,7 +455,8 @@ def markdown(results: dict) -> str:
         "",
         f"{results['num_prompts']} rows from `{results['data']['source']}`; default variant `{results['variant']}`, "
         f"score {cell(results['accuracy'], results['intervals'].get('score'))}. Ties count as wrong; sections are "
-        "example-count weighted (Reasoning = math-prm and hep-* half each); intervals are 95% bootstrap, rows resampled "
+        "example-count weighted (Reasoning = math-prm and hep-* half each); intervals are 95% bootstrap, rows "
+        "resampled "
         f"within each subset. Unscorable rows: {results['unscorable']}; truncated: {results['truncated']}.",
         "",
         "| variant | " + " | ".join(cols) + " | score |",
@@ -374,22 +464,39 @@ def markdown(results: dict) -> str:
     ]
     for name, f in results["variants"].items():
         cells = [cell(f["sections"].get(c), f["intervals"].get(c)) for c in cols]
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {cell(f['accuracy'], f['intervals'].get('score'))} |")
+        lines.append(
+            f"| {LABELS.get(name, name)} | "
+            + " | ".join(cells)
+            + f" | {cell(f['accuracy'], f['intervals'].get('score'))} |"
+        )
     names = list(results["variants"])
-    lines += ["", "Per subset (accuracy):", "", "| subset | rows | " + " | ".join(LABELS.get(n, n) for n in names) + " |",
-              "|---|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        "Per subset (accuracy):",
+        "",
+        "| subset | rows | " + " | ".join(LABELS.get(n, n) for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     counts = results.get("subset_rows", {})
     for subset in results["extra_results"]:
         cells = [f"{results['variants'][n]['extra_results'].get(subset, float('nan')):.3f}" for n in names]
         lines.append(f"| {subset} | {counts.get(subset, '')} | " + " | ".join(cells) + " |")
     if results.get("routing"):
         domains = sorted(results["routing"]["domains"])
-        lines += ["", f"Routing (recipe `{results['provenance'].get('recipe')}`, router "
-                  f"`{results['provenance'].get('router')}`): rows per section and domain.", "",
-                  "| section | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+        lines += [
+            "",
+            f"Routing (recipe `{results['provenance'].get('recipe')}`, router "
+            f"`{results['provenance'].get('router')}`): rows per section and domain.",
+            "",
+            "| section | " + " | ".join(domains) + " |",
+            "|---|" + "---|" * len(domains),
+        ]
         for section, counts in results["routing"]["by_section"].items():
             lines.append(f"| {section} | " + " | ".join(str(counts.get(d, 0)) for d in domains) + " |")
     t = results.get("timing", {})
-    lines += ["", f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
-              f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')})."]
+    lines += [
+        "",
+        f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
+        f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')}).",
+    ]
     return "\n".join(lines) + "\n"

@@ -94,8 +94,9 @@ def compare_pairs(
     passes = {name: model_pass(name, config, convs, cache, progress) for name in models}
     scores = PassScores(rows, passes, config.variant, n_bootstrap)
     singles = {name: scores.single_model(name) for name in models}
-    pairs = {f"{strong} / {weak}": scores.model_pair(strong, weak) for strong in models for weak in models
-             if strong != weak}
+    pairs = {
+        f"{strong} / {weak}": scores.model_pair(strong, weak) for strong in models for weak in models if strong != weak
+    }
     gap_source = "user-given quality" if quality else f"single-model score ({scores.single_variant} log-prob)"
     model_quality = quality or {name: singles[name]["accuracy"] for name in models}
     for p in pairs.values():
@@ -104,12 +105,22 @@ def compare_pairs(
     results = {
         "data": {"source": source, "rows": len(rows), "selection": selection.__dict__, "skipped_rows": problems},
         "variant": config.variant,
-        "models": {name: {k: v for k, v in passes[name].items() if k not in ("logprob", "tokens")}
-                   | {"single_model": singles[name], "quality": model_quality[name],
-                      "unscorable": sum(1 for x in passes[name]["logprob"] if x is None)} for name in models},
+        "models": {
+            name: {k: v for k, v in passes[name].items() if k not in ("logprob", "tokens")}
+            | {
+                "single_model": singles[name],
+                "quality": model_quality[name],
+                "unscorable": sum(1 for x in passes[name]["logprob"] if x is None),
+            }
+            for name in models
+        },
         "pairs": pairs,
-        "gap": {"source": gap_source, "pearson": _corr(gaps, accuracies),
-                "spearman": _corr(_ranks(gaps), _ranks(accuracies)), "n_pairs": len(pairs)},
+        "gap": {
+            "source": gap_source,
+            "pearson": _corr(gaps, accuracies),
+            "spearman": _corr(_ranks(gaps), _ranks(accuracies)),
+            "n_pairs": len(pairs),
+        },
         "recommended": _recommended(pairs),
         "passes": len(models),
     }
@@ -122,8 +133,10 @@ def _check_request(models: Sequence[str], config: RewardConfig, quality: dict[st
     if len(models) < 2 or len(set(models)) != len(models):
         raise CdrError(f"need at least two different models, got {', '.join(models) or 'none'}")
     if config.rendering != "own":
-        raise CdrError("cdr pairs derives model pairs by differencing, which needs rendering 'own' "
-                       "(under 'shared' a model's log-probs depend on its partner's template)")
+        raise CdrError(
+            "cdr pairs derives model pairs by differencing, which needs rendering 'own' "
+            "(under 'shared' a model's log-probs depend on its partner's template)"
+        )
     missing = sorted(set(quality or {}) - set(models))
     if missing:
         raise CdrError(f"--quality names model(s) not in --models: {', '.join(missing)}")
@@ -145,8 +158,9 @@ class PassScores:
         return self.passes[name]["logprob"][k], self.passes[name]["tokens"][k]
 
     def _summary(self, reward_of: Callable[[int], float | None]) -> dict[str, Any]:
-        correct = [(row["subset"], is_correct(reward_of(2 * i), reward_of(2 * i + 1)))
-                   for i, row in enumerate(self.rows)]
+        correct = [
+            (row["subset"], is_correct(reward_of(2 * i), reward_of(2 * i + 1))) for i, row in enumerate(self.rows)
+        ]
         return summarize(correct, self.n_bootstrap)
 
     def single_model(self, name: str) -> dict[str, Any]:
@@ -168,9 +182,14 @@ def _recommended(pairs: dict[str, dict]) -> dict[str, Any]:
     ranked = sorted(pairs, key=lambda k: pairs[k]["accuracy"], reverse=True)
     best, runner_up = pairs[ranked[0]], pairs[ranked[1]] if len(ranked) > 1 else None
     within_noise = bool(runner_up and runner_up["accuracy"] >= best["intervals"]["score"][0])
-    return {"strong": best["strong"], "weak": best["weak"], "score": best["accuracy"],
-            "interval": best["intervals"].get("score"),
-            "runner_up": ranked[1] if runner_up else None, "runner_up_within_interval": within_noise}
+    return {
+        "strong": best["strong"],
+        "weak": best["weak"],
+        "score": best["accuracy"],
+        "interval": best["intervals"].get("score"),
+        "runner_up": ranked[1] if runner_up else None,
+        "runner_up_within_interval": within_noise,
+    }
 
 
 def _write_outputs(out_dir: Path, results: dict, rows: list[dict], passes: dict, models: list[str]) -> None:
@@ -182,10 +201,15 @@ def _write_outputs(out_dir: Path, results: dict, rows: list[dict], passes: dict,
     pairs, variant, gap = results["pairs"], results["variant"], results["gap"]
     matrix = [[pairs[f"{s} / {w}"]["accuracy"] if s != w else None for w in models] for s in models]
     pair_heatmap(models, matrix, out_dir / "heatmap.png", f"pair score ({variant}), {len(rows)} RewardBench rows")
-    title = f"pair score vs gap (Pearson r = {gap['pearson']:.2f})" if gap["pearson"] is not None \
-        else "pair score vs gap"
-    gap_scatter([(k.replace(" / ", "/"), p["gap"], p["accuracy"]) for k, p in pairs.items()], out_dir / "gap.png",
-                f"gap: strong - weak, {gap['source']}", title)
+    title = (
+        f"pair score vs gap (Pearson r = {gap['pearson']:.2f})" if gap["pearson"] is not None else "pair score vs gap"
+    )
+    gap_scatter(
+        [(k.replace(" / ", "/"), p["gap"], p["accuracy"]) for k, p in pairs.items()],
+        out_dir / "gap.png",
+        f"gap: strong - weak, {gap['source']}",
+        title,
+    )
 
 
 def _corr(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -225,20 +249,33 @@ def markdown(results: dict) -> str:
         cells = [cell(p["sections"].get(s), p["intervals"].get(s)) for s in SECTIONS]
         score = cell(p["accuracy"], p["intervals"].get("score"))
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {score} | {p['gap']:+.3f} |")
-    lines += ["", "Each model alone:", "", "| model | " + " | ".join(SECTIONS) + " | score | load s | scoring s |",
-              "|---|" + "---|" * (len(SECTIONS) + 3)]
+    lines += [
+        "",
+        "Each model alone:",
+        "",
+        "| model | " + " | ".join(SECTIONS) + " | score | load s | scoring s |",
+        "|---|" + "---|" * (len(SECTIONS) + 3),
+    ]
     for name, m in results["models"].items():
         s = m["single_model"]
         cells = [cell(s["sections"].get(x), s["intervals"].get(x)) for x in SECTIONS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cell(s['accuracy'], s['intervals'].get('score'))} | "
-                     f"{m['load_s']} | {m['scoring_s']} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {cell(s['accuracy'], s['intervals'].get('score'))} | "
+            f"{m['load_s']} | {m['scoring_s']} |"
+        )
     g = results["gap"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
-    lines += ["", f"Gap ({g['source']}) against pair score over {g['n_pairs']} ordered pairs: Pearson r = "
-              f"{fmt(g['pearson'])}, Spearman rho = {fmt(g['spearman'])}.", "",
-              f"**Recommended: strong `{rec['strong']}`, weak `{rec['weak']}`**, "
-              f"score {cell(rec['score'], rec['interval'])}."]
+    lines += [
+        "",
+        f"Gap ({g['source']}) against pair score over {g['n_pairs']} ordered pairs: Pearson r = "
+        f"{fmt(g['pearson'])}, Spearman rho = {fmt(g['spearman'])}.",
+        "",
+        f"**Recommended: strong `{rec['strong']}`, weak `{rec['weak']}`**, "
+        f"score {cell(rec['score'], rec['interval'])}.",
+    ]
     if rec["runner_up_within_interval"]:
-        lines.append(f"The runner-up ({rec['runner_up']}) is inside that interval: on this data the two are not "
-                     "distinguishable; evaluate on more rows before relying on the ranking.")
+        lines.append(
+            f"The runner-up ({rec['runner_up']}) is inside that interval: on this data the two are not "
+            "distinguishable; evaluate on more rows before relying on the ranking."
+        )
     return "\n".join(lines) + "\n"

@@ -187,8 +187,11 @@ class PairActor:
             results = self.process(rows, ctx)
         except RowError as err:  # --on-error fail: the driver stops with this row's message
             return [("abort", str(err))]
-        return ([("row", r) for r in results] + [("error", e) for e in reports.errors]
-                + [("done", {"rows": len(rows), "counts": dict(reports.counts), "provenance": self.reward.provenance})])
+        return (
+            [("row", r) for r in results]
+            + [("error", e) for e in reports.errors]
+            + [("done", {"rows": len(rows), "counts": dict(reports.counts), "provenance": self.reward.provenance})]
+        )
 
 
 def _init_ray(options: RayOptions):
@@ -215,8 +218,11 @@ SHARD_FILE = re.compile(r"part-\d{5}\.(parquet|json)|\.part-\d{5}\.parquet\.tmp\
 
 def _own_files(out_dir: Path) -> list[Path]:
     """The files of a Ray output directory cdr wrote (by name): the only ones it may remove there."""
-    return [p for p in out_dir.iterdir()
-            if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))]
+    return [
+        p
+        for p in out_dir.iterdir()
+        if p.is_file() and (SHARD_FILE.fullmatch(p.name) or p.name in (STATE, "errors.jsonl"))
+    ]
 
 
 def _read_state(state_path: Path) -> dict[str, Any]:
@@ -226,8 +232,10 @@ def _read_state(state_path: Path) -> dict[str, Any]:
             raise TypeError
         return state
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-        raise CdrError(f"'{state_path}' is damaged or not a cdr state file; move the directory aside, or remove "
-                       f"'{state_path}' and pass --overwrite to start again") from None
+        raise CdrError(
+            f"'{state_path}' is damaged or not a cdr state file; move the directory aside, or remove "
+            f"'{state_path}' and pass --overwrite to start again"
+        ) from None
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -235,8 +243,10 @@ def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise CdrError(f"with --engine ray the output is a directory of Parquet shards; '{out_dir}' is a file")
     if out_dir.is_dir() and not (out_dir / STATE).exists() and any(out_dir.iterdir()):
-        raise CdrError(f"'{out_dir}' is a directory cdr did not write (it has no {STATE}); cdr never deletes or mixes "
-                       "into such a directory, even with --overwrite: choose another output")
+        raise CdrError(
+            f"'{out_dir}' is a directory cdr did not write (it has no {STATE}); cdr never deletes or mixes "
+            "into such a directory, even with --overwrite: choose another output"
+        )
 
 
 def _load_state(out_dir: Path, key: dict[str, Any], overwrite: bool) -> dict[str, Any]:
@@ -271,8 +281,13 @@ def _write_shard(out_dir: Path, shard: Shard, rows: list[dict], errors: list[dic
         os.fsync(f.fileno())
     sha = file_sha(tmp)
     os.replace(tmp, out_dir / f"{shard.name}.parquet")
-    mark = {"shard": {"index": shard.index, "start": shard.start, "stop": shard.stop}, "output_rows": len(rows),
-            "parquet_sha256": sha, "counts": dict(counts), "errors": errors}
+    mark = {
+        "shard": {"index": shard.index, "start": shard.start, "stop": shard.stop},
+        "output_rows": len(rows),
+        "parquet_sha256": sha,
+        "counts": dict(counts),
+        "errors": errors,
+    }
     atomic_write_text(out_dir / f"{shard.name}.json", json.dumps(mark, ensure_ascii=False))
 
 
@@ -329,12 +344,14 @@ def run_rows_ray(
     if out_dir.suffix in (".jsonl", ".json", ".parquet", ".csv"):
         raise CdrError(f"with --engine ray the output is a directory of Parquet shards; got '{out_dir}'")
     check_ray_output(input_path, out_dir)
-    key = RunKey.of(input_path, on_error, limit,
-                    {"shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}).as_json()
+    key = RunKey.of(
+        input_path, on_error, limit, {"shard_rows": options.shard_rows, "batch_rows": options.batch_rows, **key}
+    ).as_json()
     lock = OutputLock(lock_path(out_dir), out_dir)
     try:
-        return _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit,
-                           log, start)
+        return _run_locked(
+            input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit, log, start
+        )
     finally:
         lock.release()
 
@@ -348,8 +365,9 @@ def check_ray_output(input_path, out_dir: Path) -> None:
     check_lock_free(out_dir)
 
 
-def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit, log,
-                start) -> RunSummary:
+def _run_locked(
+    input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit, log, start
+) -> RunSummary:
     state = _load_state(out_dir, key, overwrite)
     shards = plan_shards(input_path, fmt, options.shard_rows, options.batch_rows, limit)
     pending = []
@@ -357,7 +375,9 @@ def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, o
         problem = shard_problem(out_dir, s)
         if problem is not None:
             if problem not in ("not finished", "not finished (no completion mark)"):
-                (log or logger.warning)(f"cdr: warning: shard {s.name} (rows {s.start + 1}-{s.stop}): {problem}; it is computed again")
+                (log or logger.warning)(
+                    f"cdr: warning: shard {s.name} (rows {s.start + 1}-{s.stop}): {problem}; it is computed again"
+                )
             for p in (out_dir / f"{s.name}.json", out_dir / f"{s.name}.parquet"):
                 p.unlink(missing_ok=True)
             pending.append(s)
@@ -370,32 +390,77 @@ def _run_locked(input_path, fmt, out_dir, job, config, options, key, on_error, o
         (log or logger.info)(f"resuming {out_dir}: {len(shards) - len(pending)} of {len(shards)} shards already done")
     if pending:
         state["complete"] = False
-        _run_pending(pending, input_path, fmt, out_dir, job, config, options, on_error, state, total_counts,
-                     progress, total_rows=sum(s.rows for s in shards), done_rows=done_rows)
+        _run_pending(
+            pending,
+            input_path,
+            fmt,
+            out_dir,
+            job,
+            config,
+            options,
+            on_error,
+            state,
+            total_counts,
+            progress,
+            total_rows=sum(s.rows for s in shards),
+            done_rows=done_rows,
+        )
     missing = [s.name for s in shards if not shard_done(out_dir, s)]
     if missing:
-        raise CdrError(f"the Ray run ended with unfinished shards ({', '.join(missing[:5])}); "
-                       "run the same command again")
+        raise CdrError(
+            f"the Ray run ended with unfinished shards ({', '.join(missing[:5])}); run the same command again"
+        )
     state["complete"] = True
     _save_state(out_dir, state)
     errors_file = _merge_errors(out_dir, shards)
-    return RunSummary(out_dir, sum(s.rows for s in shards), total_counts, time.time() - start, errors_file,
-                      done_rows, tuple(job.summary_order), skipped_kinds(total_counts),
-                      result_key=getattr(job, "result_key", None))
+    return RunSummary(
+        out_dir,
+        sum(s.rows for s in shards),
+        total_counts,
+        time.time() - start,
+        errors_file,
+        done_rows,
+        tuple(job.summary_order),
+        skipped_kinds(total_counts),
+        result_key=getattr(job, "result_key", None),
+    )
 
 
-def _run_pending(pending: list[Shard], input_path, fmt: str, out_dir: Path, job, config, options: RayOptions,
-                 on_error: str, state: dict, total_counts: Counter, progress: bool, total_rows: int,
-                 done_rows: int) -> None:
+def _run_pending(
+    pending: list[Shard],
+    input_path,
+    fmt: str,
+    out_dir: Path,
+    job,
+    config,
+    options: RayOptions,
+    on_error: str,
+    state: dict,
+    total_counts: Counter,
+    progress: bool,
+    total_rows: int,
+    done_rows: int,
+) -> None:
     ray = _init_ray(options)
     actor_config = config.replace(threads=config.strong_options.threads or max(1, int(options.cpus_per_actor)))
     items = [asdict(p) for s in pending for p in s.pieces]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    constructor = {"job": job, "config": actor_config, "on_error": on_error, "path": str(Path(input_path).resolve()),
-                   "fmt": fmt}
-    ds = ds.map_batches(PairActor, fn_constructor_kwargs=constructor, batch_size=1, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=options.num_actors),
-                        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
+    constructor = {
+        "job": job,
+        "config": actor_config,
+        "on_error": on_error,
+        "path": str(Path(input_path).resolve()),
+        "fmt": fmt,
+    }
+    ds = ds.map_batches(
+        PairActor,
+        fn_constructor_kwargs=constructor,
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=options.num_actors),
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor or None,
+    )
     assembly = ShardAssembly(pending)
     bar = progress_bar(total_rows, done_rows, job.desc) if progress else None
     try:
@@ -457,9 +522,13 @@ def run_identity(config) -> dict[str, Any]:
 
     options = {k: v for k, v in config.flat().items() if k not in ("threads", "recipe")}
     recipe = load_recipe(config.recipe)
-    return {**options, "recipe": recipe.name, "recipe_sha256": recipe.sha256(),
-            "strong_sha256": resolve_model(config.strong, "strong").fingerprint(),
-            "weak_sha256": resolve_model(config.weak, "weak").fingerprint()}
+    return {
+        **options,
+        "recipe": recipe.name,
+        "recipe_sha256": recipe.sha256(),
+        "strong_sha256": resolve_model(config.strong, "strong").fingerprint(),
+        "weak_sha256": resolve_model(config.weak, "weak").fingerprint(),
+    }
 
 
 def run_provenance(out_dir: str | Path) -> dict[str, Any] | None:

@@ -13,9 +13,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from cdr.data import RawRow, count_rows, detect_format, iter_rows
 from cdr.errors import CdrError, RowError
@@ -57,8 +58,9 @@ def check_writable(output_path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise CdrError(f"cannot write output '{output_path}': directory '{probe}' is not writable "
-                       f"({exc.strerror})") from None
+        raise CdrError(
+            f"cannot write output '{output_path}': directory '{probe}' is not writable ({exc.strerror})"
+        ) from None
 
 
 def check_paths(input_path, output_path, input_format=None, output_format=None) -> None:
@@ -74,7 +76,7 @@ def check_paths(input_path, output_path, input_format=None, output_format=None) 
     check_lock_free(out)
 
 
-def report_notes(chunk: list[RawRow], ctx: "ChunkContext") -> None:
+def report_notes(chunk: list[RawRow], ctx: ChunkContext) -> None:
     """Problems a row survives that the reader found (a duplicate key: the last value is used)."""
     for raw in chunk:
         for note in raw.notes:
@@ -101,8 +103,13 @@ class RowReports:
     SHOWN_ERRORS are shown through ``say`` (nothing is shown when it is None), then one line naming
     ``more_in``, the file that holds them all."""
 
-    def __init__(self, on_error: str, counts: Counter | None = None, say: Callable[[str], None] | None = None,
-                 more_in: Path | None = None):
+    def __init__(
+        self,
+        on_error: str,
+        counts: Counter | None = None,
+        say: Callable[[str], None] | None = None,
+        more_in: Path | None = None,
+    ):
         self.on_error = on_error
         self.counts: Counter = Counter() if counts is None else counts
         self.say = say
@@ -192,8 +199,10 @@ class RunSummary:
         parts = [f"rows: {self.rows}"] + [f"{name}: {self.counts.get(name, 0)}" for name in self.order]
         lines = ["  ".join(parts)]
         if self.failed:
-            lines.append(f"no row produced a result: all {self.rows} rows were skipped or unscorable "
-                         f"(exit status {EXIT_NO_RESULTS}; the row reports say why)")
+            lines.append(
+                f"no row produced a result: all {self.rows} rows were skipped or unscorable "
+                f"(exit status {EXIT_NO_RESULTS}; the row reports say why)"
+            )
         if self.skipped_kinds:
             lines.append("skipped by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_kinds.items())))
         lines.append(f"output: {self.output}")
@@ -246,15 +255,31 @@ def run_rows(
                 log(f"resuming {output_path} after row {resumed_from}")
             _run(out, input_path, input_format, process, reports, chunk_rows, limit, desc if progress else None)
             out.finish()
-        return RunSummary(out.path, out.rows_done, reports.counts, time.time() - start,
-                          out.errors if out.errors.exists() else None, resumed_from, summary_order,
-                          skipped_kinds(reports.counts), result_key=result_key)
+        return RunSummary(
+            out.path,
+            out.rows_done,
+            reports.counts,
+            time.time() - start,
+            out.errors if out.errors.exists() else None,
+            resumed_from,
+            summary_order,
+            skipped_kinds(reports.counts),
+            result_key=result_key,
+        )
     finally:
         out.close()
 
 
-def _run(out: ResumableOutput, input_path, input_format, process, reports: RowReports, chunk_rows: int,
-         limit: int | None, desc: str | None) -> None:
+def _run(
+    out: ResumableOutput,
+    input_path,
+    input_format,
+    process,
+    reports: RowReports,
+    chunk_rows: int,
+    limit: int | None,
+    desc: str | None,
+) -> None:
     """Process the input rows ``out`` does not hold yet, chunk by chunk, appending each chunk's output rows
     and row reports to ``out``; with a progress bar unless ``desc`` is None."""
     bar = None

@@ -69,11 +69,26 @@ def sample_file(
             ctx.counts["responses"] += len(responses)
             ctx.counts["empty_responses"] += sum(not r for r in responses)
             extra = {k: v for k, v in (raw.data or {}).items() if k not in PROMPT_FIELDS}
-            rows.append({**extra, "prompt": prompt, "responses": responses, "cdr_policy": policy.source.name,
-                         "cdr_policy_sha256": policy.fingerprint, "cdr_sampling": options.as_dict()})
+            rows.append(
+                {
+                    **extra,
+                    "prompt": prompt,
+                    "responses": responses,
+                    "cdr_policy": policy.source.name,
+                    "cdr_policy_sha256": policy.fingerprint,
+                    "cdr_sampling": options.as_dict(),
+                }
+            )
         ctx.advance(len(chunk))
         return rows
 
     key = {"command": "sample", "policy": policy.fingerprint, "sampling": options.as_dict(), "chunk_rows": chunk_rows}
-    return run_rows(input_path, output_path, process, key=key, summary_order=("prompts", "responses", "empty_responses", "skipped"),
-                    desc="sampling", **run_options)
+    return run_rows(
+        input_path,
+        output_path,
+        process,
+        key=key,
+        summary_order=("prompts", "responses", "empty_responses", "skipped"),
+        desc="sampling",
+        **run_options,
+    )

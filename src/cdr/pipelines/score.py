@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cdr.data import Fields, RawRow, conversation_from_row
 from cdr.errors import RowError
@@ -59,8 +60,13 @@ class ScoreJob:
                     valid.append((raw, conversation_from_row(raw, fields)))
                 except RowError as err:
                     ctx.report(err)
-            results = reward.score([c for _, c in valid], rows=[raw.data for raw, _ in valid],
-                                   on_progress=lambda n: ctx.advance(n / 2)) if valid else []
+            results = (
+                reward.score(
+                    [c for _, c in valid], rows=[raw.data for raw, _ in valid], on_progress=lambda n: ctx.advance(n / 2)
+                )
+                if valid
+                else []
+            )
             rows = []
             for (raw, _), result in zip(valid, results):
                 count_result(result, raw.location, ctx)
@@ -83,5 +89,13 @@ def score_file(
     ``run_options`` go to ``run_rows``: input_format, output_format, on_error, chunk_rows, overwrite, progress.
     """
     job = ScoreJob(fields)
-    return run_rows(input_path, output_path, job.processor(reward), key=job.key(reward.provenance), summary_order=job.summary_order,
-                    desc=job.desc, result_key=job.result_key, **run_options)
+    return run_rows(
+        input_path,
+        output_path,
+        job.processor(reward),
+        key=job.key(reward.provenance),
+        summary_order=job.summary_order,
+        desc=job.desc,
+        result_key=job.result_key,
+        **run_options,
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cdr.conversation import Conversation, Message
 from cdr.recipes.recipe import Context, Domain, Exemplar, Recipe

@@ -94,8 +94,11 @@ class Recipe:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("cdr.recipes").joinpath("presets").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in resources.files("cdr.recipes").joinpath("presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def load_recipe(spec: str | Path | Recipe | None) -> Recipe:
@@ -107,6 +110,7 @@ def load_recipe(spec: str | Path | Recipe | None) -> Recipe:
 
 
 # --- reading: YAML with each key's line number, and 'extends' -------------------------------------------------
+
 
 def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
     import yaml
@@ -142,10 +146,14 @@ def _read(spec: str, seen: tuple[str, ...]) -> tuple[dict, dict, str]:
     if not isinstance(base, str):
         raise RecipeError(source, lines.get("extends"), "extends", "expected a preset name or a path")
     if data.get("domains") is not None and not isinstance(data["domains"], dict):
-        raise RecipeError(source, lines.get("domains"), "domains",
-                          "expected a mapping of domain name to its criteria and exemplars")
-    base_path = base if base in preset_names() or Path(base).is_absolute() or source.startswith("preset") \
+        raise RecipeError(
+            source, lines.get("domains"), "domains", "expected a mapping of domain name to its criteria and exemplars"
+        )
+    base_path = (
+        base
+        if base in preset_names() or Path(base).is_absolute() or source.startswith("preset")
         else str(Path(source).parent / base)
+    )
     parent, parent_lines, _ = _read(base_path, seen + (spec,))
     merged = {**parent, **{k: v for k, v in data.items() if k != "domains"}}
     merged["domains"] = {**(parent.get("domains") or {}), **(data.get("domains") or {})}
@@ -187,11 +195,13 @@ def _plain(node, path: str, lines: dict[str, int]) -> Any:
         return yaml.safe_load(yaml.serialize(node))
     except (yaml.YAMLError, ValueError, TypeError) as exc:  # a tag safe YAML does not allow, or a bad value for one
         reason = getattr(exc, "problem", None) or str(exc)
-        raise _BadScalar(path or "(top level)", node.start_mark.line + 1,
-                         f"cannot read this value ({node.tag}): {reason}") from None
+        raise _BadScalar(
+            path or "(top level)", node.start_mark.line + 1, f"cannot read this value ({node.tag}): {reason}"
+        ) from None
 
 
 # --- validation -----------------------------------------------------------------------------------------------
+
 
 class _Checker:
     def __init__(self, source: str, lines: dict[str, int]):
@@ -281,9 +291,11 @@ def _build(data: dict, lines: dict[str, int], source: str) -> Recipe:
             if placement != "separate":
                 c.fail(f"{path}.weak", f"a weak context needs placement: separate (placement is {placement!r})")
             w = c.keys(raw["weak"], f"{path}.weak", WEAK_KEYS)
-            weak = Context(criteria=c.text(w.get("criteria"), f"{path}.weak.criteria", optional=True),
-                           exemplars=c.choice(w.get("exemplars", "none"), f"{path}.weak.exemplars", WEAK_EXEMPLARS),
-                           contrast=False)
+            weak = Context(
+                criteria=c.text(w.get("criteria"), f"{path}.weak.criteria", optional=True),
+                exemplars=c.choice(w.get("exemplars", "none"), f"{path}.weak.exemplars", WEAK_EXEMPLARS),
+                contrast=False,
+            )
         description = c.text(raw.get("description", str(dname)), f"{path}.description")
         criteria = c.text(raw.get("criteria"), f"{path}.criteria", optional=True)
         domains[str(dname)] = Domain(str(dname), description, criteria, tuple(exemplars), weak)
@@ -297,9 +309,17 @@ def _build(data: dict, lines: dict[str, int], source: str) -> Recipe:
     router = _router(c, data.get("router"), domains)
     if domains and router.kind == "none" and len(domains) > 1:
         c.fail("router", f"{len(domains)} domains need a router (kind: {', '.join(ROUTER_KINDS[1:])})")
-    return Recipe(name=name, description=(data.get("description") or "").strip(), placement=placement,
-                  exemplars=n_exemplars, use_criteria=use_criteria, seed=seed, fallback=fallback, router=router,
-                  domains=domains)
+    return Recipe(
+        name=name,
+        description=(data.get("description") or "").strip(),
+        placement=placement,
+        exemplars=n_exemplars,
+        use_criteria=use_criteria,
+        seed=seed,
+        fallback=fallback,
+        router=router,
+        domains=domains,
+    )
 
 
 def _router(c: _Checker, raw: Any, domains: dict[str, Domain]) -> RouterSpec:

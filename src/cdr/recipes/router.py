@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from cdr.conversation import Conversation, Message
 from cdr.errors import CdrError
@@ -61,14 +62,20 @@ class LLMRouter:
         choices = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
         return [
             Message("system", f"Sort the user's request into exactly one category:\n{listing}"),
-            Message("user", f"Request:\n\"\"\"\n{text[: self.max_chars]}\n\"\"\"\n\n"
-                            f"Which category is this request? Answer with the category name only: {choices}."),
+            Message(
+                "user",
+                f'Request:\n"""\n{text[: self.max_chars]}\n"""\n\n'
+                f"Which category is this request? Answer with the category name only: {choices}.",
+            ),
         ]
 
     def route(self, prompts, rows=None) -> list[str | None]:
         names = list(self.domains)
-        convs = [Conversation(tuple(self.classification_prompt(last_user_turn(p))) + (Message("assistant", name),))
-                 for p in prompts for name in names]
+        convs = [
+            Conversation(tuple(self.classification_prompt(last_user_turn(p))) + (Message("assistant", name),))
+            for p in prompts
+            for name in names
+        ]
         scored = self.scorer.logprobs(convs, self.scorer.renderer, self.include_eot)
         out = []
         for i in range(len(prompts)):
@@ -122,8 +129,9 @@ def import_callable(target: str) -> Callable:
     return obj
 
 
-def build_router(recipe: Recipe, scorer_for: Callable[[str], Any] | None = None,
-                 allow_python: bool = False) -> Router | None:
+def build_router(
+    recipe: Recipe, scorer_for: Callable[[str], Any] | None = None, allow_python: bool = False
+) -> Router | None:
     """The recipe's router. ``scorer_for(model)`` returns the scorer (a ``ModelScorer``) an LLM router scores
     with, for the recipe's router model ('strong', 'weak' or any model spec): a ``DensityRatio`` passes its
     own, lending its models. A ``python`` router imports and calls code the recipe file names, so it is
@@ -137,8 +145,10 @@ def build_router(recipe: Recipe, scorer_for: Callable[[str], Any] | None = None,
         return ColumnRouter(spec.column)
     if spec.kind == "python":
         if not allow_python:
-            raise CdrError(f"recipe '{recipe.name}' has a python router ({spec.callable}), which imports and runs that "
-                           "code; pass --allow-python-router (allow_python_router: true in a config) if you trust it")
+            raise CdrError(
+                f"recipe '{recipe.name}' has a python router ({spec.callable}), which imports and runs that "
+                "code; pass --allow-python-router (allow_python_router: true in a config) if you trust it"
+            )
         return CallableRouter(import_callable(spec.callable), spec.callable)
     if scorer_for is None:
         needs = "the reward's models" if spec.model in ("strong", "weak") else "a scorer (scorer_for)"
@@ -147,8 +157,12 @@ def build_router(recipe: Recipe, scorer_for: Callable[[str], Any] | None = None,
     return LLMRouter(scorer_for(spec.model), domains, spec.max_chars)
 
 
-def route(recipe: Recipe, router: Router | None, prompts: Sequence[Sequence[Message]],
-          rows: Sequence[dict | None] | None = None) -> list[str | None]:
+def route(
+    recipe: Recipe,
+    router: Router | None,
+    prompts: Sequence[Sequence[Message]],
+    rows: Sequence[dict | None] | None = None,
+) -> list[str | None]:
     """Each prompt's domain: the router's answer when it names a domain, else the fallback. Each distinct
     prompt is routed once (an LLM router scores every domain name per prompt)."""
     from cdr.recipes.context import prompt_key
@@ -170,7 +184,9 @@ def route(recipe: Recipe, router: Router | None, prompts: Sequence[Sequence[Mess
     if isinstance(router, CallableRouter):
         unknown = sorted({a for a in answers if a is not None and a not in recipe.domains})
         if unknown:
-            raise CdrError(f"router {router.name} returned {unknown[0]!r}, not one of the recipe's domains "
-                           f"({', '.join(recipe.domains)})")
+            raise CdrError(
+                f"router {router.name} returned {unknown[0]!r}, not one of the recipe's domains "
+                f"({', '.join(recipe.domains)})"
+            )
     by_key = {k: (a if a in recipe.domains else recipe.fallback) for k, a in zip(first, answers)}
     return [by_key[key(i)] for i in range(len(prompts))]

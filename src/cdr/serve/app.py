@@ -89,8 +89,14 @@ class ServeSettings:
 
 
 class ServiceError(Exception):
-    def __init__(self, status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None,
-                 param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.detail, self.headers, self.param = status, message, detail, headers, param
 
@@ -135,21 +141,35 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("cdr_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                                registry=self.registry)
-        self.rows = Counter("cdr_rows", "rows (conversations or prompts) scored, by endpoint", ["endpoint"],
-                            registry=self.registry)
-        self.latency = Histogram("cdr_request_seconds", "request latency", ["endpoint"], registry=self.registry,
-                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.requests = Counter(
+            "cdr_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.rows = Counter(
+            "cdr_rows", "rows (conversations or prompts) scored, by endpoint", ["endpoint"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "cdr_request_seconds",
+            "request latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
         self.queue = Gauge("cdr_queue_rows", "rows waiting for the model", registry=self.registry)
-        self.batch = Histogram("cdr_batch_rows", "rows per model batch", registry=self.registry,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.disconnects = Counter("cdr_client_disconnects", "requests abandoned by their client",
-                                   registry=self.registry)
-        self.unscorable = Counter("cdr_unscorable_rows", "/get_reward rows given the unscorable reward, by reason",
-                                  ["reason"], registry=self.registry)
-        self.cache_hits = Counter("cdr_result_cache_hits", "rows answered from the finished-row cache",
-                                  registry=self.registry)
+        self.batch = Histogram(
+            "cdr_batch_rows", "rows per model batch", registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
+        self.disconnects = Counter(
+            "cdr_client_disconnects", "requests abandoned by their client", registry=self.registry
+        )
+        self.unscorable = Counter(
+            "cdr_unscorable_rows",
+            "/get_reward rows given the unscorable reward, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cache_hits = Counter(
+            "cdr_result_cache_hits", "rows answered from the finished-row cache", registry=self.registry
+        )
 
 
 class RewardService:
@@ -158,8 +178,13 @@ class RewardService:
 
     def __init__(self, reward: DensityRatio, settings: ServeSettings, metrics: Metrics):
         self.reward, self.settings, self.metrics = reward, settings, metrics
-        self.batcher = MicroBatcher(self._run, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
-                                    max_queue=settings.max_queue, on_batch=metrics.batch.observe)
+        self.batcher = MicroBatcher(
+            self._run,
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            on_batch=metrics.batch.observe,
+        )
         self.scorers = {"strong": reward.strong, "weak": reward.weak}
         # the same pair scoring without the end-of-turn token (for responses cut off at the policy's limit)
         self.views = {True: reward, False: reward}
@@ -168,8 +193,9 @@ class RewardService:
             no_eot.config = dataclasses.replace(reward.config, include_eot=False)
             self.views[False] = no_eot
         self.cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
-        self.max_chars = {side: settings.max_tokens * 2 * longest_token(s.tokenizer)
-                          for side, s in self.scorers.items()}
+        self.max_chars = {
+            side: settings.max_tokens * 2 * longest_token(s.tokenizer) for side, s in self.scorers.items()
+        }
         self.closing = False
 
     # --- runs on the model thread -------------------------------------------------------------------
@@ -226,8 +252,11 @@ class RewardService:
                 for task in done:
                     task.result()  # a failed chunk (or a refused first chunk) fails the request
         except QueueFull as exc:
-            raise ServiceError(503, f"the queue is full ({exc}); retry later",
-                               headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+            raise ServiceError(
+                503,
+                f"the queue is full ({exc}); retry later",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
         finally:
             for task in tasks + [gone]:
                 task.cancel()
@@ -249,6 +278,7 @@ class RewardService:
             todo = [i for i, r in enumerate(out) if r is None and eots[i] == eot]
             if not todo:
                 continue
+
             def finished(at: int, part: list[Any], todo=todo) -> None:  # per chunk, even after a disconnect
                 for i, r in zip(todo[at : at + len(part)], part):
                     self.remember(keys[i], r)
@@ -288,8 +318,9 @@ class RewardService:
         chars = sum(len(m.content) for m in conv.messages)
         for role, scorer, renderer in (("strong", r.strong, r.strong.renderer), ("weak", r.weak, r.weak_renderer)):
             if chars > self.max_chars[role]:
-                raise TooLong(f"{chars} characters cannot fit in {self.settings.max_tokens} tokens under the {role} "
-                              "model")
+                raise TooLong(
+                    f"{chars} characters cannot fit in {self.settings.max_tokens} tokens under the {role} model"
+                )
             try:
                 n = len(scorer.span(conv, renderer, include_eot).token_ids)
             except Unscorable as exc:
@@ -381,8 +412,9 @@ def uvicorn_config(app, settings: ServeSettings, **kwargs):
 
     from cdr.serve.idle import idle_timeout_protocol
 
-    return uvicorn.Config(app, host=settings.host, port=settings.port,
-                          http=idle_timeout_protocol(settings.idle_timeout_s), **kwargs)
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, http=idle_timeout_protocol(settings.idle_timeout_s), **kwargs
+    )
 
 
 def uvicorn_server(app, settings: ServeSettings, **kwargs):
@@ -408,8 +440,12 @@ def create_app(reward: DensityRatio, settings: ServeSettings | None = None):
         service.closing = True
         await service.batcher.stop()  # uvicorn has already let in-flight requests finish
 
-    app = FastAPI(title="cdr reward service", version=provenance["cdr_version"], lifespan=lifespan,
-                  description="Density-ratio rewards log p_strong(y|x) - log p_weak(y|x) over HTTP.")
+    app = FastAPI(
+        title="cdr reward service",
+        version=provenance["cdr_version"],
+        lifespan=lifespan,
+        description="Density-ratio rewards log p_strong(y|x) - log p_weak(y|x) over HTTP.",
+    )
     app.state.service = service
     app.state.exiting = None  # uvicorn_server sets it: () -> True once shutdown has begun
     app.add_middleware(Guard, settings=settings, metrics=metrics, state=app.state)
@@ -427,8 +463,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        return JSONResponse(error_body(exc.status, exc.message, param=exc.param, detail=exc.detail),
-                            status_code=exc.status, headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.status, exc.message, param=exc.param, detail=exc.detail),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -442,8 +481,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
 
 def _add_health_routes(app: FastAPI, service: RewardService, provenance: dict) -> None:
@@ -451,8 +493,12 @@ def _add_health_routes(app: FastAPI, service: RewardService, provenance: dict) -
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
-        return Health(status="shutting down" if service.closing else "ok", strong=provenance["strong"],
-                      weak=provenance["weak"], queue_depth=service.batcher.queued_rows)
+        return Health(
+            status="shutting down" if service.closing else "ok",
+            strong=provenance["strong"],
+            weak=provenance["weak"],
+            queue_depth=service.batcher.queued_rows,
+        )
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
@@ -522,10 +568,12 @@ def _openrlhf_response(service: RewardService, rows: list[RLRow], good: list[int
     rewards = [fallback if why else float(r.reward) for r, why in zip(scored, reasons)]
     extra: dict[str, list[float]] = {}
     if settings.extra_logs == "full":
-        extra = {"strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
-                 "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
-                 "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
-                 "cdr_no_eos": [0.0 if conv is None or eot or not include_eot else 1.0 for conv, eot in rows]}
+        extra = {
+            "strong_logprob": [0.0 if why else float(r.strong_logprob) for r, why in zip(scored, reasons)],
+            "weak_logprob": [0.0 if why else float(r.weak_logprob) for r, why in zip(scored, reasons)],
+            "cdr_unscorable": [1.0 if why else 0.0 for why in reasons],
+            "cdr_no_eos": [0.0 if conv is None or eot or not include_eot else 1.0 for conv, eot in rows],
+        }
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
 
 
@@ -539,18 +587,28 @@ def _add_completions_route(app: FastAPI, service: RewardService, provenance: dic
         k = body.logprobs or 0
         greedy = body.max_tokens == 1
         if (k or greedy) and not scorer.backend.has_top_logprobs:
-            raise ServiceError(422, f"the {scorer.backend.name} backend serving '{side}' returns no top-k log-probs: "
-                               "use logprobs=0 and max_tokens=0 (the prompt's own log-probs still come back)")
+            raise ServiceError(
+                422,
+                f"the {scorer.backend.name} backend serving '{side}' returns no top-k log-probs: "
+                "use logprobs=0 and max_tokens=0 (the prompt's own log-probs still come back)",
+            )
         # tokenizing text is CPU work: off the event loop, after a length check that needs no tokenizing
         prompts = await run_in_threadpool(_checked_prompts, body.prompt, scorer, service, side)
         results = await service.run(request, PromptBatch(side), [PromptRow(ids, k, greedy) for ids in prompts])
         service.metrics.rows.labels("/v1/completions").inc(len(prompts))
         choices = [_choice(i, ids, res, body, scorer.tokenizer) for i, (ids, res) in enumerate(zip(prompts, results))]
         n_prompt = sum(len(p) for p in prompts)
-        return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model or side,
-                                  choices=choices, usage=CompletionUsage(prompt_tokens=n_prompt,
-                                  completion_tokens=body.max_tokens * len(prompts),
-                                  total_tokens=n_prompt + body.max_tokens * len(prompts)))
+        return CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=body.model or side,
+            choices=choices,
+            usage=CompletionUsage(
+                prompt_tokens=n_prompt,
+                completion_tokens=body.max_tokens * len(prompts),
+                total_tokens=n_prompt + body.max_tokens * len(prompts),
+            ),
+        )
 
 
 async def _heartbeat(work: asyncio.Future, answer, every_s: float):
@@ -580,20 +638,27 @@ def _checked_prompts(prompt, scorer, service: RewardService, side: str) -> list[
     service.check_rows(len(prompt), "prompt")
     for i, p in enumerate(prompt):
         if isinstance(p, str) and len(p) > service.max_chars[side]:
-            raise ServiceError(422, f"prompt[{i}] has {len(p)} characters, which cannot fit in {settings.max_tokens} "
-                               "tokens", param=f"prompt[{i}]")
+            raise ServiceError(
+                422,
+                f"prompt[{i}] has {len(p)} characters, which cannot fit in {settings.max_tokens} tokens",
+                param=f"prompt[{i}]",
+            )
     prompts = [scorer.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompt]
     vocab = scorer.backend.vocab_size if scorer.backend.vocab_size is not None else len(scorer.tokenizer)
     for i, ids in enumerate(prompts):
         if not ids:
             raise ServiceError(422, f"prompt[{i}] is empty", param=f"prompt[{i}]")
         if len(ids) > settings.max_tokens:
-            raise ServiceError(422, f"prompt[{i}] has {len(ids)} tokens, at most {settings.max_tokens}",
-                               param=f"prompt[{i}]")
+            raise ServiceError(
+                422, f"prompt[{i}] has {len(ids)} tokens, at most {settings.max_tokens}", param=f"prompt[{i}]"
+            )
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ServiceError(422, f"prompt[{i}] has token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}",
-                               param=f"prompt[{i}]")
+            raise ServiceError(
+                422,
+                f"prompt[{i}] has token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}",
+                param=f"prompt[{i}]",
+            )
     return prompts
 
 
@@ -602,8 +667,10 @@ def _served_side(model: str | None, provenance: dict) -> str:
         return "strong"
     if model in ("weak", provenance["weak"]):
         return "weak"
-    raise ServiceError(404, f"model {model!r} is not served here; use 'strong' ({provenance['strong']}) or "
-                       f"'weak' ({provenance['weak']})")
+    raise ServiceError(
+        404,
+        f"model {model!r} is not served here; use 'strong' ({provenance['strong']}) or 'weak' ({provenance['weak']})",
+    )
 
 
 def _choice(index: int, ids: list[int], result: PromptResult, body: CompletionRequest, tokenizer) -> CompletionChoice:
@@ -638,5 +705,6 @@ def _choice(index: int, ids: list[int], result: PromptResult, body: CompletionRe
     logprobs = None
     if body.logprobs is not None:
         logprobs = CompletionLogprobs(text_offset=offsets, token_logprobs=token_lps, tokens=strings, top_logprobs=tops)
-    return CompletionChoice(index=index, text=text, logprobs=logprobs,
-                            prompt_token_ids=list(ids) if body.echo else None)
+    return CompletionChoice(
+        index=index, text=text, logprobs=logprobs, prompt_token_ids=list(ids) if body.echo else None
+    )

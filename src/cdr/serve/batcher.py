@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any
 
 
 class QueueFull(Exception):
@@ -31,8 +32,15 @@ class Job:
 
 
 class MicroBatcher:
-    def __init__(self, run: Callable[[Hashable, list[Any]], list[Any]], *, max_batch: int = 32,
-                 max_wait: float = 0.01, max_queue: int = 1024, on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[Hashable, list[Any]], list[Any]],
+        *,
+        max_batch: int = 32,
+        max_wait: float = 0.01,
+        max_queue: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self._run = run  # (key, items) -> one result per item; runs on the worker thread
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self._on_batch = on_batch
@@ -58,8 +66,9 @@ class MicroBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, key: Hashable, items: list[Any], force: bool = False,
-                     on_result: Callable[[list[Any]], None] | None = None) -> list[Any]:
+    async def submit(
+        self, key: Hashable, items: list[Any], force: bool = False, on_result: Callable[[list[Any]], None] | None = None
+    ) -> list[Any]:
         """``force``: skip the queue bound (a later chunk of a request the bound already admitted).
         ``on_result``: called with the results once computed, even if the caller has gone meanwhile."""
         if self._closing and not force:

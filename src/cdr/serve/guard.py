@@ -24,24 +24,39 @@ ROUTES = ("/v1/reward", "/get_reward", "/v1/completions", "/health", "/metrics",
 OPEN_PATHS = ("/health",)  # answer without authentication (liveness probes)
 TRIM_AFTER_BYTES = 1 << 20  # bodies at least this large are followed by malloc_trim
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 411: "invalid_request_error",
-               413: "invalid_request_error", 422: "invalid_request_error", 499: "client_disconnected",
-               503: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    411: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    499: "client_disconnected",
+    503: "overloaded_error",
+}
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None,
-               detail: Any = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None, detail: Any = None
+) -> dict[str, Any]:
     """The shape OpenAI clients read: {"error": {"message", "type", "param", "code"}} (+ cdr's row detail)."""
-    err: dict[str, Any] = {"message": message, "type": ERROR_TYPES.get(status, "server_error" if status >= 500
-                           else "invalid_request_error"), "param": param, "code": code or str(status)}
+    err: dict[str, Any] = {
+        "message": message,
+        "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        "param": param,
+        "code": code or str(status),
+    }
     if detail is not None:
         err["detail"] = detail
     return {"error": err}
 
 
-async def send_error(send, status: int, message: str, headers: dict[str, str] | None = None, close: bool = False,
-                     code: str | None = None) -> None:
+async def send_error(
+    send, status: int, message: str, headers: dict[str, str] | None = None, close: bool = False, code: str | None = None
+) -> None:
     body = json.dumps(error_body(status, message, code=code)).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -107,7 +122,7 @@ class Guard:
             prefix = f"/{s.path_token}"
             if path == prefix or path.startswith(prefix + "/"):
                 if secrets.compare_digest(path[: len(prefix)].encode(), prefix.encode()):
-                    rest = path[len(prefix):] or "/"
+                    rest = path[len(prefix) :] or "/"
                     scope["path"] = rest
                     scope["raw_path"] = rest.encode()
                     return True
@@ -139,9 +154,13 @@ class Guard:
             if not self._client_allowed(scope):
                 return await send_error(send_and_record, 403, "this client address is not allowed")
             if not authorized:
-                return await send_error(send_and_record, 401, "missing or wrong credentials: send 'Authorization: "
-                                        "Bearer <token>' (or use the secret path prefix)",
-                                        headers={"WWW-Authenticate": "Bearer"})
+                return await send_error(
+                    send_and_record,
+                    401,
+                    "missing or wrong credentials: send 'Authorization: "
+                    "Bearer <token>' (or use the secret path prefix)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             if scope["method"] != "POST":
                 return await self.app(scope, receive, send_and_record)
             if not await self._forward_post(scope, receive, send_and_record):
@@ -166,18 +185,28 @@ class Guard:
             await send_error(send, 413, f"the body has {size} bytes, at most {s.max_body_bytes}")
             return True
         if self.held_bytes + size > s.max_held_bytes and self.held_bytes > 0:
-            await send_error(send, 503, f"{self.held_bytes} bytes of request bodies are being processed (limit "
-                             f"{s.max_held_bytes}); retry later", headers={"Retry-After": str(s.retry_after_s)})
+            await send_error(
+                send,
+                503,
+                f"{self.held_bytes} bytes of request bodies are being processed (limit "
+                f"{s.max_held_bytes}); retry later",
+                headers={"Retry-After": str(s.retry_after_s)},
+            )
             return True
         self.held_bytes += size
         try:
             body = await self._read_body(receive, size)
             if body is None:
-                await send_error(send, 408, f"the body did not arrive within {s.body_timeout_s:g} s ({size} bytes "
-                                 "declared)", close=True)
+                await send_error(
+                    send,
+                    408,
+                    f"the body did not arrive within {s.body_timeout_s:g} s ({size} bytes declared)",
+                    close=True,
+                )
             elif body == "exiting":
-                await send_error(send, 503, "the server is shutting down", close=True,
-                                 headers={"Retry-After": str(s.retry_after_s)})
+                await send_error(
+                    send, 503, "the server is shutting down", close=True, headers={"Retry-After": str(s.retry_after_s)}
+                )
             elif isinstance(body, str):  # the client went away while sending
                 return False
             else:

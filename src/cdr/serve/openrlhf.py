@@ -38,8 +38,10 @@ class Split:
 
 def prompt_messages(prompt: str) -> list[dict[str, str]]:
     for pattern in TEMPLATES:
-        turns = [{"role": "assistant" if role == "model" else role, "content": content}
-                 for role, content in pattern.findall(prompt)]
+        turns = [
+            {"role": "assistant" if role == "model" else role, "content": content}
+            for role, content in pattern.findall(prompt)
+        ]
         if turns:
             return turns
     return [{"role": "user", "content": prompt.strip()}]
@@ -63,7 +65,7 @@ def split_query(query: str, prompt: str | None) -> Split:
         raise SplitError("no prompts[i] to split the query with (send 'prompts' alongside 'query')", "no_prompt")
     if not query.startswith(prompt):
         raise SplitError("the query does not start with its prompt (was the prompt truncated?)", "prompt_mismatch")
-    tail = query[len(prompt):]
+    tail = query[len(prompt) :]
     response = strip_end_markers(tail).lstrip()  # the separator space belongs to the template
     if not response.strip():
         raise SplitError("the response after the prompt is empty", "empty_response")

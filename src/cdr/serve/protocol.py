@@ -7,7 +7,7 @@ part of vLLM's OpenAI-compatible ``/v1/completions`` that returns prompt log-pro
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -37,14 +37,14 @@ class RewardRequest(BaseModel):
 
 
 class RewardItem(BaseModel):
-    reward: Optional[float]
-    strong_logprob: Optional[float]
-    weak_logprob: Optional[float]
-    strong_tokens: Optional[int]
-    weak_tokens: Optional[int]
+    reward: float | None
+    strong_logprob: float | None
+    weak_logprob: float | None
+    strong_tokens: int | None
+    weak_tokens: int | None
     truncated: bool = False
-    domain: Optional[str] = None
-    error: Optional[str] = None
+    domain: str | None = None
+    error: str | None = None
 
 
 class RewardResponse(BaseModel):
@@ -57,18 +57,18 @@ class OpenRLHFRequest(BaseModel):
     ``prompts[i]`` the templated prompt it starts with."""
 
     query: list[str] = Field(min_length=1)
-    prompts: Optional[list[str]] = None
-    labels: Optional[list[Any]] = None
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
 
     # Optional in the schema, required here: a missing 'prompts' gets this message, not "Field required"
     @model_validator(mode="after")
     def _prompts_match_queries(self) -> OpenRLHFRequest:
         if self.prompts is None:
-            raise request_error("prompts", "'prompts' is required: cdr splits each query at its prompt "
-                                "(OpenRLHF sends it)")
+            raise request_error(
+                "prompts", "'prompts' is required: cdr splits each query at its prompt (OpenRLHF sends it)"
+            )
         if len(self.prompts) != len(self.query):
-            raise request_error("prompts", f"'prompts' has {len(self.prompts)} items but 'query' has "
-                                f"{len(self.query)}")
+            raise request_error("prompts", f"'prompts' has {len(self.prompts)} items but 'query' has {len(self.query)}")
         return self
 
 
@@ -89,10 +89,10 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we ignore (temperature, user, ...)
 
-    model: Optional[str] = None
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     max_tokens: int = Field(default=0, ge=0)  # OpenAI defaults to 16; a scoring server to none
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
@@ -101,27 +101,31 @@ class CompletionRequest(BaseModel):
     @model_validator(mode="after")
     def _scoring_only(self) -> CompletionRequest:
         if self.stream:
-            raise request_error("stream", "stream is not supported: this endpoint returns prompt log-probs in "
-                                "one response")
+            raise request_error(
+                "stream", "stream is not supported: this endpoint returns prompt log-probs in one response"
+            )
         if self.max_tokens > 1:
-            raise request_error("max_tokens", f"max_tokens={self.max_tokens}: this server scores prompts and "
-                                "generates at most 1 (greedy) token; use max_tokens 0 or 1")
+            raise request_error(
+                "max_tokens",
+                f"max_tokens={self.max_tokens}: this server scores prompts and "
+                "generates at most 1 (greedy) token; use max_tokens 0 or 1",
+            )
         return self
 
 
 class CompletionLogprobs(BaseModel):
     text_offset: list[int]
-    token_logprobs: list[Optional[float]]
+    token_logprobs: list[float | None]
     tokens: list[str]
-    top_logprobs: list[Optional[dict[str, float]]]
+    top_logprobs: list[dict[str, float] | None]
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: Optional[CompletionLogprobs]
+    logprobs: CompletionLogprobs | None
     finish_reason: Literal["length"] = "length"
-    prompt_token_ids: Optional[list[int]] = None
+    prompt_token_ids: list[int] | None = None
 
 
 class CompletionUsage(BaseModel):
@@ -142,9 +146,9 @@ class CompletionResponse(BaseModel):
 class ErrorDetail(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
-    detail: Optional[Any] = None  # cdr's addition: the rows at fault, where there are several
+    param: str | None = None
+    code: str | None = None
+    detail: Any | None = None  # cdr's addition: the rows at fault, where there are several
 
 
 class ErrorBody(BaseModel):
