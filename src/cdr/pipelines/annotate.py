@@ -26,7 +26,7 @@ from typing import Any
 from cdr.conversation import Conversation, ConversationError, Message, validate_prompt
 from cdr.data import RawRow
 from cdr.errors import CdrError, RowError
-from cdr.pipelines.runner import ChunkContext, RunSummary, run_rows
+from cdr.pipelines.runner import ChunkContext, RunSummary, run_job
 from cdr.pipelines.score import provenance_columns
 from cdr.reward import DensityRatio
 
@@ -261,16 +261,7 @@ def annotate_file(
     **run_options: Any,
 ) -> RunSummary:
     job = AnnotateJob(options, prompt_field, responses_field)
-    summary = run_rows(
-        input_path,
-        output_path,
-        job.processor(reward),
-        key=job.key(reward.provenance),
-        summary_order=job.summary_order,
-        desc=job.desc,
-        result_key=job.result_key,
-        **run_options,
-    )
+    summary = run_job(job, input_path, output_path, reward, **run_options)
     if length_report:
         from cdr.length_report import write_length_report
 

@@ -27,7 +27,7 @@ from cdr.data import RawRow, iter_rows
 from cdr.errors import CdrError, RowError
 from cdr.models import HUB_ID, atomic_write_text
 from cdr.output import encode_lines, read_shards, write_if_changed
-from cdr.pipelines.runner import ChunkContext, RowReports, run_rows
+from cdr.pipelines.runner import ChunkContext, RowReports, run_job
 from cdr.reward import DensityRatio, ResponseLogprobs
 from cdr.rewardbench import (
     ALL_VARIANTS,
@@ -275,16 +275,14 @@ def evaluate(
     job = EvalJob()
 
     start = time.time()
-    summary = run_rows(
+    summary = run_job(
+        job,
         out_dir / "rows.jsonl",
         out_dir / "scores.jsonl",
-        job.processor(reward),
-        key=job.key(reward.provenance),
-        summary_order=job.summary_order,
+        reward,
         chunk_rows=chunk_rows,
         overwrite=overwrite,
         progress=progress,
-        desc=job.desc,
     )
     records = [json.loads(line) for line in open(out_dir / "scores.jsonl", encoding="utf-8")]
     timing = {

@@ -215,6 +215,21 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def run_job(job, input_path: str | Path, output_path: str | Path, reward, **run_options: Any) -> RunSummary:
+    """``job`` (a ScoreJob, AnnotateJob or EvalJob) over ``input_path`` in this process: its processor, resume
+    key, summary and description, as the Ray engine runs the same job on actors."""
+    return run_rows(
+        input_path,
+        output_path,
+        job.processor(reward),
+        key=job.key(reward.provenance),
+        summary_order=job.summary_order,
+        desc=job.desc,
+        result_key=getattr(job, "result_key", None),
+        **run_options,
+    )
+
+
 def run_rows(
     input_path: str | Path,
     output_path: str | Path,

@@ -9,7 +9,7 @@ from typing import Any
 
 from cdr.data import Fields, RawRow, conversation_from_row
 from cdr.errors import RowError
-from cdr.pipelines.runner import ChunkContext, RunSummary, run_rows
+from cdr.pipelines.runner import ChunkContext, RunSummary, run_job
 from cdr.reward import DensityRatio, RewardResult
 
 SUMMARY = ("scored", "skipped", "unscorable", "truncated")
@@ -89,13 +89,4 @@ def score_file(
     ``run_options`` go to ``run_rows``: input_format, output_format, on_error, chunk_rows, overwrite, progress.
     """
     job = ScoreJob(fields)
-    return run_rows(
-        input_path,
-        output_path,
-        job.processor(reward),
-        key=job.key(reward.provenance),
-        summary_order=job.summary_order,
-        desc=job.desc,
-        result_key=job.result_key,
-        **run_options,
-    )
+    return run_job(job, input_path, output_path, reward, **run_options)
