@@ -197,3 +197,18 @@ def test_ray_refuses_other_settings_and_bad_options(tmp_path, tiny_strong, tiny_
         "score", str(data), "-o", str(tmp_path / "x.jsonl"), "--engine", "ray", *pair_args(tiny_strong, tiny_weak_fast)
     )
     assert r.returncode == 2 and "directory of Parquet shards" in r.stderr
+
+
+def test_partial_shard_files_of_a_killed_run_are_removed_and_nothing_else(tmp_path):
+    """A kill while a shard was being written leaves '.part-NNNNN.parquet.tmpPID'; the next run (holding the
+    lock) deletes exactly those."""
+    from cdr.pipelines.ray_runner import _remove_partial_shards
+
+    leftover = tmp_path / ".part-00003.parquet.tmp4242"
+    leftover.write_bytes(b"half a parquet file")
+    keep = [tmp_path / "part-00003.parquet", tmp_path / ".part-notes.tmp1", tmp_path / "mine.parquet.tmp9"]
+    for path in keep:
+        path.write_text("x")
+    _remove_partial_shards(tmp_path)
+    assert not leftover.exists() and all(path.exists() for path in keep)
+    _remove_partial_shards(tmp_path / "not-yet-created")  # a first run: nothing to do

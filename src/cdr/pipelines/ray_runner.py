@@ -356,6 +356,15 @@ def run_rows_ray(
         lock.release()
 
 
+def _remove_partial_shards(out_dir: Path) -> None:
+    """Shard files a killed run was still writing (``.part-NNNNN.parquet.tmpPID``, cdr's own naming): never
+    read, and safe to delete because this run holds the output's lock."""
+    if out_dir.is_dir():
+        for path in out_dir.glob(".part-*.parquet.tmp*"):
+            if SHARD_FILE.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+
+
 def check_ray_output(input_path, out_dir: Path) -> None:
     """The checks of a Ray output that need no model and no cluster."""
     if Path(input_path).resolve() == out_dir.resolve():
@@ -369,6 +378,7 @@ def _run_locked(
     input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit, log, start
 ) -> RunSummary:
     state = _load_state(out_dir, key, overwrite)
+    _remove_partial_shards(out_dir)
     shards = plan_shards(input_path, fmt, options.shard_rows, options.batch_rows, limit)
     pending = []
     for s in shards:
