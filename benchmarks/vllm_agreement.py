@@ -3,6 +3,7 @@
     .venv-vllm/bin/python benchmarks/vllm_agreement.py --rows 230               # everything, all rows
     .venv-vllm/bin/python benchmarks/vllm_agreement.py --rows 40 --bf16-rows 20  # a quick pass; rerun to extend
     .venv-vllm/bin/python benchmarks/vllm_agreement.py --sampling 4 4 64         # cdr sample: transformers vs vLLM
+    .venv-vllm/bin/python benchmarks/vllm_agreement.py --pair-speed 20           # the pair through `cdr score`
 
 Per model (SmolLM2-135M-Instruct, gemma-3-270m, from cdr's converted transformers directories of the
 packaged GGUF files) and per configuration (hf float32 = the reference, vllm float32, vllm bfloat16), one
@@ -15,6 +16,11 @@ Agreement, on the rows every configuration has finished: per-token absolute erro
 (mean and max over all response tokens), per-response mean error, single-model decisions (chosen > rejected
 by the summed log-prob) and the pair's decisions (mean_diff: strong mean log-prob - weak mean log-prob,
 both models on the same configuration) compared row by row with the pair's hf float32 decisions.
+
+`--pair-speed ROWS` runs the whole embedded pair through `cdr score` (one process per configuration, the
+log-prob cache off) on ROWS mini-set rows spread over the set (2 responses each): hf float32, llamacpp (the
+GGUF files themselves), vllm float32 and vllm bfloat16, the configurations alternating when --repeats > 1.
+Load time (up to cdr's "loaded" line) is reported apart from scoring time (from that line to exit).
 """
 
 from __future__ import annotations
@@ -221,6 +227,63 @@ def sampling_child(engine: str, prompts: int, n: int, max_new_tokens: int) -> No
     )
 
 
+PAIR_CONFIGS = (("hf", "float32"), ("llamacpp", "auto"), ("vllm", "float32"), ("vllm", "bfloat16"))
+
+
+def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[str, str]]) -> list[dict]:
+    """The pair through `cdr score`, each configuration in its own process: load and scoring seconds."""
+    import tempfile
+
+    picked = [rows[i * len(rows) // n_rows] for i in range(n_rows)]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "responses.jsonl"
+        with data.open("w") as f:
+            for row in picked:
+                for side in ("chosen", "rejected"):
+                    f.write(json.dumps({"prompt": row["prompt"], "response": row[side]}) + "\n")
+        for repeat in range(repeats):
+            for backend, dtype in configs:
+                out = Path(tmp) / f"{backend}-{dtype}-{repeat}.jsonl"
+                cmd = [sys.executable, "-m", "cdr.cli", "score", str(data), "-o", str(out), "--backend", backend]
+                cmd += ["--dtype", dtype, "--cache", "none", "--chunk-rows", str(2 * n_rows), "-q"]
+                t0 = time.time()
+                proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                loaded_at, log = None, []
+                for line in proc.stderr:
+                    log.append(line)
+                    if loaded_at is None and " loaded " in line:
+                        loaded_at = time.time()
+                if proc.wait() != 0 or loaded_at is None:
+                    raise SystemExit(f"{backend}-{dtype} failed:\n{''.join(log[-20:])}")
+                end = time.time()
+                rewards = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+                decisions = [a > b for a, b in zip(rewards[::2], rewards[1::2])]
+                runs.append(
+                    {
+                        "backend": backend,
+                        "dtype": dtype,
+                        "repeat": repeat,
+                        "responses": len(rewards),
+                        "load_s": round(loaded_at - t0, 2),
+                        "scoring_s": round(end - loaded_at, 2),
+                        "rewards_per_s": len(rewards) / (end - loaded_at),
+                        "decisions": decisions,
+                    }
+                )
+                took = f"load {loaded_at - t0:.1f} s, {len(rewards)} rewards in {end - loaded_at:.1f} s"
+                print(
+                    f"{backend}-{dtype}: {took}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    reference = runs[0]["decisions"]
+    for run in runs:
+        same = [a == b for a, b in zip(run["decisions"], reference)]
+        run["pair_decisions_agree_with_hf_float32"] = float(np.mean(same))
+    return runs
+
+
 def cpu_info() -> dict:
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -250,6 +313,13 @@ def main() -> None:
         type=int,
         metavar=("PROMPTS", "N", "MAX_NEW_TOKENS"),
         help="only measure cdr sample's engines (hf, vllm) on the embedded strong model, float32",
+    )
+    ap.add_argument("--pair-speed", type=int, metavar="ROWS", help="only time the pair through `cdr score`")
+    ap.add_argument("--repeats", type=int, default=1, help="--pair-speed: passes over the configurations")
+    ap.add_argument(
+        "--pair-configs",
+        default=",".join(f"{b}-{d}" for b, d in PAIR_CONFIGS),
+        help="--pair-speed: BACKEND-DTYPE list, the first is the reference",
     )
     ap.add_argument("--child", nargs=4, metavar=("MODEL", "BACKEND", "DTYPE", "RESPONSES"), help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(OUT), help="folder for the per-response files and the summaries")
@@ -286,6 +356,21 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     rows, _ = conversations()
+    if args.pair_speed:
+        configs = [tuple(c.split("-", 1)) for c in args.pair_configs.split(",")]
+        runs = pair_speed(rows, args.pair_speed, args.repeats, configs)
+        result = {"rows": args.pair_speed, "runs": runs, "machine": {"cpu": cpu_info()}}
+        (OUT / "pair_speed.json").write_text(json.dumps(result, indent=2))
+        print("| configuration | responses | load s | scoring s | rewards/s | vs hf float32 | decisions = hf float32 |")
+        print("|---|---|---|---|---|---|---|")
+        base = runs[0]["scoring_s"]
+        for r in runs:
+            print(
+                f"| {r['backend']} {r['dtype']} | {r['responses']} | {r['load_s']:.1f} | {r['scoring_s']:.1f} | "
+                f"{r['rewards_per_s']:.2f} | {base / r['scoring_s']:.2f}x | "
+                f"{100 * r['pair_decisions_agree_with_hf_float32']:.0f}% |"
+            )
+        return
     if not args.report_only:
         for model in MODELS:
             for backend, dtype in CONFIGS:

@@ -345,3 +345,31 @@ def test_cli_sample_with_vllm_killed_then_resumed_gives_the_same_file(tmp_path, 
     assert out.read_bytes() == (tmp_path / "a.jsonl").read_bytes()
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 4 and all(r["cdr_sampling"]["engine"] == "vllm" and len(r["responses"]) == 2 for r in rows)
+
+
+def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
+    """--engine ray with --backend vllm: each of 2 actors holds its own pair of in-process vLLM engines."""
+    import json
+    import os
+
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    from cdr.output import read_output
+
+    strong, weak = tiny32
+    rows = [
+        {"id": i, "prompt": f"Tell me about the number {i}.", "response": f"{i} is a number. " * (1 + i % 3)}
+        for i in range(6)
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    common = ["--strong", str(strong), "--weak", str(weak), "--backend", "vllm", "--cache", "none"]
+    common += ["--vllm-kv-cache-gib", "0.25", "-q"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    ray_run = ["--engine", "ray", "--num-actors", "2", "--batch-rows", "2", "--shard-rows", "3"]
+    proc = run_cdr("score", str(data), "-o", str(tmp_path / "ray_out"), *ray_run, *common, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = read_output(tmp_path / "ray_out")
+    assert [r["id"] for r in got] == list(range(6))
+    assert {r["cdr_strong_backend"] for r in got} == {"vllm"} and all(r["cdr_error"] is None for r in got)
+    hf = DensityRatio(strong=str(strong), weak=str(weak), backend="hf", dtype="float32", cache="none")
+    want = [r.reward for r in hf.score([Conversation.from_prompt_response(r["prompt"], r["response"]) for r in rows])]
+    assert np.allclose([r["reward"] for r in got], want, atol=TOLERANCE), json.dumps(got)[:2000]
