@@ -347,6 +347,7 @@ def test_cli_sample_with_vllm_killed_then_resumed_gives_the_same_file(tmp_path, 
     assert len(rows) == 4 and all(r["cdr_sampling"]["engine"] == "vllm" and len(r["responses"]) == 2 for r in rows)
 
 
+@pytest.mark.timeout(1800)
 def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
     """--engine ray with --backend vllm: each of 2 actors holds its own pair of in-process vLLM engines."""
     import json
@@ -365,7 +366,10 @@ def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
     common += ["--vllm-kv-cache-gib", "0.25", "-q"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
     ray_run = ["--engine", "ray", "--num-actors", "2", "--batch-rows", "2", "--shard-rows", "3"]
-    proc = run_cdr("score", str(data), "-o", str(tmp_path / "ray_out"), *ray_run, *common, cwd=tmp_path, env=env)
+    # four engine loads on two CPUs: minutes on a busy machine
+    proc = run_cdr(
+        "score", str(data), "-o", str(tmp_path / "ray_out"), *ray_run, *common, cwd=tmp_path, env=env, timeout=1500
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = read_output(tmp_path / "ray_out")
     assert [r["id"] for r in got] == list(range(6))
