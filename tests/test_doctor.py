@@ -1,4 +1,7 @@
-"""cdr.doctor: the cpuinfo parser on synthetic text, and the precision rule on synthetic facts."""
+"""`cdr doctor`: the real command on this machine (a short real micro-benchmark), the cpuinfo parser on
+synthetic text, and the precision rule on synthetic facts."""
+
+import json
 
 from cdr.backends import BACKENDS
 from cdr.doctor import (
@@ -10,6 +13,7 @@ from cdr.doctor import (
     parse_cpu_model,
     recommend,
 )
+from conftest import cdr_in_process
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -26,6 +30,35 @@ LSCPU = """Architecture:                            x86_64
 Model name:                              AMD EPYC
 Flags:                                   fpu sse2 avx fma avx2 sha_ni
 """
+
+
+def test_doctor_prints_the_cpu_features_and_a_recommendation():
+    proc = cdr_in_process("doctor", "--seconds", "1")
+    assert proc.returncode == 0, proc.stderr
+    for feature in CPU_FEATURES:
+        assert f"{feature} yes" in proc.stdout or f"{feature} no" in proc.stdout or f"{feature} unknown" in proc.stdout
+    assert "recommendation: --dtype float32" in proc.stdout or "recommendation: --dtype bfloat16" in proc.stdout
+    assert "GFLOP/s" in proc.stdout and "--dtype auto means" in proc.stdout
+    assert CHECK_ADVICE in proc.stdout
+    assert "log-softmax normaliser" in proc.stdout and "float32" in proc.stdout
+
+
+def test_doctor_json_has_the_stable_keys():
+    proc = cdr_in_process("doctor", "--seconds", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report) == {"cdr_version", "machine", "engines", "backends", "benchmark", "recommendation"}
+    machine = report["machine"]
+    for key in ("cpu_model", "logical_cpus", "torch_threads", "memory_total_gib", "torch_version", "cuda_available"):
+        assert key in machine
+    assert set(machine["cpu_features"]) == set(CPU_FEATURES)
+    assert set(report["backends"]) == set(BACKENDS)
+    assert report["engines"]["transformers"]["installed"] and report["backends"]["hf"]["usable"]
+    precisions = report["benchmark"]["precisions"]
+    assert {"float32", "bfloat16"} <= set(precisions)
+    assert precisions["float32"]["ratio_to_float32"] == 1.0 and all(p["runs"] >= 1 for p in precisions.values())
+    assert report["recommendation"]["dtype"] in ("float32", "bfloat16")
+    assert report["recommendation"]["auto_means"] == ("bfloat16" if machine["cuda_available"] else "float32")
 
 
 def test_every_registered_backend_names_what_it_needs():
@@ -81,3 +114,11 @@ def test_on_cuda_native_means_the_device_reports_bf16():
     assert recommend(gpu, bench(3.0, device="cuda"))["dtype"] == "bfloat16"
     old_gpu = recommend({**gpu, "cuda_bf16_supported": False}, bench(3.0, device="cuda"))
     assert old_gpu["dtype"] == "float32" and old_gpu["auto_means"] == "bfloat16" and not old_gpu["auto_matches"]
+
+
+def test_seconds_out_of_bounds_is_a_one_line_error():
+    for value in ("0", "-1", "nan", "601"):
+        proc = cdr_in_process("doctor", "--seconds", value)
+        assert proc.returncode == 2, value
+        assert proc.stderr.count("\n") == 1 and "--seconds must be between" in proc.stderr, proc.stderr
+        assert proc.stdout == ""
