@@ -285,11 +285,11 @@ def recommend(facts: dict, bench: dict) -> dict:
     dtype = "bfloat16" if native and fast else "float32"
     measured = f"measured {ratio:.2f}x float32" if ratio is not None else "not measured"
     if native and fast:
-        reason = f"bfloat16 is native here ({why}) and {measured}"
+        reason = f"bfloat16 is native ({why}) and {measured}"
     elif native:
-        reason = f"bfloat16 is native here ({why}) but {measured}, below {MIN_BF16_SPEEDUP}x"
+        reason = f"bfloat16 is native ({why}) but {measured}, below {MIN_BF16_SPEEDUP}x"
     else:
-        reason = f"bfloat16 is not native here ({why}); {measured}"
+        reason = f"bfloat16 is not native ({why}); {measured}"
     auto = str(resolve_dtype("auto", device)).removeprefix("torch.")
     return {
         "dtype": dtype,
