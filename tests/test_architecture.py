@@ -14,7 +14,7 @@ LAYERS = [
         ["cdr.errors", "cdr._version", "cdr.log", "cdr.variants", "cdr.options", "cdr.plots", "cdr.gguf_tokenizer"],
     ),
     ("data", ["cdr.conversation", "cdr.data", "cdr.recipes", "cdr.rendering", "cdr.span"]),
-    ("models", ["cdr.models", "cdr.backends", "cdr.cache", "cdr.generation"]),
+    ("models", ["cdr.models", "cdr.backends", "cdr.cache", "cdr.generation", "cdr.doctor"]),
     ("reward", ["cdr.config", "cdr.reward", "cdr.rewardbench"]),
     ("pipelines", ["cdr.output", "cdr.length_report", "cdr.pipelines"]),
     ("front ends", ["cdr.cli", "cdr.serve", "cdr.trl", "cdr"]),

@@ -480,6 +480,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from cdr.doctor import check_seconds, doctor_report, report_text
+
+    report = doctor_report(check_seconds(args.seconds))
+    print(json.dumps(report, indent=2) if args.json else report_text(report))
+    return 0
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """A bad flag or value is one line naming it (``cdr score: error: argument --dtype: invalid choice: ...``),
     like every other user error, instead of argparse's usage block."""
@@ -711,6 +721,17 @@ def add_models_command(sub) -> None:
     p.set_defaults(func=cmd_models)
 
 
+def add_doctor_command(sub) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="what this machine can do: CPU features, engines, a micro-benchmark of each precision, and the "
+        "--dtype to use",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="time for the micro-benchmark, all precisions together")
+    p.add_argument("--json", action="store_true", help="the same facts as one JSON object")
+    p.set_defaults(func=cmd_doctor)
+
+
 COMMANDS = (
     add_score_command,
     add_annotate_command,
@@ -720,6 +741,7 @@ COMMANDS = (
     add_pairs_command,
     add_serve_command,
     add_models_command,
+    add_doctor_command,
 )
 
 

@@ -1,0 +1,124 @@
+"""`cdr doctor`: the real command on this machine (a short real micro-benchmark), the cpuinfo parser on
+synthetic text, and the precision rule on synthetic facts."""
+
+import json
+
+from cdr.backends import BACKENDS
+from cdr.doctor import (
+    BACKEND_NEEDS,
+    CHECK_ADVICE,
+    CPU_FEATURES,
+    cpu_features,
+    parse_cpu_flags,
+    parse_cpu_model,
+    recommend,
+)
+from conftest import cdr_in_process
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile
+bugs\t\t: spectre_v1
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile
+"""
+
+LSCPU = """Architecture:                            x86_64
+Model name:                              AMD EPYC
+Flags:                                   fpu sse2 avx fma avx2 sha_ni
+"""
+
+
+def test_doctor_prints_the_cpu_features_and_a_recommendation():
+    proc = cdr_in_process("doctor", "--seconds", "1")
+    assert proc.returncode == 0, proc.stderr
+    for feature in CPU_FEATURES:
+        assert f"{feature} yes" in proc.stdout or f"{feature} no" in proc.stdout or f"{feature} unknown" in proc.stdout
+    assert "recommendation: --dtype float32" in proc.stdout or "recommendation: --dtype bfloat16" in proc.stdout
+    assert "GFLOP/s" in proc.stdout and "--dtype auto means" in proc.stdout
+    assert CHECK_ADVICE in proc.stdout
+    assert "log-softmax normaliser" in proc.stdout and "float32" in proc.stdout
+
+
+def test_doctor_json_has_the_stable_keys():
+    proc = cdr_in_process("doctor", "--seconds", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report) == {"cdr_version", "machine", "engines", "backends", "benchmark", "recommendation"}
+    machine = report["machine"]
+    for key in ("cpu_model", "logical_cpus", "torch_threads", "memory_total_gib", "torch_version", "cuda_available"):
+        assert key in machine
+    assert set(machine["cpu_features"]) == set(CPU_FEATURES)
+    assert set(report["backends"]) == set(BACKENDS)
+    assert report["engines"]["transformers"]["installed"] and report["backends"]["hf"]["usable"]
+    precisions = report["benchmark"]["precisions"]
+    assert {"float32", "bfloat16"} <= set(precisions)
+    assert precisions["float32"]["ratio_to_float32"] == 1.0 and all(p["runs"] >= 1 for p in precisions.values())
+    assert report["recommendation"]["dtype"] in ("float32", "bfloat16")
+    assert report["recommendation"]["auto_means"] == ("bfloat16" if machine["cuda_available"] else "float32")
+
+
+def test_every_registered_backend_names_what_it_needs():
+    assert set(BACKEND_NEEDS) == set(BACKENDS)
+
+
+def test_cpu_flags_from_proc_cpuinfo_text():
+    features = cpu_features(parse_cpu_flags(CPUINFO))
+    assert features == {
+        "avx2": True,
+        "fma": True,
+        "avx512f": True,
+        "avx512_bf16": True,
+        "avx512_vnni": True,
+        "avx_vnni": False,
+        "amx_bf16": True,
+        "amx_int8": False,
+    }
+    assert parse_cpu_model(CPUINFO) == "Intel(R) Xeon(R) Platinum 8480+"
+
+
+def test_cpu_flags_from_lscpu_text_and_none_when_absent():
+    features = cpu_features(parse_cpu_flags(LSCPU))
+    assert features["avx2"] and features["fma"] and not features["avx512f"] and not features["avx512_bf16"]
+    assert parse_cpu_model(LSCPU) == "AMD EPYC"
+    assert parse_cpu_flags("processor : 0\n") is None
+    assert set(cpu_features(None).values()) == {None}
+
+
+def facts(**features):
+    return {"cpu_features": {name: features.get(name, False) for name in CPU_FEATURES}, "cuda_bf16_supported": None}
+
+
+def bench(bf16_ratio, device="cpu"):
+    return {
+        "device": device,
+        "precisions": {"float32": {"ratio_to_float32": 1.0}, "bfloat16": {"ratio_to_float32": bf16_ratio}},
+    }
+
+
+def test_bfloat16_is_recommended_only_where_native_and_fast():
+    assert recommend(facts(avx512_bf16=True), bench(1.9))["dtype"] == "bfloat16"
+    assert recommend(facts(amx_bf16=True), bench(1.2))["dtype"] == "bfloat16"
+    native_but_slow = recommend(facts(avx512_bf16=True), bench(1.1))
+    assert native_but_slow["dtype"] == "float32" and "below 1.2x" in native_but_slow["reason"]
+    fast_but_not_native = recommend(facts(avx2=True, avx512f=True), bench(1.5))
+    assert fast_but_not_native["dtype"] == "float32" and "not native" in fast_but_not_native["reason"]
+    assert fast_but_not_native["auto_means"] == "float32" and fast_but_not_native["check"] == CHECK_ADVICE
+
+
+def test_on_cuda_native_means_the_device_reports_bf16():
+    gpu = {"cpu_features": facts()["cpu_features"], "cuda_bf16_supported": True}
+    assert recommend(gpu, bench(3.0, device="cuda"))["dtype"] == "bfloat16"
+    old_gpu = recommend({**gpu, "cuda_bf16_supported": False}, bench(3.0, device="cuda"))
+    assert old_gpu["dtype"] == "float32" and old_gpu["auto_means"] == "bfloat16" and not old_gpu["auto_matches"]
+
+
+def test_seconds_out_of_bounds_is_a_one_line_error():
+    for value in ("0", "-1", "nan", "601"):
+        proc = cdr_in_process("doctor", "--seconds", value)
+        assert proc.returncode == 2, value
+        assert proc.stderr.count("\n") == 1 and "--seconds must be between" in proc.stderr, proc.stderr
+        assert proc.stdout == ""
