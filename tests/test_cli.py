@@ -237,3 +237,21 @@ def test_hub_model_offline_is_a_clear_error(tmp_path, tiny_weak):
     assert proc.returncode == 2
     assert "could not load the tokenizer of 'cdr-test-org/no-such-model'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`cdr models | head -1`: the pipe closes under cdr's output. Like any Unix filter, cdr stops quietly
+    (exit status 141, SIGPIPE's), without a 'Broken pipe' error line."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before cdr writes a byte
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cdr.cli", "models"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr

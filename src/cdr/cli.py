@@ -2,12 +2,13 @@
 
 Exit status: 0 done; 2 a user error (bad input, option, path, or an output another run is writing), printed
 as one line; 3 the run finished but no row produced a result (every row malformed or unscorable); 130
-interrupted (run the same command again to resume). docs/guarantees.md says what each command promises.
+interrupted (run the same command again to resume); 141 the reader of stdout left. docs/guarantees.md says what each command promises.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -768,6 +769,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cdr: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cdr models | head`: the reader left; nothing to say, as for any Unix filter
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except OSError as exc:  # the environment (disk full, permissions): say what and where, without a traceback
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"cdr: error: {exc.strerror or exc}{where}", file=sys.stderr)
