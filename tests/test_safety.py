@@ -473,7 +473,7 @@ def test_unwritable_output_is_reported_before_the_models_load(tmp_path):
     [
         (["--max-length", "-5"], "max_length (--max-length) must be a whole number >= 1, got -5"),
         (["--threads", "0"], "threads (--threads) must be a whole number >= 1, got 0"),
-        (["--chunk-rows", "0"], "--chunk-rows must be at least 1, got 0"),
+        (["--chunk-rows", "0"], "chunk_rows (--chunk-rows) must be a whole number >= 1, got 0"),
         (["--concurrency", "0"], "concurrency (--concurrency) must be a whole number >= 1"),
     ],
 )

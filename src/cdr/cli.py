@@ -194,7 +194,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def check_run_options(args: argparse.Namespace) -> None:
     """Options that can be checked without a model: before one is loaded."""
     if args.chunk_rows < 1:
-        raise CdrError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+        raise CdrError(f"chunk_rows (--chunk-rows) must be a whole number >= 1, got {args.chunk_rows}")
     reward_config(args)
 
 

@@ -255,7 +255,7 @@ def run_rows(
     if on_error not in ("skip", "fail"):
         raise CdrError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise CdrError(f"--chunk-rows must be a whole number >= 1, got {chunk_rows!r}")
+        raise CdrError(f"chunk_rows (--chunk-rows) must be a whole number >= 1, got {chunk_rows!r}")
     if limit is not None and limit < 0:
         raise CdrError(f"--limit must be >= 0, got {limit}")
     key = RunKey.of(input_path, on_error, limit, key).as_json()
