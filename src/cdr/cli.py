@@ -2,7 +2,8 @@
 
 Exit status: 0 done; 2 a user error (bad input, option, path, or an output another run is writing), printed
 as one line; 3 the run finished but no row produced a result (every row malformed or unscorable); 130
-interrupted (run the same command again to resume); 141 the reader of stdout left. docs/guarantees.md says what each command promises.
+interrupted (run the same command again to resume); 141 the reader of stdout left.
+docs/guarantees.md says what each command promises.
 """
 
 from __future__ import annotations
