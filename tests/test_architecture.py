@@ -15,7 +15,7 @@ LAYERS = [
     ),
     ("data", ["cdr.conversation", "cdr.data", "cdr.recipes", "cdr.rendering", "cdr.span"]),
     ("models", ["cdr.models", "cdr.backends", "cdr.cache", "cdr.generation", "cdr.doctor"]),
-    ("reward", ["cdr.config", "cdr.reward", "cdr.rewardbench"]),
+    ("reward", ["cdr.config", "cdr.reward", "cdr.rewardbench", "cdr.rewardbench2"]),
     ("pipelines", ["cdr.output", "cdr.length_report", "cdr.pipelines"]),
     ("front ends", ["cdr.cli", "cdr.serve", "cdr.trl", "cdr"]),
 ]

@@ -134,6 +134,20 @@ def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_
         assert (tmp_path / "ev_ray" / f).exists()
 
 
+def test_ray_eval_rewardbench2_matches_single_process(tmp_path, tiny_strong, tiny_weak_fast):
+    args = [*pair_args(tiny_strong, tiny_weak_fast), "--benchmark", "rewardbench2", "--bootstrap", "20"]
+    r = run_cdr("eval", "sample", "--limit", "8", "-o", str(tmp_path / "ev"), *args)
+    assert r.returncode == 0, r.stderr
+    ray_args = ["--engine", "ray", "--num-actors", "2", "--shard-rows", "3"]
+    r = run_cdr("eval", "sample", "--limit", "8", "-o", str(tmp_path / "ev_ray"), *args, *ray_args, env=RAY_ENV)
+    assert r.returncode == 0, r.stderr
+    x, y = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ev", "ev_ray"))
+    assert x["benchmark"] == y["benchmark"] == "rewardbench2" and x["num_prompts"] == y["num_prompts"] == 8
+    assert x["subsets"] == pytest.approx(y["subsets"]) and x["provenance"] == y["provenance"]
+    boards = [json.loads((tmp_path / d / "leaderboard.json").read_text()) for d in ("ev", "ev_ray")]
+    assert boards[0] == pytest.approx(boards[1])
+
+
 def test_ray_run_killed_midway_resumes_without_recomputing_or_duplicating(tmp_path, tiny_strong, tiny_weak_fast):
     data = write_jsonl(tmp_path / "in.jsonl", score_rows(40))
     out = tmp_path / "ray_out"

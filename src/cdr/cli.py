@@ -335,12 +335,19 @@ def selection(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
-    from cdr.pipelines.evaluate import evaluate, load_rewardbench
+    from cdr.pipelines.benchmarks import benchmark_named
+    from cdr.pipelines.evaluate import evaluate
 
+    if args.compare:
+        return cmd_compare(args)
+    if not args.data:
+        raise CdrError("cdr eval needs the rows to evaluate (DATA), or --compare RUN_A RUN_B")
     check_run_options(args)
+    benchmark = benchmark_named(args.benchmark)
     chosen = selection(args)
-    loaded = load_rewardbench(args.data, chosen, args.on_error)  # bad data fails before any model loads
+    loaded = benchmark.load(args.data, chosen, args.on_error)  # bad data fails before any model loads
     common = dict(
+        benchmark=benchmark,
         selection=chosen,
         on_error=args.on_error,
         overwrite=args.overwrite,
@@ -359,7 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     load_s = time.time() - start
     results = evaluate(args.data, args.output_dir, reward, chunk_rows=args.chunk_rows, load_seconds=load_s, **common)
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-    print(f"written: {args.output_dir}/results.json, scores.jsonl, results.md, sections.png")
+    print(f"written: {args.output_dir}/results.json, leaderboard.json, scores.jsonl, results.md, sections.png")
     if results["unscorable"]:
         print(
             f"{results['unscorable']} row(s) could not be scored (counted wrong); "
@@ -369,6 +376,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if results["unscorable"] and results["unscorable"] >= results["data"]["rows"]:
         print(f"no row produced a result: all {results['data']['rows']} rows were unscorable (exit status 3)")
         return 3
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cdr.pipelines.compare import compare_runs
+
+    if args.data:
+        raise CdrError(f"--compare takes two run folders and no DATA, got {args.data!r} as well")
+    names = [v.strip() or None for v in (args.compare_variants or "").split(",")] if args.compare_variants else []
+    if len(names) > 2:
+        raise CdrError(f"--compare-variants takes VARIANT or VARIANT_A,VARIANT_B, got {args.compare_variants!r}")
+    variants = (names[0], names[-1]) if names else (None, None)
+    if args.bootstrap < 0:
+        raise CdrError(f"bootstrap (--bootstrap) must be a whole number >= 0, got {args.bootstrap}")
+    compare_runs(*args.compare, args.output_dir, variants=variants, n_bootstrap=args.bootstrap, seed=args.seed)
+    print((Path(args.output_dir) / "compare.md").read_text(encoding="utf-8"))
+    print(f"written: {args.output_dir}/compare.json, compare.md" + (", compare.png" if args.bootstrap else ""))
     return 0
 
 
@@ -601,11 +625,37 @@ def add_eval_command(sub) -> None:
     )
     p.add_argument(
         "data",
+        nargs="?",
         help="RewardBench rows (prompt, chosen, rejected, subset, id): a JSONL/Parquet file, "
-        "'mini' (the packaged 230-row sample) or a hub id such as allenai/reward-bench (online only)",
+        "'mini' (the packaged 230-row sample) or a hub id such as allenai/reward-bench (online only); for "
+        "RewardBench 2 (chosen and rejected lists, num_correct): a file, 'sample' (a packaged 19-row set in its "
+        "schema, not the benchmark) or allenai/reward-bench-2",
     )
     p.add_argument(
-        "-o", "--output-dir", required=True, help="results.json, scores.jsonl, results.md, sections.png go here"
+        "-o",
+        "--output-dir",
+        required=True,
+        help="results.json, leaderboard.json, scores.jsonl, results.md, sections.png go here (with --compare: "
+        "compare.json, compare.md, compare.png)",
+    )
+    p.add_argument(
+        "--benchmark",
+        choices=("rewardbench", "rewardbench2"),
+        default="rewardbench",
+        help="RewardBench v1 (pairs; the default) or RewardBench 2 (best-of-4, Ties; the official arithmetic)",
+    )
+    g = p.add_argument_group("comparing two runs")
+    g.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="instead of scoring: A minus B per section between two 'cdr eval' folders of the same benchmark, "
+        "on the rows both scored, with paired bootstrap intervals (--bootstrap resamples) and a plot",
+    )
+    g.add_argument(
+        "--compare-variants",
+        metavar="VA[,VB]",
+        help="the variant (or baseline) of each run to compare, e.g. mean_diff,strong_sum (default: each run's own)",
     )
     add_resume_options(p)
     add_selection_options(p)

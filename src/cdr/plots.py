@@ -15,12 +15,23 @@ def _pyplot():
     return plt
 
 
-def section_bars(figures: Mapping[str, Mapping], labels: Mapping[str, str], path: Path, title: str) -> None:
-    """Grouped bars: one group per section (and the overall score), one bar per variant, 95% intervals."""
+def section_bars(
+    figures: Mapping[str, Mapping],
+    labels: Mapping[str, str],
+    path: Path,
+    title: str,
+    *,
+    groups: Sequence[str] = ("Chat", "Chat Hard", "Safety", "Reasoning"),
+    key: str = "sections",
+    chance: float = 0.5,
+    ylabel: str = "accuracy (ties count as wrong)",
+) -> None:
+    """Grouped bars: one group per section (``figures[variant][key]``) and the overall score, one bar per
+    variant, 95% intervals; a dotted line at chance."""
     import numpy as np
 
     plt = _pyplot()
-    groups = ["Chat", "Chat Hard", "Safety", "Reasoning", "score"]
+    groups = [*groups, "score"]
     names = list(figures)
     colors = {
         "sum": "#08519c",
@@ -38,7 +49,7 @@ def section_bars(figures: Mapping[str, Mapping], labels: Mapping[str, str], path
     x = np.arange(len(groups))
     for i, name in enumerate(names):
         f = figures[name]
-        values = [f["sections"].get(g, np.nan) if g != "score" else (f["accuracy"] or np.nan) for g in groups]
+        values = [f[key].get(g, np.nan) if g != "score" else (f["accuracy"] or np.nan) for g in groups]
         low, high = [], []
         for g, v in zip(groups, values):
             lo, hi = f["intervals"].get(g, (v, v))
@@ -53,10 +64,10 @@ def section_bars(figures: Mapping[str, Mapping], labels: Mapping[str, str], path
             label=labels.get(name, name),
             color=colors.get(name),
         )
-    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    ax.axhline(chance, color="black", linewidth=0.8, linestyle=":")
     ax.set_xticks(x, groups)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy (ties count as wrong)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(ncol=3, fontsize=8, loc="upper right")
     fig.tight_layout()
@@ -111,6 +122,30 @@ def gap_scatter(points: Sequence[tuple[str, float, float]], path: Path, xlabel: 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("pair score")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def difference_bars(differences: Mapping[str, Sequence[float]], path: Path, title: str, xlabel: str) -> None:
+    """One horizontal bar per section (and the score): A minus B with its paired 95% interval; 0 marked."""
+    plt = _pyplot()
+    names = list(differences)
+    values = [differences[n][0] for n in names]
+    errors = [
+        [max(0.0, v - differences[n][1]) for n, v in zip(names, values)],
+        [max(0.0, differences[n][2] - v) for n, v in zip(names, values)],
+    ]
+    colors = [
+        "tab:green" if differences[n][1] > 0 else "tab:red" if differences[n][2] < 0 else "tab:gray" for n in names
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 2))
+    y = list(range(len(names)))[::-1]
+    ax.barh(y, values, xerr=errors, capsize=3, color=colors)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(y, names)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -35,7 +35,11 @@ from cdr.rewardbench import (
     SECTIONS,
     SUBSET_MAPPING,
     is_correct,
+    paired_bootstrap,
     response_score,
+    score,
+    section_scores,
+    subset_accuracy,
     summarize,
 )
 
@@ -62,29 +66,52 @@ class Selection:
                 raise CdrError(f"{name} must be at least 1, got {value}")
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """What differs between RewardBench versions; ``cdr eval`` runs either through the same row loop.
+
+    ``load`` checks and selects rows, ``job`` scores a chunk of them (any engine), ``build_results`` turns the
+    scored records into figures, ``markdown``/``plot``/``leaderboard`` write them, ``paired`` gives A minus B
+    on the same rows (``cdr eval --compare``) and ``point`` one variant's figures, ``groups`` names the sections
+    or subsets in report order."""
+
+    name: str
+    hub_id: str
+    groups: tuple[str, ...]
+    load: Callable[..., tuple[list[dict], list[dict]]]
+    job: Any
+    build_results: Callable[[list[dict], dict, int], dict]
+    markdown: Callable[[dict], str]
+    plot: Callable[[dict, Path], None]
+    leaderboard: Callable[[dict], dict]
+    point: Callable[[list[dict], str], dict[str, float]]
+    paired: Callable[[list[dict], list[dict], str, str, int], dict]
+
+
 def mini_path() -> Path:
     return Path(str(resources.files("cdr") / "data" / "rewardbench_mini.jsonl"))
 
 
-def _raw_rows(source: str) -> Iterator[RawRow]:
-    if source == MINI:
-        yield from iter_rows(mini_path())
+def _raw_rows(source: str, packaged: dict[str, Path], split: str) -> Iterator[RawRow]:
+    if source in packaged:
+        yield from iter_rows(packaged[source])
     elif Path(source).exists():
         yield from iter_rows(source)
     elif HUB_ID.match(source):
         try:
             import datasets
 
-            ds = datasets.load_dataset(source, split="filtered")
+            ds = datasets.load_dataset(source, split=split)
         except Exception as exc:  # the hub's own errors are many; all mean "could not get it"
             raise CdrError(
                 f"could not load '{source}' from the Hugging Face hub ({type(exc).__name__}: {exc}); "
-                "offline, pass a local JSONL/Parquet file or 'mini'"
+                f"offline, pass a local JSONL/Parquet file or {' or '.join(repr(p) for p in packaged)}"
             ) from None
         for i, row in enumerate(ds):
             yield RawRow(i, f"row {i + 1}", dict(row))
     else:
-        raise CdrError(f"'{source}' is neither a file nor 'mini' nor a hub dataset id (owner/name)")
+        names = " nor ".join(repr(p) for p in packaged)
+        raise CdrError(f"'{source}' is neither a file nor {names} nor a hub dataset id (owner/name)")
 
 
 def check_row(raw: RawRow) -> dict[str, Any]:
@@ -139,17 +166,23 @@ def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(keep)]
 
 
-def load_rewardbench(
-    source: str, selection: Selection = Selection(), on_error: str = "skip", log: Callable[[str], None] | None = None
+def select_rows(
+    source: str,
+    check: Callable[[RawRow], dict[str, Any]],
+    selection: Selection,
+    on_error: str,
+    log: Callable[[str], None] | None,
+    *,
+    packaged: dict[str, Path],
+    split: str,
 ) -> tuple[list[dict], list[dict]]:
-    """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
-
-    Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
+    """Rows checked by ``check`` and keyed by (subset, id), then selected; and the reports of the rows left
+    out as malformed (``on_error='fail'`` raises). For either RewardBench version."""
     rows, seen = [], {}
     reports = RowReports(on_error, say=log or logger.warning)
-    for raw in _raw_rows(source):
+    for raw in _raw_rows(source, packaged, split):
         try:
-            row = check_row(raw)
+            row = check(raw)
             key = (row["subset"], row["id"])
             if key in seen:
                 raise RowError(
@@ -172,6 +205,18 @@ def load_rewardbench(
         rows = rows[: selection.limit]
     if not rows:
         raise CdrError(f"no rows to evaluate in '{source}'")
+    return rows, problems
+
+
+def load_rewardbench(
+    source: str, selection: Selection = Selection(), on_error: str = "skip", log: Callable[[str], None] | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Checked, selected rows and the reports of the rows left out as malformed (``on_error='fail'`` raises).
+
+    Rows are keyed by (subset, id): the id alone is not unique (3692 is in two subsets)."""
+    rows, problems = select_rows(
+        source, check_row, selection, on_error, log, packaged={MINI: mini_path()}, split="filtered"
+    )
     outside = sorted({r["subset"] for r in rows} - KNOWN_SUBSETS)
     if outside:
         (log or logger.info)(
@@ -258,6 +303,7 @@ def evaluate(
     output_dir: str | Path,
     reward: DensityRatio,
     *,
+    benchmark: Benchmark | None = None,
     selection: Selection = Selection(),
     on_error: str = "skip",
     chunk_rows: int = 64,
@@ -267,16 +313,17 @@ def evaluate(
     load_seconds: float | None = None,
     loaded: tuple[list[dict], list[dict]] | None = None,
 ) -> dict:
-    """Score the selected rows (resuming an interrupted run of the same command) and write
-    results.json, scores.jsonl, results.md and sections.png into ``output_dir``. Returns the results."""
+    """Score the selected rows (resuming an interrupted run of the same command) and write results.json,
+    leaderboard.json, scores.jsonl, results.md and sections.png into ``output_dir``. Returns the results.
+    ``benchmark``: RewardBench v1 (the default) or ``evaluate_v2.REWARDBENCH2``."""
+    benchmark = benchmark or REWARDBENCH
     out_dir = Path(output_dir)
-    problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)
+    problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded, benchmark)
     provenance = reward.provenance
-    job = EvalJob()
 
     start = time.time()
     summary = run_job(
-        job,
+        benchmark.job,
         out_dir / "rows.jsonl",
         out_dir / "scores.jsonl",
         reward,
@@ -293,7 +340,8 @@ def evaluate(
     }
     if reward.cache is not None:
         timing["cache"] = {"reused": reward.cache.hits, "computed": reward.cache.misses}
-    return _write_results(out_dir, records, provenance, n_bootstrap, source, rows_text, selection, problems, timing)
+    report = Report(source, rows_text, selection, problems, timing, n_bootstrap)
+    return _write_results(out_dir, records, provenance, report, benchmark)
 
 
 def evaluate_on_ray(
@@ -302,6 +350,7 @@ def evaluate_on_ray(
     config,
     options,
     *,
+    benchmark: Benchmark | None = None,
     selection: Selection = Selection(),
     on_error: str = "skip",
     overwrite: bool = False,
@@ -313,9 +362,10 @@ def evaluate_on_ray(
     the same outputs, plus the shards."""
     from cdr.pipelines.ray_runner import run_identity, run_provenance, run_rows_ray
 
+    benchmark = benchmark or REWARDBENCH
     out_dir = Path(output_dir)
-    problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded)
-    job = EvalJob()
+    problems, rows_text = _prepare_rows(out_dir, source, selection, on_error, loaded, benchmark)
+    job = benchmark.job
     start = time.time()
     summary = run_rows_ray(
         out_dir / "rows.jsonl",
@@ -337,61 +387,55 @@ def evaluate_on_ray(
         "rows_this_run": summary.rows - summary.resumed_from,
         "resumed_after_row": summary.resumed_from,
     }
-    return _write_results(
-        out_dir,
-        records,
-        run_provenance(out_dir / "shards"),
-        n_bootstrap,
-        source,
-        rows_text,
-        selection,
-        problems,
-        timing,
-    )
+    report = Report(source, rows_text, selection, problems, timing, n_bootstrap)
+    return _write_results(out_dir, records, run_provenance(out_dir / "shards"), report, benchmark)
 
 
 def _prepare_rows(
-    out_dir: Path, source: str, selection: Selection, on_error: str, loaded: tuple[list[dict], list[dict]] | None
+    out_dir: Path,
+    source: str,
+    selection: Selection,
+    on_error: str,
+    loaded: tuple[list[dict], list[dict]] | None,
+    benchmark: Benchmark,
 ) -> tuple[list[dict], str]:
     """Load and select the rows (unless ``loaded`` already holds them) and pin them in ``DIR/rows.jsonl``, which every
     engine then reads; returns the skipped-row problems and the file's text."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, problems = loaded or load_rewardbench(source, selection, on_error)
+    rows, problems = loaded or benchmark.load(source, selection, on_error)
     rows_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     write_if_changed(out_dir / "rows.jsonl", rows_text)
     return problems, rows_text
 
 
-def _write_results(
-    out_dir: Path,
-    records: list[dict],
-    provenance: dict,
-    n_bootstrap: int,
-    source: str,
-    rows_text: str,
-    selection: Selection,
-    problems: list[dict],
-    timing: dict,
-) -> dict:
-    results = build_results(records, provenance, n_bootstrap)
-    results["data"] = {
-        "source": source,
-        "sha256": _sha256_text(rows_text),
-        "rows": rows_text.count("\n"),
-        "selection": selection.__dict__,
-        "skipped_rows": problems,
-    }
-    results["timing"] = timing
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(out_dir / "results.md", markdown(results))
-    from cdr.plots import section_bars
+@dataclass(frozen=True)
+class Report:
+    """What a run's results record beside the figures: the data, the skipped rows, the timing."""
 
-    section_bars(
-        results["variants"],
-        LABELS,
-        out_dir / "sections.png",
-        f"{results['model']} over {results['ref_model']}: {len(records)} RewardBench rows",
+    source: str
+    rows_text: str
+    selection: Selection
+    problems: list[dict]
+    timing: dict
+    n_bootstrap: int
+
+
+def _write_results(out_dir: Path, records: list[dict], provenance: dict, report: Report, benchmark: Benchmark) -> dict:
+    results = benchmark.build_results(records, provenance, report.n_bootstrap)
+    results["data"] = {
+        "source": report.source,
+        "sha256": _sha256_text(report.rows_text),
+        "rows": report.rows_text.count("\n"),
+        "selection": report.selection.__dict__,
+        "skipped_rows": report.problems,
+    }
+    results["timing"] = report.timing
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(
+        out_dir / "leaderboard.json", json.dumps(benchmark.leaderboard(results), indent=4, sort_keys=True)
     )
+    atomic_write_text(out_dir / "results.md", benchmark.markdown(results))
+    benchmark.plot(results, out_dir / "sections.png")
     return results
 
 
@@ -406,6 +450,7 @@ def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000
     }
     default = variants[provenance["variant"]]
     return {
+        "benchmark": "rewardbench",
         "accuracy": default["accuracy"],
         "num_prompts": len(records),
         "model": provenance["strong"],
@@ -498,3 +543,52 @@ def markdown(results: dict) -> str:
         f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')}).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def leaderboard(results: dict) -> dict:
+    """The results file the official DPO runner saves (``results/eval-set/MODEL.json``): model, reference model,
+    type, template and each subset's accuracy, from which the leaderboard computes the sections."""
+    return {
+        "model": results["model"],
+        "ref_model": results["ref_model"],
+        "model_type": "DPO",
+        "chat_template": "tokenizer",
+        **results["extra_results"],
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    from cdr.plots import section_bars
+
+    section_bars(
+        results["variants"],
+        LABELS,
+        path,
+        f"{results['model']} over {results['ref_model']}: {results['num_prompts']} RewardBench rows",
+    )
+
+
+def point(records: list[dict], variant: str) -> dict[str, float]:
+    sections = section_scores(subset_accuracy([(r["subset"], r["correct"][variant]) for r in records]))
+    return sections | {"score": score(sections)}
+
+
+def paired(records_a: list[dict], records_b: list[dict], variant_a: str, variant_b: str, n: int) -> dict:
+    a = [(r["subset"], r["correct"][variant_a]) for r in records_a]
+    b = [(r["subset"], r["correct"][variant_b]) for r in records_b]
+    return paired_bootstrap(a, b, n=n)
+
+
+REWARDBENCH = Benchmark(
+    name="rewardbench",
+    hub_id="allenai/reward-bench",
+    groups=SECTIONS,
+    load=load_rewardbench,
+    job=EvalJob(),
+    build_results=build_results,
+    markdown=markdown,
+    plot=plot,
+    leaderboard=leaderboard,
+    point=point,
+    paired=paired,
+)
