@@ -5,12 +5,14 @@ engine itself is not exercised: these tests check what we send (token-id prompts
 max_tokens=1, prefix caching off) and how we read what vLLM documents it returns.
 """
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from cdr.backends import BackendOptions, LogprobRequest, backend_class
-from cdr.backends.vllm import VLLMBackend, prompt_token_logprobs
+from cdr.backends.vllm import VLLMBackend, pin_threads, prompt_token_logprobs
 from cdr.errors import CdrError, ModelNotAvailable
 from cdr.models import ModelSource
 
@@ -63,3 +65,37 @@ def test_without_vllm_installed_the_error_says_how_to_get_it():
     cls = backend_class("vllm")
     with pytest.raises(ModelNotAvailable, match=r"cdr-annotate\[vllm\]"):
         cls(ModelSource("m", "hub", "m/m"), BackendOptions())
+
+
+def test_pin_threads_gives_the_calling_thread_the_engines_openmp_thread_count():
+    """vLLM's CPU attention reads OpenMP's thread count (per thread) when it plans a step and in its kernel; a
+    thread that has run no torch op yet reports the process default there, not torch's setting, and the kernel
+    stopped the process ("2 vs. 1") under Ray. ``pin_threads`` gives the calling thread the engine's count."""
+    import ctypes
+
+    torch = pytest.importorskip("torch")
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        pytest.skip("needs /proc/self/maps (Linux)")
+    gomp = sorted({line.split()[-1] for line in maps.splitlines() if "/libgomp" in line})
+    if not gomp:
+        pytest.skip("this torch is not built with GNU OpenMP")
+    omp_threads = ctypes.CDLL(gomp[0]).omp_get_max_threads
+    before = torch.get_num_threads()
+    default = omp_threads()  # this thread's; a fresh thread starts from the process default instead
+    wanted = 1 if default > 1 else 2
+    seen: dict[str, int] = {}
+
+    def fresh_thread() -> None:
+        pin_threads(wanted)
+        seen["openmp"], seen["torch"] = omp_threads(), torch.get_num_threads()
+
+    try:
+        thread = threading.Thread(target=fresh_thread)
+        thread.start()
+        thread.join()
+    finally:
+        pin_threads(before)
+    assert seen == {"openmp": wanted, "torch": wanted}
+    assert torch.get_num_threads() == before and omp_threads() == before
