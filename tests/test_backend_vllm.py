@@ -13,6 +13,7 @@ import pytest
 
 from cdr.backends import BackendOptions, LogprobRequest, backend_class
 from cdr.backends.vllm import VLLMBackend, pin_threads, prompt_token_logprobs
+from cdr.config import RewardConfig
 from cdr.errors import CdrError, ModelNotAvailable
 from cdr.models import ModelSource
 
@@ -99,3 +100,28 @@ def test_pin_threads_gives_the_calling_thread_the_engines_openmp_thread_count():
         pin_threads(before)
     assert seen == {"openmp": wanted, "torch": wanted}
     assert torch.get_num_threads() == before and omp_threads() == before
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [{"backend": "vllm"}, {"backend": "hf", "weak_backend": "vllm"}, {"backend": "vllm", "strong_backend": "hf"}],
+)
+def test_overlap_with_in_process_vllm_engines_is_refused_in_one_line(flat):
+    # measured: two in-process engines stepping at once returned wrong log-probs (NaN among them)
+    with pytest.raises(CdrError) as info:
+        RewardConfig.from_flat({**flat, "overlap": True})
+    message = str(info.value)
+    assert "overlap (--overlap)" in message and "vllm_multiprocessing (--vllm-multiprocessing)" in message
+    assert "\n" not in message
+    RewardConfig.from_flat({**flat, "overlap": True, "vllm_multiprocessing": True})  # each engine in its own process
+    RewardConfig.from_flat({**flat, "overlap": False})
+
+
+def test_cli_refuses_overlap_with_the_vllm_backend_before_loading(tmp_path):
+    from conftest import run_cdr, write_jsonl
+
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "response": "b"}])
+    proc = run_cdr("score", str(rows), "-o", str(tmp_path / "o.jsonl"), "--backend", "vllm", "--overlap", timeout=120)
+    assert proc.returncode == 2 and "--vllm-multiprocessing" in proc.stderr and "--overlap" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()

@@ -380,3 +380,30 @@ def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
     hf = DensityRatio(strong=str(strong), weak=str(weak), backend="hf", dtype="float32", cache="none")
     want = [r.reward for r in hf.score([Conversation.from_prompt_response(r["prompt"], r["response"]) for r in rows])]
     assert np.allclose([r["reward"] for r in got], want, atol=TOLERANCE), json.dumps(got)[:2000]
+
+
+@pytest.mark.timeout(900)
+def test_overlap_with_engines_in_their_own_processes_equals_the_in_process_pair(tiny32, tiny_vllm_pair):
+    """--overlap with --vllm-multiprocessing: both engines step at once, each in its own process (in-process
+    engines are refused with --overlap, test_backend_vllm.py), and the rewards are the in-process pair's."""
+    import os
+
+    strong, weak = tiny32
+    saved = dict(os.environ)  # the engines set vLLM's variables for the process (multiprocessing, core binding)
+    try:
+        overlapped = DensityRatio(
+            strong=str(strong),
+            weak=str(weak),
+            backend="vllm",
+            cache="none",
+            vllm_kv_cache_gib=0.25,
+            vllm_multiprocessing=True,
+            overlap=True,
+        )
+        got = [r.reward for r in overlapped.score(CONVERSATIONS)]
+        del overlapped  # its two engine processes end here
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    want = [r.reward for r in tiny_vllm_pair.score(CONVERSATIONS)]
+    assert np.allclose(got, want, atol=TOLERANCE), (got, want)
