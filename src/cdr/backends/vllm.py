@@ -23,12 +23,12 @@ from documented options (``BackendOptions.vllm_*``, ``--vllm-*`` on the command 
 * threads: an in-process engine on a CPU computes with ``threads`` OpenMP threads (default: torch's count
   when the engine starts), set before it starts (vLLM's CPU worker turns ``torch.set_num_threads`` into a
   no-op afterwards) and again in the calling thread before every ``generate`` (``pin_threads``): OpenMP's
-  thread count is per thread, and vLLM's CPU attention reads it twice per step, when it plans the work
-  (before any torch op in that step) and in the kernel (after torch's ops have set it to torch's count);
-  called from a thread other than the one that started the engine (Ray Data runs an actor's calls in a
-  thread of their own, ``--overlap`` in two), the two differed and the kernel stopped the process
-  ("thread_num == thread_num (2 vs. 1)"). With ``vllm_multiprocessing`` on a CPU, ``threads`` binds the
-  engine's OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``).
+  thread count is per thread, and vLLM's CPU attention reads it twice per step, when it plans the work and
+  in the kernel. A thread starts with the process default, which torch replaces with its own count at the
+  thread's first parallel op; so in the first step of a thread other than the one that started the engine
+  (Ray Data calls an actor in a thread of its own) the plan saw the default and the kernel torch's count,
+  and the kernel stopped the process ("thread_num == thread_num (2 vs. 1)"). With ``vllm_multiprocessing``
+  on a CPU, ``threads`` binds the engine's OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``).
 * batch size: ``batch_tokens`` is vLLM's ``max_num_batched_tokens``, capped so that one step's
   full-vocabulary prompt log-probs stay within ``LOGIT_BUDGET`` floats (gemma's 262,144-word vocabulary
   would otherwise need 8.6 GB of logits for 8192 tokens).
