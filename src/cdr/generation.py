@@ -159,7 +159,7 @@ class VLLMPolicy:
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": list(x)} for x in ids], params, use_tqdm=False)
+        outputs = self.backend.generate([{"prompt_token_ids": list(x)} for x in ids], params)
         return [
             [self.tokenizer.decode(c.token_ids, skip_special_tokens=True).strip() for c in o.outputs] for o in outputs
         ]

@@ -73,7 +73,7 @@ class BackendOptions:
     vllm_multiprocessing: bool = option(
         False,
         help="vllm backend: each engine in its own process, started with spawn (a calling script then needs an "
-        "if __name__ == '__main__' guard); default: in this process",
+        "if __name__ == '__main__' guard; needed for --overlap); default: in this process",
     )
     # remote backends (openai)
     url: str | None = option(

@@ -20,9 +20,15 @@ from documented options (``BackendOptions.vllm_*``, ``--vllm-*`` on the command 
   of the two engines gets ``vllm_memory_fraction`` (default 0.45) of the device.
 * eager mode: on by default (``vllm_compile`` turns on vLLM's torch.compile, minutes of start-up per
   model on a CPU).
-* threads: ``threads`` sets torch's thread count before the engine starts (vLLM's CPU worker refuses
-  ``torch.set_num_threads`` afterwards); with ``vllm_multiprocessing`` on a CPU it binds the engine's
-  OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``).
+* threads: an in-process engine on a CPU computes with ``threads`` OpenMP threads (default: torch's count
+  when the engine starts), set before it starts (vLLM's CPU worker turns ``torch.set_num_threads`` into a
+  no-op afterwards) and again in the calling thread before every ``generate`` (``pin_threads``): OpenMP's
+  thread count is per thread, and vLLM's CPU attention reads it twice per step, when it plans the work and
+  in the kernel. A thread starts with the process default, which torch replaces with its own count at the
+  thread's first parallel op; so in the first step of a thread other than the one that started the engine
+  (Ray Data calls an actor in a thread of its own) the plan saw the default and the kernel torch's count,
+  and the kernel stopped the process ("thread_num == thread_num (2 vs. 1)"). With ``vllm_multiprocessing``
+  on a CPU, ``threads`` binds the engine's OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``).
 * batch size: ``batch_tokens`` is vLLM's ``max_num_batched_tokens``, capped so that one step's
   full-vocabulary prompt log-probs stay within ``LOGIT_BUDGET`` floats (gemma's 262,144-word vocabulary
   would otherwise need 8.6 GB of logits for 8192 tokens).
@@ -106,6 +112,19 @@ def local_config(path: str) -> dict[str, Any]:
         return {}  # a hub id: vLLM reads the config itself
 
 
+def pin_threads(threads: int) -> None:
+    """Give the calling thread ``threads`` OpenMP threads, and torch's count the same value.
+
+    OpenMP keeps its thread count per thread: a thread that has not yet run a torch op reports the process
+    default (``OMP_NUM_THREADS`` when the OpenMP runtime loaded, else every core), whatever
+    ``torch.set_num_threads`` set in another thread. ``torch._C.set_num_threads`` is the function behind
+    ``torch.set_num_threads``, which vLLM's CPU worker replaces with a no-op once an engine starts.
+    """
+    import torch
+
+    torch._C.set_num_threads(threads)
+
+
 def check_cpu_head_size(path: str, name: str) -> None:
     """vLLM's CPU attention supports a fixed list of head sizes; say so at load instead of at the first step."""
     config = local_config(path)
@@ -151,12 +170,15 @@ class VLLMBackend(Backend):
             )
         kwargs = self.engine_kwargs(source, options, self.device_type)
         self.environment = self.set_environment(options, self.device_type)
+        # an in-process engine on a CPU: its OpenMP thread count, pinned before it starts and before each call
+        self.threads: int | None = None
         if self.device_type == "cpu":
             check_cpu_head_size(kwargs["model"], source.name)
-            if options.threads and not options.vllm_multiprocessing:
+            if not options.vllm_multiprocessing:
                 import torch
 
-                torch.set_num_threads(options.threads)
+                self.threads = options.threads or torch.get_num_threads()
+                pin_threads(self.threads)
         try:
             self.llm = LLM(**kwargs)
         except (OSError, ValueError) as exc:
@@ -218,6 +240,12 @@ class VLLMBackend(Backend):
         prompts = [{"prompt_token_ids": list(r.token_ids)} for r in requests]
         return prompts, {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 0.0, "detokenize": False}
 
+    def generate(self, prompts: list[dict[str, list[int]]], params: Any) -> list[Any]:
+        """``LLM.generate`` from any thread: an in-process CPU engine first gets its thread count in this one."""
+        if self.threads:
+            pin_threads(self.threads)
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
     @property
     def max_length(self) -> int | None:
         return self._max_length
@@ -228,7 +256,7 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
 
         prompts, params = self.build_requests(requests)
-        outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
+        outputs = self.generate(prompts, SamplingParams(**params))
         results = [
             prompt_token_logprobs(o.prompt_logprobs, r.token_ids, r.response_start) for o, r in zip(outputs, requests)
         ]
