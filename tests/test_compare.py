@@ -83,3 +83,14 @@ def test_cli_compare(tmp_path):
     assert proc.returncode == 2 and "results.json is missing" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cdr("eval", "-o", str(tmp_path / "x"))
     assert proc.returncode == 2 and "needs the rows to evaluate (DATA), or --compare" in proc.stderr
+
+
+def test_compare_refuses_rows_with_the_same_key_but_other_text(tmp_path):
+    a = write_run(tmp_path / "a", [v1_row("hep-go", 1, True), v1_row("hep-go", 2, True)])
+    b = write_run(tmp_path / "b", [v1_row("hep-go", 1, False), v1_row("hep-go", 2, True)])
+    for run, prompt in ((a, "Q1"), (b, "Q1, reworded")):
+        rows = [{"subset": "hep-go", "id": "1", "prompt": prompt, "chosen": "x", "rejected": "y"}]
+        rows.append({"subset": "hep-go", "id": "2", "prompt": "Q2", "chosen": "x", "rejected": "y"})
+        (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(CdrError, match=r"1 row\(s\) have the same \(subset, id\) but other text.*\('hep-go', '1'\)"):
+        compare_runs(a, b, tmp_path / "o", n_bootstrap=10)

@@ -64,6 +64,7 @@ def compare_runs(
     if not common:
         raise CdrError(f"runs '{run_a}' and '{run_b}' have no row in common (rows are matched by subset and id)")
     paired_b = [by_key_b[(r["subset"], r["id"])] for r in common]
+    _check_same_rows(run_a, run_b, [(r["subset"], r["id"]) for r in common])
     difference = benchmark.paired(common, paired_b, va, vb, n_bootstrap) if n_bootstrap else {}
     point_a, point_b = benchmark.point(common, va), benchmark.point(paired_b, vb)
     if not n_bootstrap:
@@ -93,6 +94,31 @@ def compare_runs(
             "A minus B",
         )
     return out
+
+
+def _row_texts(run: Path) -> dict[tuple[str, str], str]:
+    """(subset, id) -> the row's prompt and responses as one JSON text, from the run's pinned rows.jsonl."""
+    out = {}
+    with open(run / "rows.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            out[(row["subset"], row["id"])] = json.dumps([row.get(k) for k in ("prompt", "chosen", "rejected")])
+    return out
+
+
+def _check_same_rows(run_a: str | Path, run_b: str | Path, keys: list[tuple[str, str]]) -> None:
+    """Rows are matched by (subset, id); refuse when a matched row holds other text in the other run (two data
+    sets that reuse ids). Runs without rows.jsonl (made by hand) are taken as they are."""
+    a, b = Path(run_a), Path(run_b)
+    if not ((a / "rows.jsonl").is_file() and (b / "rows.jsonl").is_file()):
+        return
+    texts_a, texts_b = _row_texts(a), _row_texts(b)
+    differ = [k for k in keys if k in texts_a and k in texts_b and texts_a[k] != texts_b[k]]
+    if differ:
+        raise CdrError(
+            f"{len(differ)} row(s) have the same (subset, id) but other text in the two runs, the first {differ[0]}: "
+            "they were scored on different data"
+        )
 
 
 def _side(run: str | Path, results: dict, variant: str, figures: dict[str, float]) -> dict:
