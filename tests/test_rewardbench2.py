@@ -234,6 +234,21 @@ def test_packaged_sample_has_the_exact_schema():
     assert ties == ["ref:1", "ref:2", "tied:1", "tied:2"]
 
 
+def test_parquet_copy_with_list_columns_loads_like_the_jsonl(tmp_path):
+    """A local copy of the hub's parquet: chosen/rejected/models are list columns, additional_metadata a struct."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = [json.loads(line) for line in sample_path().open()]
+    pq.write_table(pa.Table.from_pylist(raw), tmp_path / "rb2.parquet")
+    from_parquet, problems = load_rewardbench2(str(tmp_path / "rb2.parquet"))
+    from_jsonl, _ = load_rewardbench2("sample")
+    assert problems == []
+    assert [{k: v for k, v in r.items() if k != "source"} for r in from_parquet] == [
+        {k: v for k, v in r.items() if k != "source"} for r in from_jsonl
+    ]
+
+
 def test_malformed_rows_name_line_and_field(tmp_path):
     path = write_jsonl(
         tmp_path / "rb2.jsonl",
