@@ -491,6 +491,24 @@ def cell(value: float | None, interval: list[float] | None) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+def variant_table(variants: dict, cols: list[str], key: str) -> list[str]:
+    """A markdown table: one line per variant, its figure per section (``key``: sections or subsets) and score."""
+    lines = ["| variant | " + " | ".join(cols) + " | score |", "|---|" + "---|" * (len(cols) + 1)]
+    for name, f in variants.items():
+        cells = [cell(f[key].get(c), f["intervals"].get(c)) for c in cols]
+        score_cell = cell(f["accuracy"], f["intervals"].get("score"))
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {score_cell} |")
+    return lines
+
+
+def timing_line(results: dict) -> str:
+    t = results.get("timing", {})
+    return (
+        f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
+        f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')})."
+    )
+
+
 def markdown(results: dict) -> str:
     cols = [s for s in SECTIONS if s in results["sections"]]
     lines = [
@@ -502,16 +520,8 @@ def markdown(results: dict) -> str:
         "resampled "
         f"within each subset. Unscorable rows: {results['unscorable']}; truncated: {results['truncated']}.",
         "",
-        "| variant | " + " | ".join(cols) + " | score |",
-        "|---|" + "---|" * (len(cols) + 1),
+        *variant_table(results["variants"], cols, "sections"),
     ]
-    for name, f in results["variants"].items():
-        cells = [cell(f["sections"].get(c), f["intervals"].get(c)) for c in cols]
-        lines.append(
-            f"| {LABELS.get(name, name)} | "
-            + " | ".join(cells)
-            + f" | {cell(f['accuracy'], f['intervals'].get('score'))} |"
-        )
     names = list(results["variants"])
     lines += [
         "",
@@ -536,12 +546,7 @@ def markdown(results: dict) -> str:
         ]
         for section, counts in results["routing"]["by_section"].items():
             lines.append(f"| {section} | " + " | ".join(str(counts.get(d, 0)) for d in domains) + " |")
-    t = results.get("timing", {})
-    lines += [
-        "",
-        f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
-        f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')}).",
-    ]
+    lines += ["", timing_line(results)]
     return "\n".join(lines) + "\n"
 
 

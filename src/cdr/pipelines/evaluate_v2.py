@@ -21,7 +21,16 @@ from cdr import rewardbench2 as rb2
 from cdr.conversation import Conversation, ConversationError, validate_prompt
 from cdr.data import RawRow
 from cdr.errors import CdrError, RowError
-from cdr.pipelines.evaluate import Benchmark, Selection, cell, routing, select_rows, side_record
+from cdr.pipelines.evaluate import (
+    Benchmark,
+    Selection,
+    cell,
+    routing,
+    select_rows,
+    side_record,
+    timing_line,
+    variant_table,
+)
 from cdr.pipelines.runner import ChunkContext
 from cdr.reward import DensityRatio
 from cdr.rewardbench import ALL_VARIANTS, LABELS, response_score
@@ -227,16 +236,8 @@ def markdown(results: dict) -> str:
         "score is the mean of the subsets. Intervals are 95% bootstrap, rows (Ties: prompt ids) resampled within "
         f"each subset. Unscorable rows: {results['unscorable']}; truncated: {results['truncated']}.",
         "",
-        "| variant | " + " | ".join(cols) + " | score |",
-        "|---|" + "---|" * (len(cols) + 1),
+        *variant_table(results["variants"], cols, "subsets"),
     ]
-    for name, f in results["variants"].items():
-        cells = [cell(f["subsets"].get(c), f["intervals"].get(c)) for c in cols]
-        lines.append(
-            f"| {LABELS.get(name, name)} | "
-            + " | ".join(cells)
-            + f" | {cell(f['accuracy'], f['intervals'].get('score'))} |"
-        )
     if results.get("ties_terms"):
         terms = list(rb2.TIES_WEIGHTS)
         lines += [
@@ -252,12 +253,7 @@ def markdown(results: dict) -> str:
                 f"| {LABELS.get(name, name)} | " + " | ".join(f"{t[k]:.3f}" for k in terms) + f" | {t['score']:.3f} |"
             )
     lines += ["", "Rows per subset: " + ", ".join(f"{s} {n}" for s, n in results["subset_rows"].items()) + "."]
-    t = results.get("timing", {})
-    lines += [
-        "",
-        f"Model load {t.get('load_s') or 0:.1f} s; this invocation scored {t.get('rows_this_run')} rows in "
-        f"{t.get('scoring_s_this_run')} s (resumed after row {t.get('resumed_after_row')}).",
-    ]
+    lines += ["", timing_line(results)]
     return "\n".join(lines) + "\n"
 
 
