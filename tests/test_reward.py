@@ -142,3 +142,25 @@ def test_tokenizer_loaded_once_per_process_and_reloaded_when_its_files_change(
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     second = DensityRatio(strong=str(path), weak=str(tiny_weak), cache="none").strong.tokenizer
     assert second is not first and second.model_max_length == 77
+
+
+def test_token_floor_raises_each_low_token_logprob_before_the_variant(tiny_strong, tiny_weak, tiny_pair):
+    """#22, robust aggregation: with --token-floor F a token counts as at least -F in each model."""
+    from cdr.errors import CdrError
+
+    convs = [conv("Paris."), conv("It is Berlin, I think."), conv("Lyon, or maybe Marseille; I am not sure.")]
+    exact = tiny_pair.score(convs, return_tokens=True)
+    lps = [t["logprob"] for r in exact for role in ("strong", "weak") for t in r.details[role]]
+    floor = float(-np.median(lps))  # half the tokens lie below -floor: the test fails if the floor is not applied
+    reward = DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", token_floor=floor)
+    got = reward.score(convs, return_tokens=True)
+    for e, g in zip(exact, got):
+        strong = [max(t["logprob"], -floor) for t in e.details["strong"]]
+        weak = [max(t["logprob"], -floor) for t in e.details["weak"]]
+        assert g.strong_logprob == pytest.approx(sum(strong)) and g.weak_logprob == pytest.approx(sum(weak))
+        assert g.reward == pytest.approx(combine("mean_diff", sum(strong), len(strong), sum(weak), len(weak)))
+        assert [t["logprob"] for t in g.details["strong"]] == pytest.approx(strong)
+    assert any(g.strong_logprob != pytest.approx(e.strong_logprob) for e, g in zip(exact, got))
+    assert reward.provenance["token_floor"] == floor and "token_floor" not in tiny_pair.provenance
+    with pytest.raises(CdrError, match=r"token_floor \(--token-floor\) must be"):
+        DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", token_floor=0)

@@ -83,6 +83,12 @@ class RewardConfig:
         help="sum: log-ratio summed over response tokens; mean: that sum / strong response tokens; "
         "mean_diff: strong mean log-prob - weak mean log-prob",
     )
+    token_floor: float | None = option(
+        None,
+        above=0.0,
+        help="robust aggregation: count each response token's log-prob as at least -F in both models before the "
+        "variant combines them, so one token a model finds very unlikely cannot decide a comparison (default: off)",
+    )
     rendering: str = option(
         DEFAULT_RENDERING,
         choices=RENDERINGS,

@@ -223,6 +223,14 @@ class PairLogprobs:
     domains: list[str | None]
 
 
+def floored(results: list[ResponseLogprobs | Unscorable], floor: float) -> list[ResponseLogprobs | Unscorable]:
+    """``--token-floor``: each token's log-prob raised to at least -floor (the cache keeps the exact values)."""
+    return [
+        r if isinstance(r, Exception) else dataclasses.replace(r, logprobs=np.maximum(r.logprobs, -floor))
+        for r in results
+    ]
+
+
 class DensityRatio:
     """A training-free reward from two language models.
 
@@ -293,6 +301,8 @@ class DensityRatio:
             "weak_template_sha256": self.weak_renderer.sha256(),
             "include_eot": c.include_eot,
             "variant": c.variant,
+            # only when set, so outputs and resume keys of runs without it stay as they were
+            **({"token_floor": c.token_floor} if c.token_floor is not None else {}),
             "recipe": self.recipe.name,
             "recipe_sha256": self.recipe.sha256(),
             "router": self._router_name(),
@@ -342,6 +352,8 @@ class DensityRatio:
                 strong, weak = (f.result() for f in futures)
         else:
             strong, weak = (run(on_progress) for run in passes)
+        if self.config.token_floor is not None:
+            strong, weak = floored(strong, self.config.token_floor), floored(weak, self.config.token_floor)
         return PairLogprobs(strong, weak, [c.domain for c in custom])
 
     def score(
