@@ -222,19 +222,26 @@ def agreement(args) -> None:
     # one row of every subset first (rows 0, 10, 20, ...; then 1, 11, 21, ...): a partial run covers every subset
     rows = [rows[i] for offset in range(STRIDE) for i in range(offset, len(rows), STRIDE)][: args.rows]
     convs, keys = conversations(rows)
-    files = {role: Path(args.dir) / f"int8_{model}.jsonl" for role, model in MODELS.items()}
+    models = {role: m for role, m in MODELS.items() if not args.models or m in args.models}
+    files = {role: Path(args.dir) / f"{args.dtype}_{model}.jsonl" for role, model in models.items()}
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     have = {
         role: {tuple(json.loads(line)["key"]) for line in f.open()} if f.exists() else set()
         for role, f in files.items()
     }
     t0 = time.time()
-    reward = DensityRatio(dtype="int8", cache="none", rendering="own")
+    if args.rows_done_by:  # only the rows another file already holds (a float32 reference for int8's rows)
+        done = {tuple(json.loads(line)["key"]) for line in Path(args.rows_done_by).open()}
+        keep = [i for i, k in enumerate(keys) if k in done]
+        convs, keys = [convs[i] for i in keep], [keys[i] for i in keep]
+    reward = DensityRatio(dtype=args.dtype, cache="none", rendering="own")
     print(f"loaded in {time.time() - t0:.1f} s; {reward.provenance['strong_precision']}", file=sys.stderr)
-    timing_path = Path(args.dir) / "int8_timing.jsonl"
+    timing_path = Path(args.dir) / f"{args.dtype}_timing.jsonl"
     for s in range(0, len(convs), 2 * args.slice_rows):
         part, part_keys = convs[s : s + 2 * args.slice_rows], keys[s : s + 2 * args.slice_rows]
         for role, side in (("strong", reward.strong), ("weak", reward.weak)):
+            if role not in files:
+                continue
             todo = [i for i, k in enumerate(part_keys) if k not in have[role]]
             if not todo:
                 continue
@@ -278,6 +285,13 @@ def report(args) -> None:
     from cdr.rewardbench import score, section_scores, subset_accuracy
 
     reference = {(r["subset"], r["id"], r["side"]): r for r in map(json.loads, REFERENCE.open())}
+    for role, model in MODELS.items():  # a float32 reference computed in this environment replaces the stored one
+        path = Path(args.dir) / f"float32_{model}.jsonl"
+        if path.exists():
+            for r in map(json.loads, path.open()):
+                key = tuple(r["key"])
+                stored = reference[key][REF_FIELD[role]]
+                reference[key] = {**reference[key], REF_FIELD[role]: r, f"stored_{role}": stored}
     int8 = {}
     for role, model in MODELS.items():
         path = Path(args.dir) / f"int8_{model}.jsonl"
@@ -318,6 +332,16 @@ def report(args) -> None:
             single_same[role] += a == b
     n = len(rows)
     lo, hi = wilson(same, n)
+    drift = {}  # the stored float32 sums against the ones recomputed here, where recomputed
+    for role in MODELS:
+        d = [
+            abs(reference[k][REF_FIELD[role]]["sum"] - reference[k][f"stored_{role}"]["sum"])
+            / reference[k][f"stored_{role}"]["n"]
+            for k in reference
+            if f"stored_{role}" in reference[k]
+        ]
+        if d:
+            drift[role] = {"responses": len(d), "mean": float(np.mean(d)), "max": float(np.max(d))}
     summary = {
         "rows": n,
         "pair_decisions_equal": same,
@@ -326,6 +350,7 @@ def report(args) -> None:
         "single_model_mean_decisions_equal": single_same,
         "accuracy_float32": score(section_scores(subset_accuracy(right_f32))) if n else None,
         "accuracy_int8": score(section_scores(subset_accuracy(right_int8))) if n else None,
+        "float32_recomputed_vs_stored_per_token": drift,
         "per_response_mean_err": {
             role: {"mean": float(np.mean(v)), "max": float(np.max(v))} for role, v in errs.items() if v
         },
@@ -352,6 +377,11 @@ def report(args) -> None:
         f"single-model mean decisions equal: strong {single_same['strong']}, "
         f"weak {single_same['weak']}"
     )
+    for role, e in drift.items():
+        print(
+            f"  {MODELS[role]}: float32 recomputed here vs stored, |sum diff| / tokens: mean {e['mean']:.2e}, "
+            f"max {e['max']:.2e} ({e['responses']} responses)"
+        )
     for role, e in summary["per_response_mean_err"].items():
         print(
             f"  {MODELS[role]}: |sum error| / tokens per response: mean {e['mean']:.2e}, max {e['max']:.2e} nats/token"
@@ -379,6 +409,8 @@ def main() -> None:
     ap.add_argument("--naive-logit-gib", type=float, default=3.0, help="speed: the naive scorer's logits at most")
     ap.add_argument("--models", nargs="*", help="speed: only these models")
     ap.add_argument("--rows", type=int, default=230, help="agreement: ROWS rows of the mini set, one per subset first")
+    ap.add_argument("--dtype", default="int8", help="agreement: the precision to score (float32: a reference)")
+    ap.add_argument("--rows-done-by", help="agreement: only the rows this JSON-lines file of another run holds")
     ap.add_argument("--slice-rows", type=int, default=23, help="agreement: rows per slice (both models)")
     ap.add_argument("--dir", default=str(RESULTS / "precision"), help="agreement: per-model int8 log-prob files")
     ap.add_argument("--out", default=str(RESULTS / "precision.json"))
