@@ -8,6 +8,7 @@ from cdr.doctor import (
     BACKEND_NEEDS,
     CHECK_ADVICE,
     CPU_FEATURES,
+    MIN_AGREEMENT,
     cpu_features,
     parse_cpu_flags,
     parse_cpu_model,
@@ -37,7 +38,7 @@ def test_doctor_prints_the_cpu_features_and_a_recommendation():
     assert proc.returncode == 0, proc.stderr
     for feature in CPU_FEATURES:
         assert f"{feature} yes" in proc.stdout or f"{feature} no" in proc.stdout or f"{feature} unknown" in proc.stdout
-    assert "recommendation: --dtype float32" in proc.stdout or "recommendation: --dtype bfloat16" in proc.stdout
+    assert any(f"recommendation: --dtype {d}" in proc.stdout for d in ("float32", "bfloat16", "int8"))
     assert "GFLOP/s" in proc.stdout and "--dtype auto means" in proc.stdout
     assert CHECK_ADVICE in proc.stdout
     assert "log-softmax normaliser" in proc.stdout and "float32" in proc.stdout
@@ -56,8 +57,9 @@ def test_doctor_json_has_the_stable_keys():
     assert report["engines"]["transformers"]["installed"] and report["backends"]["hf"]["usable"]
     precisions = report["benchmark"]["precisions"]
     assert {"float32", "bfloat16"} <= set(precisions)
+    assert ("int8" in precisions) != machine["cuda_available"]  # int8 runs on a CPU only
     assert precisions["float32"]["ratio_to_float32"] == 1.0 and all(p["runs"] >= 1 for p in precisions.values())
-    assert report["recommendation"]["dtype"] in ("float32", "bfloat16")
+    assert report["recommendation"]["dtype"] in ("float32", "bfloat16", "int8")
     assert report["recommendation"]["auto_means"] == ("bfloat16" if machine["cuda_available"] else "float32")
 
 
@@ -92,11 +94,15 @@ def facts(**features):
     return {"cpu_features": {name: features.get(name, False) for name in CPU_FEATURES}, "cuda_bf16_supported": None}
 
 
-def bench(bf16_ratio, device="cpu"):
-    return {
-        "device": device,
-        "precisions": {"float32": {"ratio_to_float32": 1.0}, "bfloat16": {"ratio_to_float32": bf16_ratio}},
-    }
+def bench(bf16_ratio, device="cpu", int8_ratio=None):
+    precisions = {"float32": {"ratio_to_float32": 1.0}, "bfloat16": {"ratio_to_float32": bf16_ratio}}
+    if int8_ratio is not None:
+        precisions["int8"] = {"ratio_to_float32": int8_ratio}
+    return {"device": device, "precisions": precisions}
+
+
+def agreement(equal, rows=230):
+    return {"equal": equal, "rows": rows, "where": "docs/benchmarks.md section 15"}
 
 
 def test_bfloat16_is_recommended_only_where_native_and_fast():
@@ -114,6 +120,24 @@ def test_on_cuda_native_means_the_device_reports_bf16():
     assert recommend(gpu, bench(3.0, device="cuda"))["dtype"] == "bfloat16"
     old_gpu = recommend({**gpu, "cuda_bf16_supported": False}, bench(3.0, device="cuda"))
     assert old_gpu["dtype"] == "float32" and old_gpu["auto_means"] == "bfloat16" and not old_gpu["auto_matches"]
+
+
+def test_int8_only_where_faster_by_the_margin_and_it_kept_the_decisions():
+    cpu = facts(avx2=True, fma=True)
+    chosen = recommend(cpu, bench(0.2, int8_ratio=1.6), agreement(229))
+    assert chosen["dtype"] == "int8" and "int8 measured 1.60x float32" in chosen["reason"]
+    assert "kept 229 of 230 pair decisions" in chosen["reason"] and chosen["auto_matches"] is False
+    slow = recommend(cpu, bench(0.2, int8_ratio=1.1), agreement(230))
+    assert slow["dtype"] == "float32" and "below 1.2x" in slow["reason"]
+    disagrees = recommend(cpu, bench(0.2, int8_ratio=2.0), agreement(int(230 * MIN_AGREEMENT) - 1))
+    assert disagrees["dtype"] == "float32" and "below 99%" in disagrees["reason"]
+    unmeasured = recommend(cpu, bench(0.2, int8_ratio=2.0), {"equal": None, "rows": None, "where": "x"})
+    assert unmeasured["dtype"] == "float32" and "agreement not measured" in unmeasured["reason"]
+    # native, fast bfloat16 comes first; on CUDA int8 is not benchmarked at all
+    assert recommend(facts(amx_bf16=True), bench(1.9, int8_ratio=3.0), agreement(230))["dtype"] == "bfloat16"
+    gpu = {"cpu_features": facts()["cpu_features"], "cuda_bf16_supported": False}
+    on_gpu = recommend(gpu, bench(0.5, device="cuda"), agreement(230))
+    assert on_gpu["dtype"] == "float32" and "int8 not measured" in on_gpu["reason"]
 
 
 def test_seconds_out_of_bounds_is_a_one_line_error():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cdr._version import __version__
 from cdr.backends import BACKENDS
-from cdr.backends.hf import resolve_device, resolve_dtype
+from cdr.backends.hf import quantize_int8, resolve_device, resolve_dtype
 from cdr.errors import CdrError
 
 # The /proc/cpuinfo flags that decide how fast float32, bfloat16 and int8 matrix work runs on x86.
@@ -27,6 +27,13 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnn
 # A CPU computes bfloat16 matrix products natively only with one of these; without them torch converts.
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 MIN_BF16_SPEEDUP = 1.2
+# int8 changes the scores, so a faster int8 is recommended only where it also kept >= MIN_AGREEMENT of the pair
+# decisions of float32 on the RewardBench mini set (230 rows, `mean_diff`, the embedded pair). That is measured
+# by benchmarks/precision.py (hours on a small CPU), not in doctor's seconds: the figures below are that run's
+# (docs/benchmarks.md section 15).
+MIN_INT8_SPEEDUP = 1.2
+MIN_AGREEMENT = 0.99
+INT8_AGREEMENT = {"equal": 39, "rows": 46, "where": "docs/benchmarks.md section 15"}
 MIN_SECONDS, MAX_SECONDS = 0.1, 600.0
 
 # (activation rows, hidden size, weight rows): SmolLM2-135M's hidden size against a slice of its 49,152-word
@@ -40,7 +47,8 @@ CHECK_ADVICE = (
 )
 NORMALISER_NOTE = (
     "only the matmul runs in the precision timed here: cdr casts logits to float32 before the log-softmax "
-    "normaliser (logsumexp), which always runs in float32"
+    "normaliser (logsumexp), which always runs in float32; int8 converts only the transformer body's linear "
+    "layers (this int8 row includes quantizing the float32 input at each call), the LM head stays float32"
 )
 
 
@@ -210,8 +218,19 @@ def backend_support(engines: dict) -> dict:
 
 
 def bench_precisions(device: str) -> tuple[str, ...]:
-    """The precisions the hf backend accepts on this device (float16 only on CUDA)."""
-    return ("float32", "bfloat16", "float16") if device.startswith("cuda") else ("float32", "bfloat16")
+    """The precisions the hf backend accepts on this device (float16 only on CUDA, int8 only on a CPU)."""
+    return ("float32", "bfloat16", "float16") if device.startswith("cuda") else ("float32", "bfloat16", "int8")
+
+
+def _int8_linear(weight):
+    """The hf backend's int8 layer (cdr.backends.hf.quantize_int8) around a float32 weight, as a callable."""
+    import torch
+
+    holder = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+    with torch.no_grad():
+        holder[0].weight.copy_(weight)
+    quantize_int8(holder)
+    return holder[0]
 
 
 def benchmark_precisions(seconds: float, device: str | None = None) -> dict:
@@ -235,15 +254,21 @@ def benchmark_precisions(seconds: float, device: str | None = None) -> dict:
     for name in names:
         dtype = resolve_dtype(name, device)
         x, w = activation.to(device, dtype), weight.to(device, dtype)
+        if name == "int8":  # the float32 input quantized at each call, as a run pays it
+            layer = _int8_linear(w)
+            run = lambda layer=layer, x=x: layer(x)  # noqa: E731
+        else:
+            run = lambda x=x, w=w: F.linear(x, w)  # noqa: E731
         start = time.perf_counter()
-        F.linear(x, w)  # warm-up: first-call set-up (kernel choice, packing) is not what a run pays per batch
-        sync()
-        times = []
-        while not times or time.perf_counter() - start < share:
-            t = time.perf_counter()
-            F.linear(x, w)
+        with torch.inference_mode():
+            run()  # warm-up: first-call set-up (kernel choice, packing) is not what a run pays per batch
             sync()
-            times.append(time.perf_counter() - t)
+            times = []
+            while not times or time.perf_counter() - start < share:
+                t = time.perf_counter()
+                run()
+                sync()
+                times.append(time.perf_counter() - t)
         median = sorted(times)[len(times) // 2]
         results[name] = {
             "gflops": round(flop / median / 1e9, 1),
@@ -276,13 +301,31 @@ def native_bf16(facts: dict, device: str) -> tuple[bool, str]:
     return False, "the CPU has " + ", ".join(f"no {f}" for f in NATIVE_BF16_CPU_FEATURES)
 
 
-def recommend(facts: dict, bench: dict) -> dict:
-    """float32, unless bfloat16 is native on the benchmarked device and measured >= MIN_BF16_SPEEDUP x float32."""
+def int8_verdict(bench: dict, agreement: dict) -> tuple[bool, str]:
+    """Whether int8 qualifies (a CPU, measured >= MIN_INT8_SPEEDUP x float32 here, and the recorded mini-set
+    agreement >= MIN_AGREEMENT), and why, in words."""
+    ratio = (bench["precisions"].get("int8") or {}).get("ratio_to_float32")
+    if ratio is None:
+        return False, "int8 not measured (it runs on a CPU only)"
+    equal, rows = agreement.get("equal"), agreement.get("rows")
+    kept = f"kept {equal} of {rows} pair decisions of float32 on the mini set" if rows else "agreement not measured"
+    fast = ratio >= MIN_INT8_SPEEDUP
+    agrees = bool(rows) and equal / rows >= MIN_AGREEMENT
+    speed = f"int8 measured {ratio:.2f}x float32 here" + ("" if fast else f", below {MIN_INT8_SPEEDUP}x")
+    share = f"{kept} ({agreement['where']})" + ("" if agrees or not rows else f", below {MIN_AGREEMENT:.0%}")
+    return fast and agrees, f"{speed}; {share}"
+
+
+def recommend(facts: dict, bench: dict, int8_agreement: dict | None = None) -> dict:
+    """float32, unless bfloat16 is native on the benchmarked device and measured >= MIN_BF16_SPEEDUP x float32;
+    on a CPU without that, int8 where it measured >= MIN_INT8_SPEEDUP x float32 and its recorded agreement with
+    float32's pair decisions is >= MIN_AGREEMENT."""
     device = bench["device"]
     native, why = native_bf16(facts, device)
     ratio = (bench["precisions"].get("bfloat16") or {}).get("ratio_to_float32")
     fast = ratio is not None and ratio >= MIN_BF16_SPEEDUP
-    dtype = "bfloat16" if native and fast else "float32"
+    int8_ok, int8_why = int8_verdict(bench, INT8_AGREEMENT if int8_agreement is None else int8_agreement)
+    dtype = "bfloat16" if native and fast else "int8" if int8_ok else "float32"
     measured = f"measured {ratio:.2f}x float32" if ratio is not None else "not measured"
     if native and fast:
         reason = f"bfloat16 is native ({why}) and {measured}"
@@ -290,15 +333,21 @@ def recommend(facts: dict, bench: dict) -> dict:
         reason = f"bfloat16 is native ({why}) but {measured}, below {MIN_BF16_SPEEDUP}x"
     else:
         reason = f"bfloat16 is not native ({why}); {measured}"
+    if not (native and fast):
+        reason += f"; {int8_why}"
     auto = str(resolve_dtype("auto", device)).removeprefix("torch.")
     return {
         "dtype": dtype,
         "rule": (
             "bfloat16 only where it is native (CUDA with bf16 support, or a CPU with avx512_bf16 or amx_bf16) "
-            f"and measured at least {MIN_BF16_SPEEDUP}x faster than float32; otherwise float32"
+            f"and measured at least {MIN_BF16_SPEEDUP}x faster than float32; else, on a CPU, int8 only where it is "
+            f"measured at least {MIN_INT8_SPEEDUP}x faster than float32 and kept at least {MIN_AGREEMENT:.0%} of "
+            "float32's pair decisions on the RewardBench mini set; otherwise float32"
         ),
         "native_bf16": native,
         "bf16_ratio_to_float32": ratio,
+        "int8_ratio_to_float32": (bench["precisions"].get("int8") or {}).get("ratio_to_float32"),
+        "int8_agreement": INT8_AGREEMENT if int8_agreement is None else int8_agreement,
         "reason": reason,
         "auto_means": auto,
         "auto_matches": auto == dtype,

@@ -48,7 +48,7 @@ class TransformersPolicy:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from cdr.backends.hf import resolve_device, resolve_dtype
+        from cdr.backends.hf import quantize_int8, resolve_device, resolve_dtype
 
         quiet_transformers()
         self.source = source
@@ -70,6 +70,8 @@ class TransformersPolicy:
             )
         except OSError as exc:
             raise ModelNotAvailable(f"could not load policy '{source.name}': {exc}") from None
+        if dtype == "int8":  # as the hf backend does: the body's linear layers in int8, the LM head float32
+            quantize_int8(self.model.get_decoder())
         require_chat_template(self.tokenizer, source)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id

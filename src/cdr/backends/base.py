@@ -23,7 +23,7 @@ class LogprobRequest:
     response_start: int
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 
 @dataclass
@@ -38,7 +38,11 @@ class BackendOptions:
         expected="auto, cpu, cuda, cuda:N or mps",
     )
     dtype: str = option(
-        "auto", choices=DTYPES, help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16"
+        "auto",
+        choices=DTYPES,
+        help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16, or int8 (hf backend on a CPU: the "
+        "transformer body's linear layers in dynamic int8, the LM head and log-softmax in float32; changes the "
+        "scores, see cdr doctor)",
     )
     batch_tokens: int = option(8192, minimum=1, help="padded tokens per forward batch")
     threads: int | None = option(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cdr.backends.base import Backend, BackendOptions, LogprobRequest
-from cdr.errors import ModelNotAvailable
+from cdr.errors import CdrError, ModelNotAvailable
 from cdr.models import ModelSource, converted_dir
 
 # Logits held at once by next_token_top_logprobs: chunk_positions x vocabulary floats (128 MiB).
@@ -52,14 +52,107 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
+    """The torch dtype the weights are loaded in. int8 loads float32 weights: ``quantize_int8`` then converts
+    the transformer body's linear layers after loading."""
     import torch
 
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype == "int8":
+        check_int8(device)
+        return torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+        raise ValueError(f"dtype must be auto, float32, bfloat16, float16 or int8, got {dtype!r}") from None
+
+
+def check_int8(device: str) -> None:
+    """--dtype int8 uses torch's dynamic int8 linear layers (fbgemm/oneDNN), which run on a CPU only."""
+    if device != "cpu":
+        raise CdrError(
+            f"--dtype int8 runs on a CPU only (torch's dynamic int8 linear layers have no {device} kernels); "
+            "on a GPU use --dtype bfloat16 or float16"
+        )
+
+
+def _int8_linear_class():
+    import torch
+
+    class Int8Linear(torch.nn.Module):
+        """A float32 ``nn.Linear`` computed in int8: the weight quantized once, symmetrically per output channel;
+        the input quantized at each call by torch's dynamic int8 linear (fbgemm/oneDNN on x86: int8 products,
+        int32 sums, float32 out; VNNI where the CPU has it). ``per_row``: each row is first divided by its own
+        largest magnitude (and the product multiplied back), and two fixed rows pin the batch's range to [-1, 1],
+        so one outlier token no longer coarsens every other token's steps and a row's result does not depend on
+        the rows batched with it (padding included)."""
+
+        def __init__(self, linear, per_row: bool):
+            super().__init__()
+            weight = linear.weight.detach().float()
+            scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
+            zero = torch.zeros(weight.shape[0], dtype=torch.long)
+            qweight = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+            self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().float(), False)
+            self.in_features, self.out_features, self.per_row = linear.in_features, linear.out_features, per_row
+            anchor = torch.zeros(2, self.in_features)
+            anchor[0, 0], anchor[1, 0] = 1.0, -1.0
+            self.register_buffer("_anchor", anchor, persistent=False)
+
+        def forward(self, x):
+            shape = x.shape
+            flat = x.reshape(-1, shape[-1]).float()
+            if self.per_row:
+                n = flat.shape[0]
+                scale = torch.linalg.vector_norm(flat, float("inf"), dim=-1, keepdim=True).clamp_min(1e-30)
+                buffer = torch.empty(n + 2, flat.shape[1], dtype=flat.dtype)
+                torch.div(flat, scale, out=buffer[:n])
+                buffer[n:] = self._anchor
+                out = torch.ops.quantized.linear_dynamic(buffer, self._packed, True)[:n] * scale
+            else:
+                out = torch.ops.quantized.linear_dynamic(flat.contiguous(), self._packed, True)
+            if self.bias is not None:
+                out = out + self.bias
+            return out.reshape(*shape[:-1], self.out_features)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, int8, per_row={self.per_row}"
+
+    return Int8Linear
+
+
+INT8_PER_ROW = True
+
+
+def quantize_int8(module, per_row: bool | None = None) -> int:
+    """Replace every ``nn.Linear`` inside ``module`` by an int8 one (``Int8Linear`` above), in place; returns how
+    many. cdr passes the decoder (the transformer body) only: the LM head and the log-softmax stay float32.
+
+    It uses torch's quantized ops (``quantize_per_channel``, ``quantized.linear_dynamic``): deprecated in favour
+    of torchao, present in torch 2.13; where a torch no longer has them, the error says so."""
+    import warnings
+
+    import torch
+
+    per_row = INT8_PER_ROW if per_row is None else per_row
+    if not hasattr(torch.ops.quantized, "linear_dynamic") or "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise CdrError(
+            f"--dtype int8 needs torch's dynamic int8 linear (torch.ops.quantized.linear_dynamic with fbgemm), "
+            f"which torch {torch.__version__} here lacks; use --dtype float32"
+        )
+    cls = _int8_linear_class()
+    targets = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, torch.nn.Linear)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notice for quantized tensors, once per layer
+        for parent, name, child in targets:
+            setattr(parent, name, cls(child, per_row))
+    return len(targets)
 
 
 class TransformersBackend(Backend):
@@ -74,7 +167,8 @@ class TransformersBackend(Backend):
             torch.set_num_threads(options.threads)
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
-        self.precision = str(self.dtype).removeprefix("torch.")
+        # part of the log-prob cache key and of the provenance: int8 numbers are not float32's
+        self.precision = "int8" if options.dtype == "int8" else str(self.dtype).removeprefix("torch.")
         kwargs = {"dtype": self.dtype, "trust_remote_code": options.trust_remote_code}
         if source.kind == "gguf":
             path = str(converted_dir(source, "model"))
@@ -90,6 +184,12 @@ class TransformersBackend(Backend):
         self.commit_hash = getattr(model.config, "_commit_hash", None)  # set for hub downloads
         self.decoder = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
+        self.int8_layers = 0
+        if self.precision == "int8":
+            if self.decoder is self.model or any(m is self.head for m in self.decoder.modules()):
+                raise CdrError(f"--dtype int8: cannot tell the body of '{source.name}' from its LM head; use float32")
+            # the body only: the head (self.head, outside the decoder) and the log-softmax stay float32
+            self.int8_layers = quantize_int8(self.decoder)
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         # Cohere multiplies logits by logit_scale, Granite divides by logits_scaling.
