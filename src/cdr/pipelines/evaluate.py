@@ -244,6 +244,16 @@ def side_record(text: str, strong: ResponseLogprobs | Exception, weak: ResponseL
     }
 
 
+def count_outcome(ctx: ChunkContext, source: str, errors: list[str]) -> str | None:
+    """Count a row as scored, or as unscorable with a note naming why; returns that reason (None: scored)."""
+    if not errors:
+        ctx.counts["scored"] += 1
+        return None
+    ctx.counts["unscorable"] += 1
+    ctx.note(source, "unscorable", "; ".join(errors))
+    return "; ".join(errors)
+
+
 def score_record(row: dict, chosen: dict, rejected: dict, error: str | None, domain: str | None = None) -> dict:
     rewards = {name: [response_score(name, chosen), response_score(name, rejected)] for name in ALL_VARIANTS}
     return {
@@ -285,14 +295,10 @@ class EvalJob:
                     for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1]))
                     if isinstance(x, Exception)
                 ]
-                if errors:
-                    ctx.counts["unscorable"] += 1
-                    ctx.note(row["source"], "unscorable", "; ".join(errors))
-                else:
-                    ctx.counts["scored"] += 1
+                error = count_outcome(ctx, row["source"], errors)
                 chosen = side_record(row["chosen"], strong[2 * i], weak[2 * i])
                 rejected = side_record(row["rejected"], strong[2 * i + 1], weak[2 * i + 1])
-                records.append(score_record(row, chosen, rejected, "; ".join(errors) or None, pair.domains[2 * i]))
+                records.append(score_record(row, chosen, rejected, error, pair.domains[2 * i]))
             return records
 
         return process

@@ -25,6 +25,7 @@ from cdr.pipelines.evaluate import (
     Benchmark,
     Selection,
     cell,
+    count_outcome,
     routing,
     select_rows,
     side_record,
@@ -156,12 +157,7 @@ class EvalJobV2:
                     for i, x in enumerate(xs[at : at + len(cs)])
                     if isinstance(x, Exception)
                 ]
-                if errors:
-                    ctx.counts["unscorable"] += 1
-                    ctx.note(row["source"], "unscorable", "; ".join(errors))
-                else:
-                    ctx.counts["scored"] += 1
-                records.append(score_record(row, sides, "; ".join(errors) or None, pair.domains[at]))
+                records.append(score_record(row, sides, count_outcome(ctx, row["source"], errors), pair.domains[at]))
                 at += len(cs)
             return records
 
