@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,29 +132,52 @@ def units(rows: Sequence[Row]) -> dict[str, list[Unit]]:
     return out
 
 
-def subset_score(subset: str, picked: Sequence[Unit]) -> float:
-    rows = [row for unit in picked for row in unit]
-    if not is_ties(subset):
-        return float(np.mean([best_of_n(r.scores) for r in rows]))
-    return ties_terms(_ties_prompts(picked))["score"]
-
-
 def _ties_prompts(picked: Sequence[Unit]) -> dict[int, dict[str, PromptStats]]:
     # a resample can draw one prompt id twice: each draw is its own prompt, as a row is for best-of-N
-    prompts: dict[int, dict[str, PromptStats]] = {}
-    for i, unit in enumerate(picked):
-        prompts[i] = {ties_id(r.id)[0]: prompt_stats(r.scores, r.num_correct) for r in unit}
-    return prompts
+    return {i: {ties_id(r.id)[0]: prompt_stats(r.scores, r.num_correct) for r in unit} for i, unit in enumerate(picked)}
+
+
+# Per subset, what a resample draws from, computed once: each row's best-of-N result (an array), or each Ties
+# prompt id's stats. A resample then only indexes it, instead of scoring every row again.
+Prepared = dict[str, "np.ndarray | list[dict[str, PromptStats]]"]
+
+
+def _prepare(by_subset: Mapping[str, Sequence[Unit]]) -> Prepared:
+    return {
+        subset: (
+            list(_ties_prompts(picked).values())
+            if is_ties(subset)
+            else np.array([best_of_n(row.scores) for unit in picked for row in unit])
+        )
+        for subset, picked in by_subset.items()
+        if picked
+    }
+
+
+def _figures_at(prepared: Prepared, draws: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Each subset's score over the drawn units (indices into ``prepared``) and the leaderboard ``score``."""
+    out = {}
+    for subset, index in draws.items():
+        values = prepared[subset]
+        if is_ties(subset):
+            out[subset] = ties_terms({i: values[j] for i, j in enumerate(index)})["score"]
+        else:
+            out[subset] = float(values[index].mean())
+    return out | {"score": float(np.mean(list(out.values())))} if out else {}
+
+
+def _all(prepared: Prepared) -> dict[str, np.ndarray]:
+    return {subset: np.arange(len(values)) for subset, values in prepared.items()}
+
+
+def _draw(prepared: Prepared, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {subset: rng.integers(0, len(values), len(values)) for subset, values in prepared.items()}
 
 
 def figures(by_subset: Mapping[str, Sequence[Unit]]) -> dict[str, float]:
     """Each subset's score and the leaderboard ``score``: the unweighted mean of the subsets present."""
-    out = {subset: subset_score(subset, picked) for subset, picked in by_subset.items() if picked}
-    return out | {"score": float(np.mean(list(out.values())))} if out else {}
-
-
-def _resample(by_subset: Mapping[str, Sequence[Unit]], rng: np.random.Generator) -> dict[str, list[Unit]]:
-    return {s: [u[i] for i in rng.integers(0, len(u), len(u))] for s, u in by_subset.items() if u}
+    prepared = _prepare(by_subset)
+    return _figures_at(prepared, _all(prepared))
 
 
 def _percentiles(samples: list[dict[str, float]], level: float) -> dict[str, tuple[float, float]]:
@@ -169,9 +192,9 @@ def _percentiles(samples: list[dict[str, float]], level: float) -> dict[str, tup
 def bootstrap(rows: Sequence[Row], n: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile intervals for each subset and the score, resampling units (rows; Ties prompt ids) within
     each subset."""
-    by_subset = units(rows)
+    prepared = _prepare(units(rows))
     rng = np.random.default_rng(seed)
-    return _percentiles([figures(_resample(by_subset, rng)) for _ in range(n)], level)
+    return _percentiles([_figures_at(prepared, _draw(prepared, rng)) for _ in range(n)], level)
 
 
 def paired_bootstrap(
@@ -181,18 +204,15 @@ def paired_bootstrap(
     the same units for both sides, so the rows' difficulty cancels."""
     if [(r.subset, r.id) for r in a] != [(r.subset, r.id) for r in b]:
         raise ValueError("paired_bootstrap needs the same rows, in the same order, on both sides")
-    ua, ub = units(a), units(b)
+    pa, pb = _prepare(units(a)), _prepare(units(b))
     rng = np.random.default_rng(seed)
 
-    def minus(pick: Callable[[Sequence[Unit]], list[int]]) -> dict[str, float]:
-        draws = {s: pick(u) for s, u in ua.items() if u}
-        fa = figures({s: [ua[s][i] for i in ix] for s, ix in draws.items()})
-        fb = figures({s: [ub[s][i] for i in ix] for s, ix in draws.items()})
+    def minus(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
+        fa, fb = _figures_at(pa, draws), _figures_at(pb, draws)
         return {k: fa[k] - fb[k] for k in fa}
 
-    point = minus(lambda u: list(range(len(u))))
-    samples = [minus(lambda u: list(rng.integers(0, len(u), len(u)))) for _ in range(n)]
-    intervals = _percentiles(samples, level)
+    point = minus(_all(pa))
+    intervals = _percentiles([minus(_draw(pa, rng)) for _ in range(n)], level)
     return {k: (v, *intervals[k]) for k, v in point.items()}
 
 
