@@ -65,9 +65,10 @@ def compare_runs(
         raise CdrError(f"runs '{run_a}' and '{run_b}' have no row in common (rows are matched by subset and id)")
     paired_b = [by_key_b[(r["subset"], r["id"])] for r in common]
     _check_same_rows(run_a, run_b, [(r["subset"], r["id"]) for r in common])
-    difference = benchmark.paired(common, paired_b, va, vb, n_bootstrap) if n_bootstrap else {}
     point_a, point_b = benchmark.point(common, va), benchmark.point(paired_b, vb)
-    if not n_bootstrap:
+    if n_bootstrap:
+        difference = benchmark.paired(common, paired_b, va, vb, n_bootstrap)
+    else:
         difference = {k: (point_a[k] - point_b[k], None, None) for k in point_a}
     order = [g for g in (*benchmark.groups, "score") if g in difference]
     out = {
