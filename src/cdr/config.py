@@ -33,6 +33,7 @@ from cdr.variants import VARIANTS
 DEFAULT_VARIANT = "mean_diff"
 DEFAULT_RENDERING = "own"
 SIDES = ("strong", "weak")
+WEAK_PROMPTS = ("full", "empty")
 BACKEND_CHOICES = ("default", *BACKENDS)
 _BACKEND_HELP = f"{', '.join(BACKEND_CHOICES)} (default: hf, transformers)"
 PLAIN_FORMAT_KEYS = tuple(f.name for f in dataclasses.fields(PlainFormat))
@@ -89,6 +90,13 @@ class RewardConfig:
         help="robust aggregation: count each response token's log-prob as at least -F in both models before the "
         "variant combines them, so one token a model finds very unlikely cannot decide a comparison (default: off)",
     )
+    weak_prompt: str = option(
+        "full",
+        choices=WEAK_PROMPTS,
+        help="full: the weak model reads the prompt (and its recipe context) before the response; empty: it reads "
+        "the response after one empty user turn, so with --weak set to the strong model the reward is how much "
+        "the prompt raises the response's likelihood (pointwise mutual information; docs/method.md)",
+    )
     rendering: str = option(
         DEFAULT_RENDERING,
         choices=RENDERINGS,
@@ -140,6 +148,12 @@ class RewardConfig:
             if not isinstance(self.options_for(side), BackendOptions):
                 raise CdrError(f"{side}_options must be a BackendOptions, got {self.options_for(side)!r}")
         check(self)
+        for side in SIDES:
+            if self.options_for(side).exit_layer is not None and self.backend_for(side) not in ("default", "hf"):
+                raise CdrError(
+                    f"{side}_exit_layer (--{side}-exit-layer) needs the hf backend (transformers), not "
+                    f"'{self.backend_for(side)}': only it can stop a model after some of its layers"
+                )
         if self.overlap and any(
             self.backend_for(side) == "vllm" and not self.options_for(side).vllm_multiprocessing for side in SIDES
         ):

@@ -113,4 +113,7 @@ def check(obj: Any, side: str | None = None) -> None:
         value = getattr(obj, f.name)
         wrong = problem(f, value)
         if wrong:
+            if f.metadata.get("per_side") and side is None:  # a model's own options do not know which model
+                flags = " or ".join(flag_of(f, s) for s in ("strong", "weak"))
+                raise CdrError(f"{f.name} ({flags}) {wrong}, got {value!r}")
             raise CdrError(f"{flat_name(f, side)} ({flag_of(f, side)}) {wrong}, got {value!r}")

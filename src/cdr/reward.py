@@ -22,7 +22,7 @@ from cdr._version import __version__
 from cdr.backends import LogprobRequest, load_backend
 from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
-from cdr.conversation import Conversation
+from cdr.conversation import Conversation, Message
 from cdr.errors import ModelNotAvailable
 from cdr.gguf_tokenizer import verify as verify_tokenizer
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
@@ -138,8 +138,11 @@ class ModelScorer:
             # 'main' moves; the commit the weights came from does not
             self.fingerprint = f"{source.path}@{self.backend.commit_hash}"
         self.cache = cache
-        # what makes two log-prob computations interchangeable: the weights, the backend and its precision
+        # what makes two log-prob computations interchangeable: the weights, the backend, its precision and how
+        # the model is read (an early exit); a whole model's key is as it always was
         self.cache_key = f"{self.fingerprint}|{self.backend.name}|{self.backend.precision}"
+        if self.backend.reading:
+            self.cache_key += f"|{self.backend.reading}"
         limits = [x for x in (config.max_length, self.backend.max_length) if x]
         self.max_length = min(limits) if limits else None
 
@@ -223,6 +226,12 @@ class PairLogprobs:
     domains: list[str | None]
 
 
+def without_prompt(conversation: Conversation) -> Conversation:
+    """``--weak-prompt empty``: the response after one empty user turn (no system turn, no history, no recipe
+    context). An empty turn rather than none, so that every chat template renders it as it renders a reply."""
+    return Conversation((Message("user", ""), conversation.messages[-1]))
+
+
 def floored(results: list[ResponseLogprobs | Unscorable], floor: float) -> list[ResponseLogprobs | Unscorable]:
     """``--token-floor``: each token's log-prob raised to at least -floor (the cache keeps the exact values)."""
     return [
@@ -294,6 +303,12 @@ class DensityRatio:
             "weak_sha256": self.weak.fingerprint,
             "weak_backend": self.weak.backend.name,
             "weak_precision": self.weak.backend.precision,
+            # only when set, so outputs and resume keys of runs without them stay as they were
+            **{
+                f"{side}_exit_layer": c.options_for(side).exit_layer
+                for side in ("strong", "weak")
+                if c.options_for(side).exit_layer is not None
+            },
             "strong_tokenizer": self.strong.tokenizer_origin,
             "weak_tokenizer": self.weak.tokenizer_origin,
             "rendering": c.rendering,
@@ -305,6 +320,7 @@ class DensityRatio:
             "variant": c.variant,
             # only when set, so outputs and resume keys of runs without it stay as they were
             **({"token_floor": c.token_floor} if c.token_floor is not None else {}),
+            **({"weak_prompt": c.weak_prompt} if c.weak_prompt != "full" else {}),
             "recipe": self.recipe.name,
             "recipe_sha256": self.recipe.sha256(),
             "router": self._router_name(),
@@ -338,9 +354,12 @@ class DensityRatio:
         """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
         custom = self.customize(conversations, rows)
         include_eot = self.config.include_eot
+        weak_side = [c.weak for c in custom]
+        if self.config.weak_prompt == "empty":
+            weak_side = [without_prompt(c) for c in conversations]
         passes = (
             partial(self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot),
-            partial(self.weak.logprobs, [c.weak for c in custom], self.weak_renderer, include_eot),
+            partial(self.weak.logprobs, weak_side, self.weak_renderer, include_eot),
         )
         if self.config.overlap:
             lock = threading.Lock()

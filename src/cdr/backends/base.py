@@ -56,6 +56,14 @@ class BackendOptions:
         "(transformers backend)",
         flag_help="run every response's prompt again (the plain path; for measuring prompt sharing)",
     )
+    exit_layer: int | None = option(
+        None,
+        minimum=1,
+        per_side=True,
+        help="hf backend: read the {side} model after its first N decoder layers (then its final norm and LM "
+        "head), as layer-contrast decoding does; with the strong model's name as --weak this makes a same-family "
+        "weak model that shares the loaded weights (docs/method.md)",
+    )
     tensor_parallel_size: int = option(1, minimum=1, help="vllm backend: GPUs per model")
     vllm_kv_cache_gib: float | None = option(
         None,
@@ -113,6 +121,9 @@ class Backend(ABC):
     precision: str = "float32"  # part of the log-prob cache key: numbers from other precisions are not reused
     vocab_size: int | None = None  # rows of the output layer, when the backend knows them (else: the tokenizer's)
     commit_hash: str | None = None  # the commit a hub model's weights came from, when the backend knows it
+    # how the model is read when not as a whole (an early exit: "exit-layer-12"): with the precision, part of the
+    # cache key and the provenance; None: the whole model
+    reading: str | None = None
 
     def __init__(self, source: ModelSource, options: BackendOptions):
         self.source = source

@@ -9,6 +9,7 @@ never materialised.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,6 +28,8 @@ LOGIT_BUDGET = 1 << 25
 TILES = {"cpu": (512, 1024), "cuda": (4096, 32768)}
 # Prompts shorter than this are batched with the rest: re-running them costs less than a batch of its own.
 MIN_SHARED_PROMPT = 64
+# Loaded models by (path, revision, dtype option, device, trust_remote_code), while a backend holds them.
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def tiled_logsumexp(hidden, logit_tile: Callable, vocab_size: int, tile: tuple[int, int]):
@@ -176,11 +179,18 @@ class TransformersBackend(Backend):
             path = source.path
             if source.revision:
                 kwargs["revision"] = source.revision
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            raise ModelNotAvailable(f"could not load model '{source.name}' with transformers: {exc}") from None
-        self.model = model.to(self.device).eval()
+        # one copy of the weights per process for the same files and precision: a model read early as its own
+        # weak model (--weak-exit-layer) shares the strong model's weights instead of loading them again
+        key = (path, source.revision, options.dtype, self.device, options.trust_remote_code)
+        model = _LOADED.get(key)
+        if model is None:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            except OSError as exc:
+                raise ModelNotAvailable(f"could not load model '{source.name}' with transformers: {exc}") from None
+            model = model.to(self.device).eval()
+            _LOADED[key] = model
+        self.model = model
         self.commit_hash = getattr(model.config, "_commit_hash", None)  # set for hub downloads
         self.decoder = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
@@ -188,8 +198,11 @@ class TransformersBackend(Backend):
         if self.precision == "int8":
             if self.decoder is self.model or any(m is self.head for m in self.decoder.modules()):
                 raise CdrError(f"--dtype int8: cannot tell the body of '{source.name}' from its LM head; use float32")
-            # the body only: the head (self.head, outside the decoder) and the log-softmax stay float32
-            self.int8_layers = quantize_int8(self.decoder)
+            # the body only: the head (self.head, outside the decoder) and the log-softmax stay float32; a
+            # shared model is converted once
+            if not hasattr(model, "_cdr_int8_layers"):
+                model._cdr_int8_layers = quantize_int8(self.decoder)
+            self.int8_layers = model._cdr_int8_layers
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         # Cohere multiplies logits by logit_scale, Granite divides by logits_scaling.
@@ -199,11 +212,45 @@ class TransformersBackend(Backend):
         self.vocab_size = self.head.weight.shape[0]
         self.pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
         self.response_head_only = isinstance(self.head, torch.nn.Linear) and self._head_path_matches_full_forward()
+        if options.exit_layer is not None:
+            # checked above on the whole decoder; from here on, the decoder stops after exit_layer layers
+            self.decoder = self._exited_decoder(options.exit_layer)
+            self.reading = f"exit-layer-{options.exit_layer}"
         import inspect
 
         # transformers renamed past_key_values to cache (5.x); accept either
         parameters = inspect.signature(self.decoder.forward).parameters
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
+
+    def _exited_decoder(self, layers: int):
+        """The decoder read after its first ``layers`` layers: the same modules (embeddings, those layers, the
+        final norm), so the hidden state then goes through the final norm and the LM head as the last layer's
+        would (layer-contrast decoding, DoLa: Chuang et al., 2024). Shares every weight with the whole model."""
+        import copy
+
+        import torch
+
+        name = self.source.name
+        stack = getattr(self.decoder, "layers", None)
+        total = getattr(self.decoder.config, "num_hidden_layers", None)
+        if not isinstance(stack, torch.nn.ModuleList) or not isinstance(total, int) or len(stack) != total:
+            raise CdrError(f"exit_layer: cannot find the decoder layers of '{name}' (no .layers list); unset it")
+        if not self.response_head_only:
+            raise CdrError(
+                f"exit_layer: '{name}' post-processes its logits in a way cdr does not reproduce, so it cannot be "
+                "read at an earlier layer; unset it"
+            )
+        if not 1 <= layers < total:
+            raise CdrError(f"exit_layer {layers}: '{name}' has {total} decoder layers; expected 1 to {total - 1}")
+        config = copy.copy(self.decoder.config)
+        config.num_hidden_layers = layers
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:layers]  # gemma-3: which layers attend locally
+        exited = copy.copy(self.decoder)  # a new module object over the same parameters
+        exited._modules = dict(self.decoder._modules)
+        exited.layers = stack[:layers]
+        exited.config = config
+        return exited
 
     @property
     def max_length(self) -> int | None:
