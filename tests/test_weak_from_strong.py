@@ -136,3 +136,39 @@ def test_weak_prompt_empty_scores_the_response_after_an_empty_user_turn(tiny_str
 def test_weak_prompt_is_checked():
     with pytest.raises(CdrError, match=r"weak_prompt \(--weak-prompt\) must be one of full, empty, got 'none'"):
         DensityRatio(weak_prompt="none")
+
+
+def test_token_ratio_clip_clips_each_tokens_log_ratio_before_averaging(tiny_strong):
+    """The strong model over its own early reading reads the same tokens: the reward with a clip is the mean of
+    the clipped per-token ratios, computed here from the unclipped per-token log-probs."""
+    conversation = [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "Seven, or 11."}]
+    model = str(tiny_strong)
+    plain = DensityRatio(strong=model, weak=model, weak_exit_layer=1, cache="none")
+    tokens = plain.score([conversation], return_tokens=True)[0].details
+    ratio = np.array([s["logprob"] - w["logprob"] for s, w in zip(tokens["strong"], tokens["weak"])])
+    clip = float(np.quantile(np.abs(ratio), 0.5))  # half the tokens get clipped
+    assert (np.abs(ratio) > clip).any()
+    clipped = DensityRatio(strong=model, weak=model, weak_exit_layer=1, cache="none", token_ratio_clip=clip)
+    got = clipped.score([conversation])[0]
+    assert got.reward == pytest.approx(float(np.clip(ratio, -clip, clip).mean()), abs=1e-9)
+    assert got.strong_logprob == pytest.approx(sum(s["logprob"] for s in tokens["strong"]), abs=1e-9)
+    assert clipped.provenance["token_ratio_clip"] == clip and "token_ratio_clip" not in plain.provenance
+
+
+def test_token_ratio_clip_refuses_a_pair_with_two_tokenizers(tiny_strong, tiny_weak):
+    with pytest.raises(CdrError, match=r"^token_ratio_clip \(--token-ratio-clip\) needs a pair that reads"):
+        DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", token_ratio_clip=2.0)
+
+
+def test_token_ratio_clip_marks_a_row_read_as_different_tokens_unscorable():
+    from cdr.reward import ResponseLogprobs, ratio_clipped
+    from cdr.span import Unscorable
+
+    def side(ids, lps):
+        return ResponseLogprobs(tuple(ids), np.array(lps, dtype=float), False, "prefix")
+
+    strong = [side([1, 2], [-1.0, -2.0]), side([1, 2], [-1.0, -9.0])]
+    weak = [side([1, 3], [-1.0, -2.0]), side([1, 2], [-1.5, -1.0])]
+    out = ratio_clipped(strong, weak, 3.0)
+    assert isinstance(out[0], Unscorable) and "different tokens" in str(out[0])
+    np.testing.assert_allclose(out[1].logprobs, [-1.5, -6.0])  # ratios 0.5 and -8 -> 0.5 and -3

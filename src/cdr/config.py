@@ -97,6 +97,13 @@ class RewardConfig:
         "the response after one empty user turn, so with --weak set to the strong model the reward is how much "
         "the prompt raises the response's likelihood (pointwise mutual information; docs/method.md)",
     )
+    token_ratio_clip: float | None = option(
+        None,
+        above=0.0,
+        help="robust aggregation for a pair that reads the same tokens (one tokenizer and rendering, e.g. the strong "
+        "model over itself with --weak-exit-layer): each token's log-ratio (strong minus weak) is clipped to "
+        "[-C, C] before the variant sums or averages it (default: off)",
+    )
     rendering: str = option(
         DEFAULT_RENDERING,
         choices=RENDERINGS,

@@ -23,7 +23,7 @@ from cdr.backends import LogprobRequest, load_backend
 from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation, Message
-from cdr.errors import ModelNotAvailable
+from cdr.errors import CdrError, ModelNotAvailable
 from cdr.gguf_tokenizer import verify as verify_tokenizer
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
 from cdr.recipes import CallableRouter, Customized, Recipe, build_router, customize, load_recipe, route
@@ -232,6 +232,25 @@ def without_prompt(conversation: Conversation) -> Conversation:
     return Conversation((Message("user", ""), conversation.messages[-1]))
 
 
+def ratio_clipped(
+    strong: list[ResponseLogprobs | Unscorable], weak: list[ResponseLogprobs | Unscorable], clip: float
+) -> list[ResponseLogprobs | Unscorable]:
+    """``--token-ratio-clip``: the weak side's per-token log-probs moved so that each token's log-ratio
+    (strong minus weak) lies in [-clip, clip]; the variants then sum or average clipped ratios. Needs the same
+    response tokens on both sides; a row where they differ is unscorable rather than compared token by
+    token across two tokenizations."""
+    out: list[ResponseLogprobs | Unscorable] = []
+    for s, w in zip(strong, weak):
+        if isinstance(s, Exception) or isinstance(w, Exception):
+            out.append(w)
+        elif s.token_ids != w.token_ids:
+            out.append(Unscorable("--token-ratio-clip: the two models read this response as different tokens"))
+        else:
+            ratio = np.clip(s.logprobs - w.logprobs, -clip, clip)
+            out.append(dataclasses.replace(w, logprobs=s.logprobs - ratio))
+    return out
+
+
 def floored(results: list[ResponseLogprobs | Unscorable], floor: float) -> list[ResponseLogprobs | Unscorable]:
     """``--token-floor``: each token's log-prob raised to at least -floor (the cache keeps the exact values)."""
     return [
@@ -283,6 +302,22 @@ class DensityRatio:
         if router is None:
             router = build_router(self.recipe, self._router_scorer, bool(config.allow_python_router))
         self.router = router
+        if config.token_ratio_clip is not None:
+            self._check_same_tokens()
+
+    def _check_same_tokens(self) -> None:
+        """--token-ratio-clip compares the models token by token: refuse, before any scoring, a pair that reads a
+        response as different tokens (two tokenizers, or two renderings that end a reply differently)."""
+        probe = Conversation((Message("user", "Is 7 prime?"), Message("assistant", "Yes.\n\n7 is prime.")))
+        include_eot = self.config.include_eot
+        s = self.strong.span(probe, self.strong.renderer, include_eot)
+        w = self.weak.span(probe, self.weak_renderer, include_eot)
+        if s.token_ids[s.start :] != w.token_ids[w.start :]:
+            raise CdrError(
+                "token_ratio_clip (--token-ratio-clip) needs a pair that reads a response as the same tokens (one "
+                f"tokenizer, one rendering); '{self.strong.source.name}' and '{self.weak.source.name}' do not "
+                "(for example use the strong model as --weak with --weak-exit-layer)"
+            )
 
     def _router_scorer(self, model: str) -> ModelScorer:
         """The scorer of an LLM router: one of the pair, or another model sharing the pair's options and cache."""
@@ -321,6 +356,7 @@ class DensityRatio:
             # only when set, so outputs and resume keys of runs without it stay as they were
             **({"token_floor": c.token_floor} if c.token_floor is not None else {}),
             **({"weak_prompt": c.weak_prompt} if c.weak_prompt != "full" else {}),
+            **({"token_ratio_clip": c.token_ratio_clip} if c.token_ratio_clip is not None else {}),
             "recipe": self.recipe.name,
             "recipe_sha256": self.recipe.sha256(),
             "router": self._router_name(),
@@ -375,6 +411,8 @@ class DensityRatio:
             strong, weak = (run(on_progress) for run in passes)
         if self.config.token_floor is not None:
             strong, weak = floored(strong, self.config.token_floor), floored(weak, self.config.token_floor)
+        if self.config.token_ratio_clip is not None:
+            weak = ratio_clipped(strong, weak, self.config.token_ratio_clip)
         return PairLogprobs(strong, weak, [c.domain for c in custom])
 
     def score(
