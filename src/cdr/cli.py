@@ -338,10 +338,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cdr.pipelines.benchmarks import benchmark_named
     from cdr.pipelines.evaluate import evaluate
 
+    if args.compare and args.ensemble:
+        raise CdrError("--compare and --ensemble are two different jobs: give one of them")
     if args.compare:
         return cmd_compare(args)
+    if args.ensemble:
+        return cmd_ensemble(args)
     if not args.data:
-        raise CdrError("cdr eval needs the rows to evaluate (DATA), or --compare RUN_A RUN_B")
+        raise CdrError("cdr eval needs the rows to evaluate (DATA), or --compare RUN_A RUN_B, or --ensemble RUN ...")
     check_run_options(args)
     benchmark = benchmark_named(args.benchmark)
     chosen = selection(args)
@@ -376,6 +380,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if results["unscorable"] and results["unscorable"] >= results["data"]["rows"]:
         print(f"no row produced a result: all {results['data']['rows']} rows were unscorable (exit status 3)")
         return 3
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from cdr.pipelines.ensemble import ensemble_runs, parse_weights
+
+    if args.data:
+        raise CdrError(f"--ensemble takes run folders and no DATA, got {args.data!r} as well")
+    if args.bootstrap < 0:
+        raise CdrError(f"bootstrap (--bootstrap) must be a whole number >= 0, got {args.bootstrap}")
+    weights = parse_weights(args.ensemble_weights, len(args.ensemble))
+    ensemble_runs(args.ensemble, args.output_dir, weights=weights, n_bootstrap=args.bootstrap)
+    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+    print(f"written: {args.output_dir}/results.json, leaderboard.json, scores.jsonl, results.md, sections.png")
     return 0
 
 
@@ -636,7 +654,7 @@ def add_eval_command(sub) -> None:
         "--output-dir",
         required=True,
         help="results.json, leaderboard.json, scores.jsonl, results.md, sections.png go here (with --compare: "
-        "compare.json, compare.md, compare.png)",
+        "compare.json, compare.md, compare.png; with --ensemble: the ensemble's own results, the same files)",
     )
     p.add_argument(
         "--benchmark",
@@ -656,6 +674,19 @@ def add_eval_command(sub) -> None:
         "--compare-variants",
         metavar="VA[,VB]",
         help="the variant (or baseline) of each run to compare, e.g. mean_diff,strong_sum (default: each run's own)",
+    )
+    g = p.add_argument_group("an ensemble of pairs")
+    g.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="RUN",
+        help="instead of scoring: combine two or more 'cdr eval' folders (RewardBench v1), one pair each, into the "
+        "ensemble whose reward is the weighted mean of the pairs' rewards; writes a 'cdr eval' folder",
+    )
+    g.add_argument(
+        "--ensemble-weights",
+        metavar="W1,W2,...",
+        help="one weight per --ensemble run (normalised to sum to 1; default: equal)",
     )
     add_resume_options(p)
     add_selection_options(p)

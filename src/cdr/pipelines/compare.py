@@ -64,7 +64,7 @@ def compare_runs(
     if not common:
         raise CdrError(f"runs '{run_a}' and '{run_b}' have no row in common (rows are matched by subset and id)")
     paired_b = [by_key_b[(r["subset"], r["id"])] for r in common]
-    _check_same_rows(run_a, run_b, [(r["subset"], r["id"]) for r in common])
+    check_same_rows(run_a, run_b, [(r["subset"], r["id"]) for r in common])
     point_a, point_b = benchmark.point(common, va), benchmark.point(paired_b, vb)
     if n_bootstrap:
         difference = benchmark.paired(common, paired_b, va, vb, n_bootstrap)
@@ -107,7 +107,7 @@ def _row_texts(run: Path) -> dict[tuple[str, str], str]:
     return out
 
 
-def _check_same_rows(run_a: str | Path, run_b: str | Path, keys: list[tuple[str, str]]) -> None:
+def check_same_rows(run_a: str | Path, run_b: str | Path, keys: list[tuple[str, str]]) -> None:
     """Rows are matched by (subset, id); refuse when a matched row holds other text in the other run (two data
     sets that reuse ids). Runs without rows.jsonl (made by hand) are taken as they are."""
     a, b = Path(run_a), Path(run_b)

@@ -347,7 +347,7 @@ def evaluate(
     if reward.cache is not None:
         timing["cache"] = {"reused": reward.cache.hits, "computed": reward.cache.misses}
     report = Report(source, rows_text, selection, problems, timing, n_bootstrap)
-    return _write_results(out_dir, records, provenance, report, benchmark)
+    return write_results(out_dir, records, provenance, report, benchmark)
 
 
 def evaluate_on_ray(
@@ -394,7 +394,7 @@ def evaluate_on_ray(
         "resumed_after_row": summary.resumed_from,
     }
     report = Report(source, rows_text, selection, problems, timing, n_bootstrap)
-    return _write_results(out_dir, records, run_provenance(out_dir / "shards"), report, benchmark)
+    return write_results(out_dir, records, run_provenance(out_dir / "shards"), report, benchmark)
 
 
 def _prepare_rows(
@@ -426,7 +426,7 @@ class Report:
     n_bootstrap: int
 
 
-def _write_results(out_dir: Path, records: list[dict], provenance: dict, report: Report, benchmark: Benchmark) -> dict:
+def write_results(out_dir: Path, records: list[dict], provenance: dict, report: Report, benchmark: Benchmark) -> dict:
     results = benchmark.build_results(records, provenance, report.n_bootstrap)
     results["data"] = {
         "source": report.source,
