@@ -84,3 +84,28 @@ def test_demo_command_end_to_end(tmp_path):
         assert any(line.startswith(domain) for line in proc.stdout.splitlines())
     scores = [json.loads(line) for line in open(tmp_path / "demo" / "scores.jsonl")]
     assert len(scores) == 80 and all(s["reward"] is not None for s in scores)
+
+
+def test_smollm2_read_early_as_its_own_weak_model():
+    """--weak-exit-layer on the real SmolLM2 (30 layers): the early reading equals the model's own hidden state
+    after 8 layers through its final norm and head, and the pair shares one copy of the weights."""
+    import numpy as np
+    import torch
+
+    from cdr import DensityRatio
+    from cdr.reward import as_conversations
+
+    pair = DensityRatio(strong="smollm2-135m-instruct", weak="smollm2-135m-instruct", weak_exit_layer=8, cache="none")
+    assert pair.weak.backend.model is pair.strong.backend.model
+    conversation = ask("What is the capital of France?", "The capital of France is Paris.")
+    result = pair.score([conversation], return_tokens=True)[0]
+    span = pair.weak.span(as_conversations([conversation])[0], pair.weak_renderer, include_eot=True)
+    model = pair.strong.backend.model
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([span.token_ids]), output_hidden_states=True).hidden_states[8][0]
+        logp = model.lm_head(model.model.norm(hidden)).float().log_softmax(-1)
+    targets = torch.tensor(span.token_ids[span.start :])
+    expected = logp[span.start - 1 : -1].gather(1, targets[:, None])[:, 0].double().numpy()
+    got = np.array([t["logprob"] for t in result.details["weak"]])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert result.strong_tokens == result.weak_tokens and result.reward > 0  # the whole model is the surer one
