@@ -155,9 +155,30 @@ def test_token_ratio_clip_clips_each_tokens_log_ratio_before_averaging(tiny_stro
     assert clipped.provenance["token_ratio_clip"] == clip and "token_ratio_clip" not in plain.provenance
 
 
+def test_token_ratio_winsor_bounds_each_responses_ratios_by_its_own_quantiles(tiny_strong):
+    conversation = [
+        {"role": "user", "content": "Count to ten."},
+        {"role": "assistant", "content": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10."},
+    ]
+    model = str(tiny_strong)
+    plain = DensityRatio(strong=model, weak=model, weak_exit_layer=1, cache="none")
+    tokens = plain.score([conversation], return_tokens=True)[0].details
+    ratio = np.array([s["logprob"] - w["logprob"] for s, w in zip(tokens["strong"], tokens["weak"])])
+    low, high = np.quantile(ratio, [0.2, 0.8])
+    assert ((ratio < low) | (ratio > high)).sum() >= 2
+    winsorized = DensityRatio(strong=model, weak=model, weak_exit_layer=1, cache="none", token_ratio_winsor=0.2)
+    got = winsorized.score([conversation])[0]
+    assert got.reward == pytest.approx(float(np.clip(ratio, low, high).mean()), abs=1e-9)
+    assert winsorized.provenance["token_ratio_winsor"] == 0.2
+    with pytest.raises(CdrError, match=r"token_ratio_winsor \(--token-ratio-winsor\) must be in \(0, 0.49\]"):
+        DensityRatio(strong=model, weak=model, cache="none", token_ratio_winsor=0.5)
+
+
 def test_token_ratio_clip_refuses_a_pair_with_two_tokenizers(tiny_strong, tiny_weak):
     with pytest.raises(CdrError, match=r"^token_ratio_clip \(--token-ratio-clip\) needs a pair that reads"):
         DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", token_ratio_clip=2.0)
+    with pytest.raises(CdrError, match=r"^token_ratio_winsor \(--token-ratio-winsor\) needs a pair that reads"):
+        DensityRatio(strong=str(tiny_strong), weak=str(tiny_weak), cache="none", token_ratio_winsor=0.1)
 
 
 def test_token_ratio_clip_marks_a_row_read_as_different_tokens_unscorable():

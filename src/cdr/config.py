@@ -104,6 +104,14 @@ class RewardConfig:
         "model over itself with --weak-exit-layer): each token's log-ratio (strong minus weak) is clipped to "
         "[-C, C] before the variant sums or averages it (default: off)",
     )
+    token_ratio_winsor: float | None = option(
+        None,
+        above=0.0,
+        maximum=0.49,
+        help="robust aggregation for a pair that reads the same tokens, without a scale to choose: each response's "
+        "per-token log-ratios are winsorized at their own Q and 1-Q quantiles (the lowest and highest Q of the "
+        "tokens pulled in to those values) before the variant sums or averages them (default: off)",
+    )
     rendering: str = option(
         DEFAULT_RENDERING,
         choices=RENDERINGS,

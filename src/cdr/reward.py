@@ -233,20 +233,27 @@ def without_prompt(conversation: Conversation) -> Conversation:
 
 
 def ratio_clipped(
-    strong: list[ResponseLogprobs | Unscorable], weak: list[ResponseLogprobs | Unscorable], clip: float
+    strong: list[ResponseLogprobs | Unscorable],
+    weak: list[ResponseLogprobs | Unscorable],
+    clip: float | None = None,
+    winsor: float | None = None,
 ) -> list[ResponseLogprobs | Unscorable]:
-    """``--token-ratio-clip``: the weak side's per-token log-probs moved so that each token's log-ratio
-    (strong minus weak) lies in [-clip, clip]; the variants then sum or average clipped ratios. Needs the same
-    response tokens on both sides; a row where they differ is unscorable rather than compared token by
-    token across two tokenizations."""
+    """``--token-ratio-clip`` / ``--token-ratio-winsor``: the weak side's per-token log-probs moved so that each
+    token's log-ratio (strong minus weak) lies in [-clip, clip], or within the response's own [winsor, 1 - winsor]
+    quantiles of it; the variants then sum or average the bounded ratios. Needs the same response tokens on both
+    sides; a row where they differ is unscorable rather than compared token by token across two tokenizations."""
     out: list[ResponseLogprobs | Unscorable] = []
     for s, w in zip(strong, weak):
         if isinstance(s, Exception) or isinstance(w, Exception):
             out.append(w)
         elif s.token_ids != w.token_ids:
-            out.append(Unscorable("--token-ratio-clip: the two models read this response as different tokens"))
+            out.append(Unscorable("token-level ratio options: the two models read this response as different tokens"))
         else:
-            ratio = np.clip(s.logprobs - w.logprobs, -clip, clip)
+            ratio = s.logprobs - w.logprobs
+            if winsor is not None and len(ratio):
+                ratio = np.clip(ratio, *np.quantile(ratio, [winsor, 1 - winsor]))
+            if clip is not None:
+                ratio = np.clip(ratio, -clip, clip)
             out.append(dataclasses.replace(w, logprobs=s.logprobs - ratio))
     return out
 
@@ -302,19 +309,21 @@ class DensityRatio:
         if router is None:
             router = build_router(self.recipe, self._router_scorer, bool(config.allow_python_router))
         self.router = router
-        if config.token_ratio_clip is not None:
+        if config.token_ratio_clip is not None or config.token_ratio_winsor is not None:
             self._check_same_tokens()
 
     def _check_same_tokens(self) -> None:
-        """--token-ratio-clip compares the models token by token: refuse, before any scoring, a pair that reads a
-        response as different tokens (two tokenizers, or two renderings that end a reply differently)."""
+        """--token-ratio-clip and --token-ratio-winsor compare the models token by token: refuse, before any
+        scoring, a pair that reads a response as different tokens (two tokenizers, or two renderings that end a
+        reply differently)."""
         probe = Conversation((Message("user", "Is 7 prime?"), Message("assistant", "Yes.\n\n7 is prime.")))
         include_eot = self.config.include_eot
         s = self.strong.span(probe, self.strong.renderer, include_eot)
         w = self.weak.span(probe, self.weak_renderer, include_eot)
         if s.token_ids[s.start :] != w.token_ids[w.start :]:
+            name = "token_ratio_clip" if self.config.token_ratio_clip is not None else "token_ratio_winsor"
             raise CdrError(
-                "token_ratio_clip (--token-ratio-clip) needs a pair that reads a response as the same tokens (one "
+                f"{name} (--{name.replace('_', '-')}) needs a pair that reads a response as the same tokens (one "
                 f"tokenizer, one rendering); '{self.strong.source.name}' and '{self.weak.source.name}' do not "
                 "(for example use the strong model as --weak with --weak-exit-layer)"
             )
@@ -357,6 +366,7 @@ class DensityRatio:
             **({"token_floor": c.token_floor} if c.token_floor is not None else {}),
             **({"weak_prompt": c.weak_prompt} if c.weak_prompt != "full" else {}),
             **({"token_ratio_clip": c.token_ratio_clip} if c.token_ratio_clip is not None else {}),
+            **({"token_ratio_winsor": c.token_ratio_winsor} if c.token_ratio_winsor is not None else {}),
             "recipe": self.recipe.name,
             "recipe_sha256": self.recipe.sha256(),
             "router": self._router_name(),
@@ -411,8 +421,8 @@ class DensityRatio:
             strong, weak = (run(on_progress) for run in passes)
         if self.config.token_floor is not None:
             strong, weak = floored(strong, self.config.token_floor), floored(weak, self.config.token_floor)
-        if self.config.token_ratio_clip is not None:
-            weak = ratio_clipped(strong, weak, self.config.token_ratio_clip)
+        if self.config.token_ratio_clip is not None or self.config.token_ratio_winsor is not None:
+            weak = ratio_clipped(strong, weak, self.config.token_ratio_clip, self.config.token_ratio_winsor)
         return PairLogprobs(strong, weak, [c.domain for c in custom])
 
     def score(
