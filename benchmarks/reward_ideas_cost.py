@@ -12,21 +12,23 @@ Configurations:
 - vanilla: the default pair (SmolLM2-135M-Instruct over gemma-3-270m).
 - early-exit L: SmolLM2 over itself read after its first L of 30 decoder layers (``weak_exit_layer``); one
   copy of the weights, the weak pass stops at layer L.
+- weak prompt empty: SmolLM2 over itself, the weak side reading the response after an empty user turn
+  (``weak_prompt="empty"``): two passes of one model, the second without the prompt.
 - token floor: vanilla with ``token_floor=10``: it works on per-token log-probs already computed, so its
-  cost is vanilla's; listed to show that.
+  cost is vanilla's; listed to show that (``token_ratio_clip`` works the same way on an early-exit pair).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cdr.doctor import machine_summary
 from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +39,7 @@ def configurations(exit_layers: list[int]) -> dict[str, dict]:
     out = {"vanilla": {}, "token floor 10": {"token_floor": 10.0}}
     for layer in exit_layers:
         out[f"early-exit {layer}"] = {"strong": STRONG, "weak": STRONG, "weak_exit_layer": layer}
+    out["weak prompt empty"] = {"strong": STRONG, "weak": STRONG, "weak_prompt": "empty"}
     return out
 
 
@@ -63,21 +66,6 @@ def child(options_json: str, n: int, out_path: str) -> None:
                 "peak_rss_mib": status_mib("VmHWM"),
             }
         )
-    )
-
-
-def cpu_flags() -> str:
-    """The CPU features that decide precision and speed (lscpu's flags, the ones that matter here)."""
-    try:
-        flags = set(open("/proc/cpuinfo").read().split("flags\t\t:")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return "unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return (
-        f"{model}, {os.cpu_count()} cores, "
-        + ", ".join(f for f in wanted if f in flags)
-        + ("" if flags & {"avx512f", "avx512_bf16"} else ", no avx512")
     )
 
 
@@ -110,7 +98,7 @@ def main() -> None:
     base = best["vanilla"]
     assert best["token floor 10"]["responses"] == base["responses"]
     lines = [
-        f"{args.responses} mini responses, cache off, fastest of {args.rounds} rounds; {cpu_flags()}; "
+        f"{args.responses} mini responses, cache off, fastest of {args.rounds} rounds; {machine_summary()}; "
         f"{platform.python_version()}",
         "",
         "| configuration | load s | s per reward | relative to vanilla | peak RSS MiB |",
@@ -123,7 +111,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['load_s']:.1f} | {per:.3f} | {rel:.2f}x | {r['peak_rss_mib']:.0f} |")
     print("\n".join(lines))
     Path(args.out).write_text(
-        json.dumps({"machine": cpu_flags(), "rounds": args.rounds, "results": best, "table": lines}, indent=1)
+        json.dumps({"machine": machine_summary(), "rounds": args.rounds, "results": best, "table": lines}, indent=1)
     )
 
 

@@ -285,18 +285,11 @@ def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[
 
 
 def cpu_info() -> dict:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx_vnni")
-    return {
-        "model": fields.get("Model name", "").strip(),
-        "cpus": fields.get("CPU(s)", "").strip(),
-        "flags": {f: f in flags for f in wanted},
-    }
+    """The CPU as `cdr doctor` reads it (model, logical CPUs, the features that decide precision)."""
+    from cdr.doctor import machine_facts, machine_summary
+
+    facts = machine_facts()
+    return {"summary": machine_summary(facts), "model": facts["cpu_model"], "flags": facts["cpu_features"]}
 
 
 def main() -> None:

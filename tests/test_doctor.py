@@ -146,3 +146,13 @@ def test_seconds_out_of_bounds_is_a_one_line_error():
         assert proc.returncode == 2, value
         assert proc.stderr.count("\n") == 1 and "--seconds must be between" in proc.stderr, proc.stderr
         assert proc.stdout == ""
+
+
+def test_machine_summary_names_what_the_cpu_has_and_lacks():
+    from cdr.doctor import cpu_features, machine_summary
+
+    facts = {"cpu_model": "AMD EPYC", "logical_cpus": 2, "cpu_features_source": "/proc/cpuinfo"}
+    line = machine_summary({**facts, "cpu_features": cpu_features({"avx2", "fma", "avx512_bf16"})})
+    assert line.startswith("AMD EPYC, 2 logical CPUs; has avx2, fma, avx512_bf16; lacks avx512f")
+    unknown = machine_summary({**facts, "cpu_features_source": None, "cpu_features": cpu_features(None)})
+    assert unknown == "AMD EPYC, 2 logical CPUs, CPU features unknown"

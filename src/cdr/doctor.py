@@ -179,6 +179,20 @@ def machine_facts() -> dict:
     }
 
 
+def machine_summary(facts: dict | None = None) -> str:
+    """One line for a benchmark table: the CPU, its logical CPUs, which CPU_FEATURES it has and lacks."""
+    facts = facts or machine_facts()
+    features = facts["cpu_features"]
+    has = [name for name, present in features.items() if present]
+    lacks = [name for name, present in features.items() if present is False]
+    text = f"{facts['cpu_model'] or 'unknown CPU'}, {facts['logical_cpus']} logical CPUs"
+    if facts["cpu_features_source"] is None:
+        return text + ", CPU features unknown"
+    return text + f"; has {', '.join(has) or 'none of ' + '/'.join(features)}" + (
+        f"; lacks {', '.join(lacks)}" if lacks else ""
+    )
+
+
 def _installed_version(engine: Engine) -> tuple[str | None, str | None]:
     if importlib.util.find_spec(engine.module) is None:
         return None, None
