@@ -193,3 +193,14 @@ def test_token_ratio_clip_marks_a_row_read_as_different_tokens_unscorable():
     out = ratio_clipped(strong, weak, 3.0)
     assert isinstance(out[0], Unscorable) and "different tokens" in str(out[0])
     np.testing.assert_allclose(out[1].logprobs, [-1.5, -6.0])  # ratios 0.5 and -8 -> 0.5 and -3
+
+
+def test_an_exit_layer_stays_with_its_side():
+    """A router's model or a policy shares the strong side's options, but is never read early because the strong
+    model is."""
+    from cdr.config import RewardConfig
+
+    config = RewardConfig.from_flat(strong_exit_layer=5, threads=3)
+    assert config.options_for("strong").exit_layer == 5 and config.options_for("weak").exit_layer is None
+    for role in ("router", "policy"):
+        assert config.options_for(role).exit_layer is None and config.options_for(role).threads == 3

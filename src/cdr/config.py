@@ -182,8 +182,12 @@ class RewardConfig:
 
     def options_for(self, role: str) -> BackendOptions:
         """The backend options of a model: 'weak' gets the weak side's, any other role (the strong model, a
-        router's model, a policy) the strong side's."""
-        return self.weak_options if role == "weak" else self.strong_options
+        router's model, a policy) the strong side's; a model that is neither side is always read whole (an
+        exit layer belongs to the side it was set for)."""
+        if role in SIDES:
+            return self.weak_options if role == "weak" else self.strong_options
+        options = self.strong_options
+        return options if options.exit_layer is None else dataclasses.replace(options, exit_layer=None)
 
     def backend_for(self, role: str) -> str:
         own = self.weak_backend if role == "weak" else self.strong_backend

@@ -188,8 +188,10 @@ def machine_summary(facts: dict | None = None) -> str:
     text = f"{facts['cpu_model'] or 'unknown CPU'}, {facts['logical_cpus']} logical CPUs"
     if facts["cpu_features_source"] is None:
         return text + ", CPU features unknown"
-    return text + f"; has {', '.join(has) or 'none of ' + '/'.join(features)}" + (
-        f"; lacks {', '.join(lacks)}" if lacks else ""
+    return (
+        text
+        + f"; has {', '.join(has) or 'none of ' + '/'.join(features)}"
+        + (f"; lacks {', '.join(lacks)}" if lacks else "")
     )
 
 
