@@ -8,7 +8,7 @@ import pytest
 from cdr.errors import CdrError
 from cdr.pipelines.ensemble import ensemble_runs, parse_weights
 from cdr.rewardbench import RATIO_VARIANTS
-from conftest import run_cdr
+from conftest import cdr_in_process as run_cdr
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,9 @@ def two_runs(tmp_path_factory, tiny_strong, tiny_weak_fast):
     """Two real `cdr eval` runs on the same sample of mini rows: the strong model over another model, and over its own
     first layer."""
     root = tmp_path_factory.mktemp("ensemble_runs")
-    common = ["eval", "mini", "--sample", "12", "--bootstrap", "50", "--cache", "none", "--strong", str(tiny_strong)]
+    subsets = "alpacaeval-easy,llmbar-natural,donotanswer,hep-go"  # one of each section
+    common = ["eval", "mini", "--subsets", subsets, "--sample", "8", "--bootstrap", "50", "--cache", "none"]
+    common += ["--strong", str(tiny_strong)]
     pairs = {"other": ["--weak", str(tiny_weak_fast)], "exit1": ["--weak", str(tiny_strong), "--weak-exit-layer", "1"]}
     for name, weak in pairs.items():
         done = run_cdr(*common, *weak, "-o", str(root / name))
@@ -36,7 +38,7 @@ def test_ensemble_reward_is_the_weighted_mean_of_the_pairs_rewards(two_runs, tmp
     )
     assert done.returncode == 0, done.stderr
     ra, rb, re = records(a), records(b), records(out)
-    assert len(re) == len(ra) > 12 and set(re) == set(ra)  # the sample has a row of every subset
+    assert len(re) == len(ra) >= 8 and set(re) == set(ra)
     for key, row in re.items():
         for variant in RATIO_VARIANTS:
             for i in (0, 1):

@@ -15,7 +15,8 @@ from cdr.backends.hf import TransformersBackend
 from cdr.conversation import Conversation, Message
 from cdr.errors import CdrError
 from cdr.models import resolve_model
-from conftest import build_tiny_gemma3, build_tiny_llama, run_cdr, write_jsonl
+from conftest import build_tiny_gemma3, build_tiny_llama, write_jsonl
+from conftest import cdr_in_process as run_cdr
 
 
 @pytest.fixture(scope="module")
