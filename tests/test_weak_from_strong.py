@@ -108,7 +108,7 @@ def test_cli_exit_layer_errors_are_one_line(four_layer_models, tmp_path):
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "Hi", "response": "Hello"}])
     model = str(four_layer_models["llama"])
     for flag, value, says in [
-        ("--weak-exit-layer", "7", "exit_layer 7: "),
+        ("--weak-exit-layer", "7", "weak_exit_layer 7 (--weak-exit-layer): "),
         ("--weak-exit-layer", "0", "must be a whole number >= 1"),
     ]:
         done = run_cdr("score", str(rows), "-o", str(tmp_path / "out.jsonl"), "--strong", model, "--weak", model,

@@ -133,7 +133,13 @@ class ModelScorer:
         self.tokenization = Tokenization(self.tokenizer)
         self.renderer = Renderer(self.tokenizer, config.plain_format)
         options = config.options_for(role)
-        self.backend = load_backend(backend_name, source, options)
+        try:
+            self.backend = load_backend(backend_name, source, options)
+        except CdrError as exc:
+            if not str(exc).startswith("exit_layer"):
+                raise
+            # the backend does not know which side it is: name the flag the user gave
+            raise CdrError(f"{role}_{exc}".replace(":", f" (--{role}-exit-layer):", 1)) from None
         if source.kind == "hub" and self.backend.commit_hash:
             # 'main' moves; the commit the weights came from does not
             self.fingerprint = f"{source.path}@{self.backend.commit_hash}"
