@@ -366,3 +366,17 @@ def test_eval_rewardbench2_errors_are_one_line(tmp_path, tiny_strong, tiny_weak)
     assert "Traceback" not in proc.stderr
     proc = run_cdr("eval", "mini", "--benchmark", "rewardbench2", "-o", str(tmp_path / "y"))
     assert proc.returncode == 2 and "'mini' is the RewardBench v1 sample" in proc.stderr
+
+
+def test_sections_plot_shows_a_negative_ties_score(tmp_path):
+    """RewardBench 2's Ties term can fall below 0: the plot's axis goes below 0 to show it (and its interval)."""
+    import matplotlib.image
+
+    from cdr.plots import bar_floor, section_bars
+
+    assert bar_floor(0.2) == 0.0 and bar_floor(-0.05) == -0.1 and bar_floor(-0.3) == -0.3 and bar_floor(-0.31) == -0.4
+    figures = {
+        "mean_diff": {"subsets": {"Math": 0.6, "Ties": -0.23}, "accuracy": 0.2, "intervals": {"Ties": (-0.35, -0.1)}}
+    }
+    section_bars(figures, {}, tmp_path / "s.png", "t", groups=("Math", "Ties"), key="subsets", chance=0.25)
+    assert matplotlib.image.imread(tmp_path / "s.png").shape[0] > 100

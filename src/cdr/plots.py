@@ -15,6 +15,13 @@ def _pyplot():
     return plt
 
 
+def bar_floor(lowest: float) -> float:
+    """The bottom of a score axis: 0, or below it in steps of 0.1 to show a negative score and its interval."""
+    import math
+
+    return min(0.0, math.floor(round(lowest * 10, 6)) / 10)
+
+
 def section_bars(
     figures: Mapping[str, Mapping],
     labels: Mapping[str, str],
@@ -47,6 +54,7 @@ def section_bars(
     width = 0.8 / max(1, len(names))
     fig, ax = plt.subplots(figsize=(11, 4.5))
     x = np.arange(len(groups))
+    lowest = 0.0
     for i, name in enumerate(names):
         f = figures[name]
         values = [f[key].get(g, np.nan) if g != "score" else (f["accuracy"] or np.nan) for g in groups]
@@ -55,6 +63,7 @@ def section_bars(
             lo, hi = f["intervals"].get(g, (v, v))
             low.append(max(0.0, v - lo))
             high.append(max(0.0, hi - v))
+            lowest = min(lowest, *(y for y in (v, lo) if not np.isnan(y)))
         ax.bar(
             x + (i - (len(names) - 1) / 2) * width,
             values,
@@ -66,7 +75,7 @@ def section_bars(
         )
     ax.axhline(chance, color="black", linewidth=0.8, linestyle=":")
     ax.set_xticks(x, groups)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(bar_floor(lowest), 1)  # RewardBench 2's Ties score can be negative
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(ncol=3, fontsize=8, loc="upper right")
