@@ -16,6 +16,21 @@ class ModelNotAvailable(CdrError):
     """A model was named that cannot be found or loaded here; the message says how to get it."""
 
 
+class ExitLayerError(CdrError):
+    """A model that cannot be read at the exit layer asked for. A backend does not know which side of the pair
+    it serves, so it words the problem alone (``detail``); ``for_side`` names the option the user set."""
+
+    def __init__(self, value: int, detail: str, show_value: bool = True):
+        self.value, self.detail, self.show_value = value, detail, show_value
+        super().__init__(self._text("exit_layer"))
+
+    def _text(self, name: str, flag: str = "") -> str:
+        return f"{name}{f' {self.value}' if self.show_value else ''}{flag}: {self.detail}"
+
+    def for_side(self, side: str) -> CdrError:
+        return CdrError(self._text(f"{side}_exit_layer", f" (--{side}-exit-layer)"))
+
+
 class RowError(CdrError):
     """A malformed input row. ``location`` is 'line 7' (JSONL) or 'row 7' (Parquet/CSV)."""
 

@@ -23,7 +23,7 @@ from cdr.backends import LogprobRequest, load_backend
 from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation, Message
-from cdr.errors import CdrError, ModelNotAvailable
+from cdr.errors import CdrError, ExitLayerError, ModelNotAvailable
 from cdr.gguf_tokenizer import verify as verify_tokenizer
 from cdr.models import ModelSource, cache_dir, converted_dir, quiet_transformers, resolve_model
 from cdr.recipes import CallableRouter, Customized, Recipe, build_router, customize, load_recipe, route
@@ -135,11 +135,8 @@ class ModelScorer:
         options = config.options_for(role)
         try:
             self.backend = load_backend(backend_name, source, options)
-        except CdrError as exc:
-            if not str(exc).startswith("exit_layer"):
-                raise
-            # the backend does not know which side it is: name the flag the user gave
-            raise CdrError(f"{role}_{exc}".replace(":", f" (--{role}-exit-layer):", 1)) from None
+        except ExitLayerError as exc:
+            raise exc.for_side(role) from None  # name the flag the user gave
         if source.kind == "hub" and self.backend.commit_hash:
             # 'main' moves; the commit the weights came from does not
             self.fingerprint = f"{source.path}@{self.backend.commit_hash}"

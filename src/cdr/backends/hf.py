@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cdr.backends.base import Backend, BackendOptions, LogprobRequest
-from cdr.errors import CdrError, ModelNotAvailable
+from cdr.errors import CdrError, ExitLayerError, ModelNotAvailable
 from cdr.models import ModelSource, converted_dir
 
 # Logits held at once by next_token_top_logprobs: chunk_positions x vocabulary floats (128 MiB).
@@ -234,14 +234,18 @@ class TransformersBackend(Backend):
         stack = getattr(self.decoder, "layers", None)
         total = getattr(self.decoder.config, "num_hidden_layers", None)
         if not isinstance(stack, torch.nn.ModuleList) or not isinstance(total, int) or len(stack) != total:
-            raise CdrError(f"exit_layer: cannot find the decoder layers of '{name}' (no .layers list); unset it")
+            raise ExitLayerError(
+                layers, f"cannot find the decoder layers of '{name}' (no .layers list); unset it", show_value=False
+            )
         if not self.response_head_only:
-            raise CdrError(
-                f"exit_layer: '{name}' post-processes its logits in a way cdr does not reproduce, so it cannot be "
-                "read at an earlier layer; unset it"
+            raise ExitLayerError(
+                layers,
+                f"'{name}' post-processes its logits in a way cdr does not reproduce, so it cannot be read at an "
+                "earlier layer; unset it",
+                show_value=False,
             )
         if not 1 <= layers < total:
-            raise CdrError(f"exit_layer {layers}: '{name}' has {total} decoder layers; expected 1 to {total - 1}")
+            raise ExitLayerError(layers, f"'{name}' has {total} decoder layers; expected 1 to {total - 1}")
         config = copy.copy(self.decoder.config)
         config.num_hidden_layers = layers
         if isinstance(getattr(config, "layer_types", None), list):
