@@ -47,7 +47,7 @@ def ensemble_runs(
     """Combine the pairs' rewards row by row on the rows every run scored; write a ``cdr eval`` folder."""
     if len(runs) < 2:
         raise CdrError(f"--ensemble takes two or more run folders, got {len(runs)}")
-    weights = weights or [1.0 / len(runs)] * len(runs)
+    weights = weights or parse_weights(None, len(runs))
     loaded = [read_run(run) for run in runs]
     for run, (results, _) in zip(runs, loaded):
         benchmark = results.get("benchmark", "rewardbench")

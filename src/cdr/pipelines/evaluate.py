@@ -449,6 +449,19 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def results_head(benchmark: str, default: dict, records: list[dict], provenance: dict) -> dict:
+    """The fields every results.json starts with, either version: reward-bench's names for the pair, the default
+    variant and its score."""
+    return {
+        "benchmark": benchmark,
+        "accuracy": default["accuracy"],
+        "num_prompts": len(records),
+        "model": provenance["strong"],
+        "ref_model": provenance["weak"],
+        "variant": provenance["variant"],
+    }
+
+
 def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000) -> dict:
     """reward-bench's results shape for the default variant, plus the same figures for every variant."""
     variants = {
@@ -456,12 +469,7 @@ def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000
     }
     default = variants[provenance["variant"]]
     return {
-        "benchmark": "rewardbench",
-        "accuracy": default["accuracy"],
-        "num_prompts": len(records),
-        "model": provenance["strong"],
-        "ref_model": provenance["weak"],
-        "variant": provenance["variant"],
+        **results_head("rewardbench", default, records, provenance),
         "sections": default["sections"],
         "intervals": default["intervals"],
         "extra_results": default["extra_results"],

@@ -26,6 +26,7 @@ from cdr.pipelines.evaluate import (
     Selection,
     cell,
     count_outcome,
+    results_head,
     routing,
     select_rows,
     side_record,
@@ -188,12 +189,7 @@ def build_results(records: list[dict], provenance: dict, n_bootstrap: int = 1000
     variants = {name: rb2.summarize(scored_rows(records, name), n_bootstrap) for name in ALL_VARIANTS}
     default = variants[provenance["variant"]]
     return {
-        "benchmark": "rewardbench2",
-        "accuracy": default["accuracy"],
-        "num_prompts": len(records),
-        "model": provenance["strong"],
-        "ref_model": provenance["weak"],
-        "variant": provenance["variant"],
+        **results_head("rewardbench2", default, records, provenance),
         "subsets": default["subsets"],
         "intervals": default["intervals"],
         "ties_terms": default["ties_terms"],
