@@ -142,6 +142,12 @@ def run_cdr(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
     )
 
 
+def eval_command(data: str, out, strong, weak, *extra: str) -> list[str]:
+    """``cdr eval`` of a tiny pair on ``data`` into ``out``, computed afresh (no cache), with a short bootstrap."""
+    return ["eval", data, "-o", str(out), "--strong", str(strong), "--weak", str(weak), "--cache", "none",
+            "--bootstrap", "50", *extra]  # fmt: skip
+
+
 def cdr_in_process(*args: str) -> subprocess.CompletedProcess:
     """The CLI's ``main`` in this process: the same parsing, output and exit code as ``run_cdr`` without an
     interpreter start-up (about 10 s here). For tests of what a run writes and says; kill -9, environment

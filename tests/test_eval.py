@@ -9,7 +9,7 @@ import pytest
 from cdr.errors import CdrError, RowError
 from cdr.pipelines.evaluate import Selection, build_results, load_rewardbench, mini_path, stratified_sample
 from cdr.rewardbench import ALL_VARIANTS, response_score
-from conftest import cdr_in_process, kill_9_after, run_cdr, write_jsonl
+from conftest import cdr_in_process, eval_command, kill_9_after, run_cdr, write_jsonl
 
 
 def rb_row(subset, rid, chosen="A good answer.", rejected="Bad.", prompt="Question?"):
@@ -124,21 +124,7 @@ def test_variants_ties_and_unscorable_rows_on_hand_made_numbers():
 
 
 def eval_args(out, tiny_strong, tiny_weak, *extra):
-    return [
-        "eval",
-        "mini",
-        "--output-dir",
-        str(out),
-        "--strong",
-        str(tiny_strong),
-        "--weak",
-        str(tiny_weak),
-        "--cache",
-        "none",
-        "--bootstrap",
-        "50",
-        *extra,
-    ]
+    return eval_command("mini", out, tiny_strong, tiny_weak, *extra)
 
 
 def test_eval_outputs_and_variants_equal_direct_scoring(tmp_path, tiny_strong, tiny_weak):

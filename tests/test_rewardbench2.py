@@ -16,7 +16,7 @@ from cdr import rewardbench2 as rb2
 from cdr.errors import CdrError, RowError
 from cdr.pipelines.evaluate_v2 import load_rewardbench2, sample_path, score_record
 from cdr.rewardbench import ALL_VARIANTS
-from conftest import cdr_in_process, run_cdr, write_jsonl
+from conftest import cdr_in_process, eval_command, run_cdr, write_jsonl
 
 
 def row(subset, rid, scores, num_correct=1):
@@ -297,23 +297,7 @@ def test_score_record_on_hand_made_numbers():
 
 
 def eval2_args(out, tiny_strong, tiny_weak, *extra):
-    return [
-        "eval",
-        "sample",
-        "--benchmark",
-        "rewardbench2",
-        "-o",
-        str(out),
-        "--strong",
-        str(tiny_strong),
-        "--weak",
-        str(tiny_weak),
-        "--cache",
-        "none",
-        "--bootstrap",
-        "50",
-        *extra,
-    ]
+    return eval_command("sample", out, tiny_strong, tiny_weak, "--benchmark", "rewardbench2", *extra)
 
 
 def test_eval_rewardbench2_end_to_end_and_resume(tmp_path, tiny_strong, tiny_weak):
