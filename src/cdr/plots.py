@@ -63,7 +63,7 @@ def section_bars(
             lo, hi = f["intervals"].get(g, (v, v))
             low.append(max(0.0, v - lo))
             high.append(max(0.0, hi - v))
-            lowest = min(lowest, *(y for y in (v, lo) if not np.isnan(y)))
+            lowest = min([lowest, *(y for y in (v, lo) if not np.isnan(y))])  # a missing section is NaN
         ax.bar(
             x + (i - (len(names) - 1) / 2) * width,
             values,
