@@ -134,6 +134,20 @@ def test_ray_annotate_and_eval_match_single_process(tmp_path, tiny_strong, tiny_
         assert (tmp_path / "ev_ray" / f).exists()
 
 
+def test_ray_eval_of_an_ensemble_of_pairs_matches_single_process(tmp_path, tiny_strong, tiny_weak_fast):
+    """--extra-pairs on Ray: each actor builds the whole ensemble from the configuration it is sent."""
+    args = [*pair_args(tiny_strong, tiny_weak_fast), "--extra-pairs", f"weak={tiny_strong},weak_prompt=empty"]
+    common = ["eval", "mini", "--limit", "4", "--bootstrap", "50", *args]
+    assert run_cdr(*common, "-o", str(tmp_path / "ev")).returncode == 0
+    ray_args = ["--engine", "ray", "--num-actors", "2", "--shard-rows", "2"]
+    r = run_cdr(*common, "-o", str(tmp_path / "ev_ray"), *ray_args, env=RAY_ENV)
+    assert r.returncode == 0, r.stderr
+    rows = [[json.loads(x) for x in (tmp_path / d / "scores.jsonl").read_text().splitlines()] for d in ("ev", "ev_ray")]
+    assert [r["rewards"] for r in rows[0]] == [r["rewards"] for r in rows[1]] and len(rows[0]) == 4
+    y = json.loads((tmp_path / "ev_ray" / "results.json").read_text())
+    assert y["provenance"]["extra_pairs"][0]["weak_prompt"] == "empty"
+
+
 def test_ray_eval_rewardbench2_matches_single_process(tmp_path, tiny_strong, tiny_weak_fast):
     args = [*pair_args(tiny_strong, tiny_weak_fast), "--benchmark", "rewardbench2", "--bootstrap", "20"]
     r = run_cdr("eval", "sample", "--limit", "8", "-o", str(tmp_path / "ev"), *args)

@@ -112,6 +112,20 @@ class RewardConfig:
         "per-token log-ratios are winsorized at their own Q and 1-Q quantiles (the lowest and highest Q of the "
         "tokens pulled in to those values) before the variant sums or averages them (default: off)",
     )
+    extra_pairs: Any = option(
+        None,
+        help="an ensemble of pairs scored together: each further pair given by the options in which it differs from "
+        "the pair above, as KEY=VALUE,... (e.g. 'weak=smollm2-135m-instruct,weak_prompt=empty'), several separated "
+        "by ';'; the reward is the weighted mean of the pairs' rewards (--pair-weights), and a model two pairs share "
+        "is loaded and run once (default: off; docs/method.md)",
+    )
+    pair_weights: str | None = option(
+        None,
+        pattern=r"[0-9.eE+-]+(,[0-9.eE+-]+)*",
+        expected="comma-separated numbers",
+        help="with --extra-pairs: one non-negative weight per pair, the pair above first, e.g. '1,1' "
+        "(default: equal); they are normalised to sum to 1",
+    )
     rendering: str = option(
         DEFAULT_RENDERING,
         choices=RENDERINGS,
@@ -163,6 +177,7 @@ class RewardConfig:
             if not isinstance(self.options_for(side), BackendOptions):
                 raise CdrError(f"{side}_options must be a BackendOptions, got {self.options_for(side)!r}")
         check(self)
+        self._check_extra_pairs()
         for side in SIDES:
             if self.options_for(side).exit_layer is not None and self.backend_for(side) not in ("default", "hf"):
                 raise CdrError(
@@ -179,6 +194,28 @@ class RewardConfig:
                 "overlap (--overlap) with the vllm backend needs vllm_multiprocessing (--vllm-multiprocessing): "
                 "an in-process vLLM engine gives wrong log-probs while the other model computes at once"
             )
+
+    def _check_extra_pairs(self) -> None:
+        self.extra_pairs = parse_extra_pairs(self.extra_pairs)
+        if self.extra_pairs is None:
+            if self.pair_weights is not None:
+                raise CdrError("pair_weights (--pair-weights) needs extra_pairs (--extra-pairs): there is one pair")
+            return
+        for i, overrides in enumerate(self.extra_pairs, start=2):
+            try:
+                self.replace(**overrides, extra_pairs=None, pair_weights=None)
+            except CdrError as exc:
+                raise CdrError(f"extra_pairs (--extra-pairs), pair {i}: {exc}") from None
+        self.weights()  # checked now, not at the first score
+
+    def weights(self) -> list[float]:
+        """The pairs' weights, the configured pair first, summing to 1."""
+        pairs = 1 + len(self.extra_pairs or ())
+        return weights_from(self.pair_weights, pairs, "pair_weights (--pair-weights)", "pair")
+
+    def pair_configs(self) -> list[RewardConfig]:
+        """The further pairs of an ensemble (--extra-pairs), each this configuration with its own options."""
+        return [self.replace(**o, extra_pairs=None, pair_weights=None) for o in self.extra_pairs or ()]
 
     def options_for(self, role: str) -> BackendOptions:
         """The backend options of a model: 'weak' gets the weak side's, any other role (the strong model, a
@@ -269,6 +306,75 @@ class RewardConfig:
             return cls.from_flat(data)
         except CdrError as exc:
             raise CdrError(f"{path}: {exc}") from None
+
+
+# what every pair of an ensemble has in common: one variant (the weighted mean mixes rewards of one kind), one cache,
+# and the end-of-turn setting, which a caller changes for the whole reward (the server scores cut-off responses
+# without it)
+SHARED_BY_PAIRS = ("extra_pairs", "pair_weights", "variant", "cache", "include_eot")
+
+
+def parse_extra_pairs(value: Any) -> tuple[dict[str, Any], ...] | None:
+    """``--extra-pairs 'weak=M,weak_prompt=empty;weak=M,weak_exit_layer=8'`` (or, from YAML and Python, a list of
+    such strings or of mappings) -> one dict of flat options per further pair, values typed as their options are."""
+    if value is None or value == "" or value == ():
+        return None
+    items = [p for p in value.split(";") if p.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise CdrError(f"extra_pairs (--extra-pairs) must be 'KEY=VALUE,...' pairs separated by ';', got {value!r}")
+    table = {opt.name: opt for opt in flat_options()}
+    pairs = []
+    for i, item in enumerate(items, start=2):
+        where = f"extra_pairs (--extra-pairs), pair {i}"
+        if isinstance(item, str):
+            entries = [e.strip() for e in item.split(",") if e.strip()]
+            if not entries or any("=" not in e for e in entries):
+                raise CdrError(f"{where}: expected KEY=VALUE,... (e.g. weak=smollm2-135m-instruct), got {item!r}")
+            item = {k.strip(): _typed(table.get(k.strip()), v.strip()) for k, v in (e.split("=", 1) for e in entries)}
+        if not isinstance(item, dict) or not item:
+            raise CdrError(f"{where}: expected a mapping of option: value, got {item!r}")
+        for key in item:
+            if key in SHARED_BY_PAIRS:
+                raise CdrError(
+                    f"{where}: '{key}' is the same for every pair of an ensemble; set it for the whole reward"
+                )
+        pairs.append(dict(item))
+    return tuple(pairs)
+
+
+def _typed(opt: FlatOption | None, text: str) -> Any:
+    """A value written in --extra-pairs, as its option takes it (an unknown key is left for ``replace`` to name)."""
+    if opt is None:
+        return text
+    if text.lower() in ("none", "null") and opt.field.default is None:
+        return None
+    kind = opt.field.type
+    try:
+        if isinstance(opt.field.default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if kind in ("int", "int | None"):
+            return int(text)
+        if kind in ("float", "float | None"):
+            return float(text)
+    except ValueError:
+        expected = "true or false" if isinstance(opt.field.default, bool) else f"a number ({kind.split(' ')[0]})"
+        raise CdrError(f"extra_pairs (--extra-pairs): {opt.name} must be {expected}, got {text!r}") from None
+    return text
+
+
+def weights_from(text: str | None, count: int, option: str, what: str) -> list[float]:
+    """'3,1' -> [0.75, 0.25]: one non-negative number per ``what``, not all zero (default: equal weights)."""
+    if text is None:
+        return [1.0 / count] * count
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise CdrError(f"{option} takes one number per {what}, comma-separated, got {text!r}") from None
+    if len(weights) != count or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise CdrError(f"{option} needs {count} non-negative numbers (one per {what}) that are not all 0, got {text!r}")
+    return [w / sum(weights) for w in weights]
 
 
 @dataclass(frozen=True)

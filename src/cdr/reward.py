@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import threading
@@ -296,15 +297,25 @@ class DensityRatio:
         if config.overlap and config.strong_options.threads is None:
             # torch's thread setting is per process: two models computing at once each get half the cores
             config = config.replace(threads=max(1, (os.cpu_count() or 2) // 2))
+        self._build(config, router, open_cache(config.cache), {})
+        # an ensemble (--extra-pairs): the further pairs share this one's cache and every model they have in common
+        self.pairs_weights = config.weights()
+        self.extra_pairs = [DensityRatio._member(c, router, self.cache, self._scorers) for c in config.pair_configs()]
+
+    @classmethod
+    def _member(cls, config: RewardConfig, router: Any, cache, scorers: dict) -> DensityRatio:
+        member = cls.__new__(cls)
+        member._build(config, router, cache, scorers)
+        member.pairs_weights, member.extra_pairs = [1.0], []
+        return member
+
+    def _build(self, config: RewardConfig, router: Any, cache: LogprobCache | None, scorers: dict) -> None:
         self.config = config
         self.recipe: Recipe = load_recipe(config.recipe)
-        self.cache = open_cache(config.cache)
-        self.strong = ModelScorer(
-            resolve_model(config.strong, "strong"), config.backend_for("strong"), config, self.cache
-        )
-        self.weak = ModelScorer(
-            resolve_model(config.weak, "weak"), config.backend_for("weak"), config, self.cache, role="weak"
-        )
+        self.cache = cache
+        self._scorers = scorers
+        self.strong = self._scorer("strong")
+        self.weak = self._scorer("weak")
         # shared: the paper's release code renders once with the strong model's template, for both models.
         self.weak_renderer = self.strong.renderer if config.rendering == "shared" else self.weak.renderer
         if router is not None and not hasattr(router, "route"):
@@ -314,6 +325,30 @@ class DensityRatio:
         self.router = router
         if config.token_ratio_clip is not None or config.token_ratio_winsor is not None:
             self._check_same_tokens()
+
+    def _scorer(self, role: str) -> ModelScorer:
+        """The pair's model on one side; a model that another pair of the ensemble already loaded, read the same
+        way (backend, options, length limit, plain format), is that pair's scorer."""
+        c = self.config
+        name = c.strong if role == "strong" else c.weak
+        key = (name, c.backend_for(role), repr(c.options_for(role)), c.max_length, repr(c.plain_format))
+        if key not in self._scorers:
+            self._scorers[key] = ModelScorer(resolve_model(name, role), c.backend_for(role), c, self.cache, role=role)
+        return self._scorers[key]
+
+    @property
+    def pairs(self) -> list[DensityRatio]:
+        """The pairs whose rewards make this one: itself, then those of --extra-pairs."""
+        return [self, *self.extra_pairs]
+
+    def view(self, **changes: Any) -> DensityRatio:
+        """The same loaded models scoring with other reward-level options (the server's end-of-turn setting)."""
+        out = copy.copy(self)
+        out.config = self.config.replace(**changes)
+        out.extra_pairs = [copy.copy(p) for p in self.extra_pairs]
+        for pair in out.extra_pairs:
+            pair.config = pair.config.replace(**changes)
+        return out
 
     def _check_same_tokens(self) -> None:
         """--token-ratio-clip and --token-ratio-winsor compare the models token by token: refuse, before any
@@ -373,6 +408,12 @@ class DensityRatio:
             "recipe": self.recipe.name,
             "recipe_sha256": self.recipe.sha256(),
             "router": self._router_name(),
+            # an ensemble: every further pair's own provenance and the weights (only when set, as above)
+            **(
+                {"extra_pairs": [p.provenance for p in self.extra_pairs], "pair_weights": self.pairs_weights}
+                if self.extra_pairs
+                else {}
+            ),
             "cdr_version": __version__,
         }
 
@@ -394,21 +435,37 @@ class DensityRatio:
         domains = route(self.recipe, self.router, [c.prompt for c in conversations], rows)
         return [customize(self.recipe, c, d) for c, d in zip(conversations, domains)]
 
+    def pairs_logprobs(
+        self,
+        conversations: Sequence[Conversation],
+        on_progress: Callable[[int], None] | None = None,
+        rows: Sequence[dict | None] | None = None,
+    ) -> list[PairLogprobs]:
+        """Each pair's log-probs, this pair first (one pair without --extra-pairs). A model pass that two pairs
+        share (the same model read the same way over the same conversations) runs once."""
+        if not self.extra_pairs:
+            return [self.model_logprobs(conversations, on_progress, rows)]
+        share = len(self.pairs)
+        progress = None if on_progress is None else (lambda n: on_progress(n / share))
+        done: dict = {}
+        return [pair.model_logprobs(conversations, progress, rows, done) for pair in self.pairs]
+
     def model_logprobs(
         self,
         conversations: Sequence[Conversation],
         on_progress: Callable[[int], None] | None = None,
         rows: Sequence[dict | None] | None = None,
+        done: dict | None = None,
     ) -> PairLogprobs:
-        """Each model's response log-probs, from which any variant (or single-model baseline) can be derived."""
+        """This pair's response log-probs, from which any variant (or single-model baseline) can be derived.
+        ``done`` holds the passes already run for other pairs of an ensemble (see ``pairs_logprobs``)."""
         custom = self.customize(conversations, rows)
-        include_eot = self.config.include_eot
         weak_side = [c.weak for c in custom]
         if self.config.weak_prompt == "empty":
             weak_side = [without_prompt(c) for c in conversations]
         passes = (
-            partial(self.strong.logprobs, [c.strong for c in custom], self.strong.renderer, include_eot),
-            partial(self.weak.logprobs, weak_side, self.weak_renderer, include_eot),
+            partial(self._side, self.strong, [c.strong for c in custom], self.strong.renderer, done),
+            partial(self._side, self.weak, weak_side, self.weak_renderer, done),
         )
         if self.config.overlap:
             lock = threading.Lock()
@@ -427,6 +484,19 @@ class DensityRatio:
         if self.config.token_ratio_clip is not None or self.config.token_ratio_winsor is not None:
             weak = ratio_clipped(strong, weak, self.config.token_ratio_clip, self.config.token_ratio_winsor)
         return PairLogprobs(strong, weak, [c.domain for c in custom])
+
+    def _side(self, scorer: ModelScorer, conversations, renderer: Renderer, done: dict | None, on_progress):
+        """One model's pass, or the same pass another pair of the ensemble already ran."""
+        include_eot = self.config.include_eot
+        key = (id(scorer), id(renderer), include_eot, tuple(conversations))
+        if done is not None and key in done:
+            if on_progress:
+                on_progress(len(conversations))
+            return done[key]
+        out = scorer.logprobs(conversations, renderer, include_eot, on_progress)
+        if done is not None:
+            done[key] = out
+        return out
 
     def score(
         self,
@@ -450,11 +520,32 @@ class DensityRatio:
             bar = tqdm(total=2 * len(convs), unit="resp", desc="scoring")
             on_progress = bar.update
         try:
-            pair = self.model_logprobs(convs, on_progress, rows)
+            logprobs = self.pairs_logprobs(convs, on_progress, rows)
         finally:
             if bar is not None:
                 bar.close()
-        return [self._result(s, w, d, return_tokens) for s, w, d in zip(pair.strong, pair.weak, pair.domains)]
+        per_pair = [
+            [pair._result(s, w, d, return_tokens) for s, w, d in zip(lp.strong, lp.weak, lp.domains)]
+            for pair, lp in zip(self.pairs, logprobs)
+        ]
+        if len(per_pair) == 1:
+            return per_pair[0]
+        return [self._ensemble_result(list(results)) for results in zip(*per_pair)]
+
+    def _ensemble_result(self, results: list[RewardResult]) -> RewardResult:
+        """The ensemble's reward: the weighted mean of the pairs' rewards; the log-probs and token counts reported
+        beside it are this (the first) pair's; ``details`` adds each pair's reward."""
+        first = results[0]
+        errors = [f"pair {i}: {r.error.removeprefix('unscorable: ')}" for i, r in enumerate(results, 1) if r.error]
+        if errors:
+            return RewardResult(
+                None, None, None, None, None, error="unscorable: " + "; ".join(errors), domain=first.domain
+            )
+        reward = sum(w * r.reward for w, r in zip(self.pairs_weights, results))
+        details = None if first.details is None else {**first.details, "pair_rewards": [r.reward for r in results]}
+        return dataclasses.replace(
+            first, reward=float(reward), truncated=any(r.truncated for r in results), details=details
+        )
 
     def _result(self, s, w, domain: str | None, return_tokens: bool) -> RewardResult:
         errors = [f"{role}: {x}" for role, x in (("strong", s), ("weak", w)) if isinstance(x, Unscorable)]

@@ -15,26 +15,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cdr.config import weights_from
 from cdr.errors import CdrError
 from cdr.models import atomic_write_text
 from cdr.pipelines.compare import check_same_rows, read_run
-from cdr.pipelines.evaluate import REWARDBENCH, Report, Selection, write_results
-from cdr.rewardbench import ALL_VARIANTS, RATIO_VARIANTS, is_correct
+from cdr.pipelines.evaluate import REWARDBENCH, Report, Selection, combined_record, reading, write_results
 
 
 def parse_weights(text: str | None, runs: int) -> list[float]:
     """``--ensemble-weights 1,0.5``: one non-negative number per run, not all zero (default: equal)."""
-    if text is None:
-        return [1.0 / runs] * runs
-    try:
-        weights = [float(w) for w in text.split(",")]
-    except ValueError:
-        raise CdrError(f"--ensemble-weights takes one number per run, comma-separated, got {text!r}") from None
-    if len(weights) != runs or any(w < 0 for w in weights) or not sum(weights) > 0:
-        raise CdrError(
-            f"--ensemble-weights needs {runs} non-negative numbers (one per run) that are not all 0, got {text!r}"
-        )
-    return [w / sum(weights) for w in weights]
+    return weights_from(text, runs, "--ensemble-weights", "run")
 
 
 def ensemble_runs(
@@ -78,52 +68,16 @@ def ensemble_runs(
     return write_results(out_dir, records, provenance, report, REWARDBENCH)
 
 
-def combined_record(members: list[dict], weights: list[float]) -> dict:
-    """One row of the ensemble: each ratio variant the weighted mean of the members' rewards (None if any member
-    could not score the row); the baselines and the response sizes are the first member's."""
-    first = members[0]
-    errors = [m["error"] for m in members if m.get("error")]
-    rewards = {}
-    for name in ALL_VARIANTS:
-        if name not in RATIO_VARIANTS:
-            rewards[name] = first["rewards"][name]
-            continue
-        pairs = [m["rewards"][name] for m in members]
-        rewards[name] = [
-            None if any(p[i] is None for p in pairs) else sum(w * p[i] for w, p in zip(weights, pairs)) for i in (0, 1)
-        ]
-    side = {s: {**first[s], "truncated": any(m[s]["truncated"] for m in members)} for s in ("chosen", "rejected")}
-    return {
-        "subset": first["subset"],
-        "id": first["id"],
-        "domain": first.get("domain"),
-        **side,
-        "error": "; ".join(errors) or None,
-        "rewards": rewards,
-        "correct": {name: is_correct(*pair) for name, pair in rewards.items()},
-    }
-
-
 def ensemble_provenance(runs: list[str | Path], results: list[dict], weights: list[float]) -> dict:
     members = [r.get("provenance", {}) for r in results]
     variants = {m.get("variant") for m in members}
     if len(variants) > 1:
         raise CdrError(f"the runs were scored with different default variants ({', '.join(map(str, variants))})")
     strongs = list(dict.fromkeys(str(m.get("strong")) for m in members))
-    weaks = [f"{m.get('weak')}" + _reading(m) for m in members]
+    weaks = [f"{m.get('weak')}" + reading(m) for m in members]
     return {
         "strong": " + ".join(strongs),
         "weak": " + ".join(f"{w:.2f} x {name}" for w, name in zip(weights, weaks)),
         "variant": members[0].get("variant"),
         "ensemble": {"runs": [str(r) for r in runs], "weights": weights, "members": members},
     }
-
-
-def _reading(provenance: dict) -> str:
-    """How a member's weak model was read, when not whole: ' (exit layer 8)', ' (no prompt)'."""
-    notes = []
-    if provenance.get("weak_exit_layer") is not None:
-        notes.append(f"exit layer {provenance['weak_exit_layer']}")
-    if provenance.get("weak_prompt") == "empty":
-        notes.append("no prompt")
-    return f" ({', '.join(notes)})" if notes else ""

@@ -28,10 +28,11 @@ from cdr.errors import CdrError, RowError
 from cdr.models import HUB_ID, atomic_write_text
 from cdr.output import encode_lines, read_shards, write_if_changed
 from cdr.pipelines.runner import ChunkContext, RowReports, run_job
-from cdr.reward import DensityRatio, ResponseLogprobs
+from cdr.reward import DensityRatio, PairLogprobs, ResponseLogprobs
 from cdr.rewardbench import (
     ALL_VARIANTS,
     LABELS,
+    RATIO_VARIANTS,
     SECTIONS,
     SUBSET_MAPPING,
     is_correct,
@@ -244,14 +245,14 @@ def side_record(text: str, strong: ResponseLogprobs | Exception, weak: ResponseL
     }
 
 
-def count_outcome(ctx: ChunkContext, source: str, errors: list[str]) -> str | None:
+def count_outcome(ctx: ChunkContext, source: str, error: str | None) -> str | None:
     """Count a row as scored, or as unscorable with a note naming why; returns that reason (None: scored)."""
-    if not errors:
+    if not error:
         ctx.counts["scored"] += 1
         return None
     ctx.counts["unscorable"] += 1
-    ctx.note(source, "unscorable", "; ".join(errors))
-    return "; ".join(errors)
+    ctx.note(source, "unscorable", error)
+    return error
 
 
 def score_record(row: dict, chosen: dict, rejected: dict, error: str | None, domain: str | None = None) -> dict:
@@ -283,25 +284,60 @@ class EvalJob:
         def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
             picked = [raw.data for raw in chunk]
             convs = [c for row in picked for c in conversations(row)]
-            pair = reward.model_logprobs(
+            pairs = reward.pairs_logprobs(
                 convs, on_progress=lambda n: ctx.advance(n / 4), rows=[row for row in picked for _ in range(2)]
             )
-            strong, weak = pair.strong, pair.weak
             records = []
             for i, row in enumerate(picked):
-                errors = [
-                    f"{role} {side}: {x}"
-                    for role, xs in (("strong", strong), ("weak", weak))
-                    for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1]))
-                    if isinstance(x, Exception)
+                members = [
+                    pair_record(row, pair, i, f"pair {n}: " if len(pairs) > 1 else "")
+                    for n, pair in enumerate(pairs, 1)
                 ]
-                error = count_outcome(ctx, row["source"], errors)
-                chosen = side_record(row["chosen"], strong[2 * i], weak[2 * i])
-                rejected = side_record(row["rejected"], strong[2 * i + 1], weak[2 * i + 1])
-                records.append(score_record(row, chosen, rejected, error, pair.domains[2 * i]))
+                record = members[0] if len(members) == 1 else combined_record(members, reward.pairs_weights)
+                count_outcome(ctx, row["source"], record["error"])
+                records.append(record)
             return records
 
         return process
+
+
+def pair_record(row: dict, pair: PairLogprobs, i: int, label: str = "") -> dict:
+    """Row ``i``'s record from one pair's log-probs (its chosen response at 2i, its rejected one at 2i + 1)."""
+    errors = [
+        f"{label}{role} {side}: {x}"
+        for role, xs in (("strong", pair.strong), ("weak", pair.weak))
+        for side, x in (("chosen", xs[2 * i]), ("rejected", xs[2 * i + 1]))
+        if isinstance(x, Exception)
+    ]
+    chosen = side_record(row["chosen"], pair.strong[2 * i], pair.weak[2 * i])
+    rejected = side_record(row["rejected"], pair.strong[2 * i + 1], pair.weak[2 * i + 1])
+    return score_record(row, chosen, rejected, "; ".join(errors) or None, pair.domains[2 * i])
+
+
+def combined_record(members: list[dict], weights: list[float]) -> dict:
+    """One row of the ensemble: each ratio variant the weighted mean of the members' rewards (None if any member
+    could not score the row); the baselines and the response sizes are the first member's."""
+    first = members[0]
+    errors = [m["error"] for m in members if m.get("error")]
+    rewards = {}
+    for name in ALL_VARIANTS:
+        if name not in RATIO_VARIANTS:
+            rewards[name] = first["rewards"][name]
+            continue
+        pairs = [m["rewards"][name] for m in members]
+        rewards[name] = [
+            None if any(p[i] is None for p in pairs) else sum(w * p[i] for w, p in zip(weights, pairs)) for i in (0, 1)
+        ]
+    side = {s: {**first[s], "truncated": any(m[s]["truncated"] for m in members)} for s in ("chosen", "rejected")}
+    return {
+        "subset": first["subset"],
+        "id": first["id"],
+        "domain": first.get("domain"),
+        **side,
+        "error": "; ".join(errors) or None,
+        "rewards": rewards,
+        "correct": {name: is_correct(*pair) for name, pair in rewards.items()},
+    }
 
 
 def evaluate(
@@ -449,6 +485,31 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def pair_provenances(provenance: dict) -> list[dict]:
+    """The provenance of each pair of an ensemble (--extra-pairs), the first pair first; one pair's is itself."""
+    return [provenance, *provenance.get("extra_pairs", [])]
+
+
+def weak_label(provenance: dict) -> str:
+    """The weak side in words: the model ('gemma-3-270m'); for an ensemble each pair's weight, weak model and how
+    it was read when not whole ('0.50 x gemma-3-270m + 0.50 x smollm2-135m-instruct (no prompt)')."""
+    pairs = pair_provenances(provenance)
+    if len(pairs) == 1:
+        return provenance["weak"]  # as reward-bench writes its ref_model
+    names = [f"{p.get('weak')}{reading(p)}" for p in pairs]
+    return " + ".join(f"{w:.2f} x {name}" for w, name in zip(provenance["pair_weights"], names))
+
+
+def reading(provenance: dict) -> str:
+    """How a pair's weak model was read, when not whole: ' (exit layer 8)', ' (no prompt)'."""
+    notes = []
+    if provenance.get("weak_exit_layer") is not None:
+        notes.append(f"exit layer {provenance['weak_exit_layer']}")
+    if provenance.get("weak_prompt") == "empty":
+        notes.append("no prompt")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def results_head(benchmark: str, default: dict, records: list[dict], provenance: dict) -> dict:
     """The fields every results.json starts with, either version: reward-bench's names for the pair, the default
     variant and its score."""
@@ -456,8 +517,8 @@ def results_head(benchmark: str, default: dict, records: list[dict], provenance:
         "benchmark": benchmark,
         "accuracy": default["accuracy"],
         "num_prompts": len(records),
-        "model": provenance["strong"],
-        "ref_model": provenance["weak"],
+        "model": " + ".join(dict.fromkeys(str(p.get("strong")) for p in pair_provenances(provenance))),
+        "ref_model": weak_label(provenance),
         "variant": provenance["variant"],
     }
 

@@ -138,6 +138,12 @@ class EvalJobV2:
         return {"command": "eval", "benchmark": "rewardbench2", "provenance": provenance}
 
     def processor(self, reward: DensityRatio):
+        if reward.extra_pairs:
+            raise CdrError(
+                "extra_pairs (--extra-pairs) is not supported with RewardBench 2 yet; evaluate one pair at a time "
+                "(an ensemble of pairs is evaluated on RewardBench v1)"
+            )
+
         def process(chunk: list[RawRow], ctx: ChunkContext) -> list[dict]:
             picked = [raw.data for raw in chunk]
             per_row = [completions(row) for row in picked]
@@ -158,7 +164,8 @@ class EvalJobV2:
                     for i, x in enumerate(xs[at : at + len(cs)])
                     if isinstance(x, Exception)
                 ]
-                records.append(score_record(row, sides, count_outcome(ctx, row["source"], errors), pair.domains[at]))
+                error = count_outcome(ctx, row["source"], "; ".join(errors) or None)
+                records.append(score_record(row, sides, error, pair.domains[at]))
                 at += len(cs)
             return records
 

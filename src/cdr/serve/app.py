@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -189,9 +187,7 @@ class RewardService:
         # the same pair scoring without the end-of-turn token (for responses cut off at the policy's limit)
         self.views = {True: reward, False: reward}
         if reward.config.include_eot:
-            no_eot = copy.copy(reward)
-            no_eot.config = dataclasses.replace(reward.config, include_eot=False)
-            self.views[False] = no_eot
+            self.views[False] = reward.view(include_eot=False)
         self.cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.max_chars = {
             side: settings.max_tokens * 2 * longest_token(s.tokenizer) for side, s in self.scorers.items()
