@@ -61,9 +61,11 @@ def test_the_ensembles_reward_is_the_weighted_mean_of_its_pairs_rewards(tiny_str
 
 def test_a_model_two_pairs_share_is_loaded_and_run_once(tiny_strong, members):
     ensemble = DensityRatio(
-        strong=str(tiny_strong), cache="none", **members[0], extra_pairs=f"weak={tiny_strong},weak_prompt=empty"
+        strong=str(tiny_strong), cache="none", **members[0], extra_pairs=f"weak={tiny_strong}/.,weak_prompt=empty"
     )
-    # three readings, two models: the strong model is the first pair's strong side and the second pair's both sides
+    # three readings, two models: the strong model (spelt another way the second time: models are matched once
+    # resolved, so 'default' on the strong and the weak side stays two models) is the first pair's strong side
+    # and the second pair's both sides
     assert len({id(s) for p in ensemble.pairs for s in (p.strong, p.weak)}) == 2
     assert ensemble.extra_pairs[0].strong is ensemble.strong is ensemble.extra_pairs[0].weak
     calls = []
@@ -92,13 +94,18 @@ def test_eval_with_extra_pairs_equals_the_ensemble_of_the_pairs_runs(tiny_strong
     assert done.returncode == 0, done.stderr
     done = run_cdr("eval", "--ensemble", str(a), str(b), "--ensemble-weights", "1,2", "-o", str(combined))
     assert done.returncode == 0, done.stderr
-    rows = [[json.loads(x) for x in (d / "scores.jsonl").read_text().splitlines()] for d in (joint, combined)]
+    rows = [[json.loads(x) for x in (d / "scores.jsonl").read_text().splitlines()] for d in (joint, combined, a, b)]
     assert len(rows[0]) == len(rows[1]) >= 6
-    for j, c in zip(*rows):
-        assert (j["subset"], j["id"]) == (c["subset"], c["id"])
+    for j, c, one, two in zip(*rows):
+        assert (j["subset"], j["id"]) == (c["subset"], c["id"]) == (one["subset"], one["id"])
         for name, pair in j["rewards"].items():
             assert pair == pytest.approx(c["rewards"][name], abs=1e-9), name
         assert j["correct"] == c["correct"]
+        # each pair's own rewards stay in the row: one run of several pairs answers for each of them too
+        for member, alone in zip(j["pair_rewards"], (one, two), strict=True):
+            assert member.keys() == {"sum", "mean", "mean_diff"}
+            for name, pair in member.items():
+                assert pair == pytest.approx(alone["rewards"][name], abs=1e-9), name
     results = json.loads((joint / "results.json").read_text())
     assert results["provenance"]["pair_weights"] == pytest.approx([1 / 3, 2 / 3])
     # the same command resumes (nothing to score again), and a changed weight is a different run

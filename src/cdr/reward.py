@@ -330,10 +330,12 @@ class DensityRatio:
         """The pair's model on one side; a model that another pair of the ensemble already loaded, read the same
         way (backend, options, length limit, plain format), is that pair's scorer."""
         c = self.config
-        name = c.strong if role == "strong" else c.weak
-        key = (name, c.backend_for(role), repr(c.options_for(role)), c.max_length, repr(c.plain_format))
+        source = resolve_model(c.strong if role == "strong" else c.weak, role)
+        # keyed on the resolved model, not the spelling: 'default' is a different model on each side
+        model = (source.kind, source.path, source.revision)
+        key = (model, c.backend_for(role), repr(c.options_for(role)), c.max_length, repr(c.plain_format))
         if key not in self._scorers:
-            self._scorers[key] = ModelScorer(resolve_model(name, role), c.backend_for(role), c, self.cache, role=role)
+            self._scorers[key] = ModelScorer(source, c.backend_for(role), c, self.cache, role=role)
         return self._scorers[key]
 
     @property
