@@ -316,7 +316,9 @@ def pair_record(row: dict, pair: PairLogprobs, i: int, label: str = "") -> dict:
 
 def combined_record(members: list[dict], weights: list[float]) -> dict:
     """One row of the ensemble: each ratio variant the weighted mean of the members' rewards (None if any member
-    could not score the row); the baselines and the response sizes are the first member's."""
+    could not score the row); the baselines and the response sizes are the first member's. Each member's own
+    ratio rewards stay in ``pair_rewards`` (in --extra-pairs order), so one run of several pairs also answers how
+    each pair, or any other weighting of them, would have done on the same rows."""
     first = members[0]
     errors = [m["error"] for m in members if m.get("error")]
     rewards = {}
@@ -337,6 +339,7 @@ def combined_record(members: list[dict], weights: list[float]) -> dict:
         "error": "; ".join(errors) or None,
         "rewards": rewards,
         "correct": {name: is_correct(*pair) for name, pair in rewards.items()},
+        "pair_rewards": [{name: m["rewards"][name] for name in RATIO_VARIANTS} for m in members],
     }
 
 
