@@ -14,6 +14,8 @@ Configurations:
   copy of the weights, the weak pass stops at layer L.
 - weak prompt empty: SmolLM2 over itself, the weak side reading the response after an empty user turn
   (``weak_prompt="empty"``): two passes of one model, the second without the prompt.
+- ensemble vanilla + no prompt: the default pair with a second pair, SmolLM2 over itself without the prompt
+  (``extra_pairs``): SmolLM2's pass with the prompt is shared by both pairs and runs once.
 - token floor: vanilla with ``token_floor=10``: it works on per-token log-probs already computed, so its
   cost is vanilla's; listed to show that (``token_ratio_clip`` works the same way on an early-exit pair).
 """
@@ -40,6 +42,7 @@ def configurations(exit_layers: list[int]) -> dict[str, dict]:
     for layer in exit_layers:
         out[f"early-exit {layer}"] = {"strong": STRONG, "weak": STRONG, "weak_exit_layer": layer}
     out["weak prompt empty"] = {"strong": STRONG, "weak": STRONG, "weak_prompt": "empty"}
+    out["ensemble vanilla + no prompt"] = {"extra_pairs": f"weak={STRONG},weak_prompt=empty"}
     return out
 
 
