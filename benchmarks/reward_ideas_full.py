@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from cdr.pipelines.evaluate import weighted_rewards
 from cdr.rewardbench import (
     SECTIONS,
     SUBSET_MAPPING,
@@ -122,8 +123,7 @@ def verdicts(records: list[dict], variant: str) -> dict[str, list[tuple[str, boo
         for name, n in index.items():
             out[name].append((r["subset"], is_correct(*members[n])))
         for name, ((a, b), _) in ENSEMBLES.items():
-            ma, mb = members[index[a]], members[index[b]]
-            mean = [None if None in (x, y) else (x + y) / 2 for x, y in zip(ma, mb)]
+            mean = weighted_rewards([members[index[a]], members[index[b]]], [0.5, 0.5])
             out[name].append((r["subset"], is_correct(*mean)))
         for name in BASELINES:
             out[name].append((r["subset"], bool(r["correct"][name])))

@@ -314,6 +314,11 @@ def pair_record(row: dict, pair: PairLogprobs, i: int, label: str = "") -> dict:
     return score_record(row, chosen, rejected, "; ".join(errors) or None, pair.domains[2 * i])
 
 
+def weighted_rewards(pairs: list[list[float | None]], weights: list[float]) -> list[float | None]:
+    """The ensemble's [chosen, rejected] rewards: the weighted mean of the pairs' own, None where any pair has None."""
+    return [None if any(p[i] is None for p in pairs) else sum(w * p[i] for w, p in zip(weights, pairs)) for i in (0, 1)]
+
+
 def combined_record(members: list[dict], weights: list[float]) -> dict:
     """One row of the ensemble: each ratio variant the weighted mean of the members' rewards (None if any member
     could not score the row); the baselines and the response sizes are the first member's. Each member's own
@@ -326,10 +331,7 @@ def combined_record(members: list[dict], weights: list[float]) -> dict:
         if name not in RATIO_VARIANTS:
             rewards[name] = first["rewards"][name]
             continue
-        pairs = [m["rewards"][name] for m in members]
-        rewards[name] = [
-            None if any(p[i] is None for p in pairs) else sum(w * p[i] for w, p in zip(weights, pairs)) for i in (0, 1)
-        ]
+        rewards[name] = weighted_rewards([m["rewards"][name] for m in members], weights)
     side = {s: {**first[s], "truncated": any(m[s]["truncated"] for m in members)} for s in ("chosen", "rejected")}
     return {
         "subset": first["subset"],
