@@ -18,8 +18,9 @@ by the summed log-prob) and the pair's decisions (mean_diff: strong mean log-pro
 both models on the same configuration) compared row by row with the pair's hf float32 decisions.
 
 `--pair-speed ROWS` runs the whole embedded pair through `cdr score` (one process per configuration, the
-log-prob cache off) on ROWS mini-set rows spread over the set (2 responses each): hf float32, llamacpp (the
-GGUF files themselves), vllm float32 and vllm bfloat16, the configurations alternating when --repeats > 1.
+log-prob cache off) on ROWS mini-set rows spread over the set (2 responses each): hf float32, hf bfloat16,
+llamacpp (the GGUF files themselves), vllm float32 and vllm bfloat16, the configurations alternating when
+--repeats > 1.
 Load time (up to cdr's "loaded" line) is reported apart from scoring time (from that line to exit).
 """
 
@@ -227,11 +228,18 @@ def sampling_child(engine: str, prompts: int, n: int, max_new_tokens: int) -> No
     )
 
 
-PAIR_CONFIGS = (("hf", "float32"), ("llamacpp", "auto"), ("vllm", "float32"), ("vllm", "bfloat16"))
+PAIR_CONFIGS = (
+    ("hf", "float32"),
+    ("hf", "bfloat16"),
+    ("llamacpp", "auto"),
+    ("vllm", "float32"),
+    ("vllm", "bfloat16"),
+)
 
 
-def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[str, str]]) -> list[dict]:
-    """The pair through `cdr score`, each configuration in its own process: load and scoring seconds."""
+def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[str, str]], save) -> list[dict]:
+    """The pair through `cdr score`, each configuration in its own process: load and scoring seconds. save(runs)
+    is called after every configuration, so a long run keeps what it has measured."""
     import tempfile
 
     picked = [rows[i * len(rows) // n_rows] for i in range(n_rows)]
@@ -269,8 +277,10 @@ def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[
                         "scoring_s": round(end - loaded_at, 2),
                         "rewards_per_s": len(rewards) / (end - loaded_at),
                         "decisions": decisions,
+                        "rewards": rewards,
                     }
                 )
+                save(runs)
                 took = f"load {loaded_at - t0:.1f} s, {len(rewards)} rewards in {end - loaded_at:.1f} s"
                 print(
                     f"{backend}-{dtype}: {took}",
@@ -351,9 +361,14 @@ def main() -> None:
     rows, _ = conversations()
     if args.pair_speed:
         configs = [tuple(c.split("-", 1)) for c in args.pair_configs.split(",")]
-        runs = pair_speed(rows, args.pair_speed, args.repeats, configs)
-        result = {"rows": args.pair_speed, "runs": runs, "machine": {"cpu": cpu_info()}}
-        (OUT / "pair_speed.json").write_text(json.dumps(result, indent=2))
+        machine = {"cpu": cpu_info()}
+
+        def save(runs):
+            result = {"rows": args.pair_speed, "runs": runs, "machine": machine}
+            (OUT / "pair_speed.json").write_text(json.dumps(result, indent=2))
+
+        runs = pair_speed(rows, args.pair_speed, args.repeats, configs, save)
+        save(runs)
         print("| configuration | responses | load s | scoring s | rewards/s | vs hf float32 | decisions = hf float32 |")
         print("|---|---|---|---|---|---|---|")
         base = runs[0]["scoring_s"]
