@@ -13,6 +13,7 @@ Parts:
     cdr        the hf backend as shipped (LM head on response positions only, tiled logsumexp, token-budget
                batches sorted by length, prompt sharing between a row's chosen and rejected);
     cdr-bf16   the same in bfloat16 (opt-in, --dtype bfloat16);
+    lm-eval-bf16  lm-eval on the bfloat16 model (opt-in): the "same precision" comparison for cdr-bf16;
     cdr-compiled  the same with the decoder body through torch.compile(dynamic=True) (an experiment: the
                compile time on the first 8 responses is reported apart, not in the timed run);
     lm-eval    lm-evaluation-harness's HFLM._loglikelihood_tokens (the token-level core of HFLM.loglikelihood)
@@ -51,7 +52,9 @@ from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
-ENGINES = ("cdr", "lm-eval", "llamacpp")  # and "cdr-bf16" on request (--engines)
+ENGINES = ("cdr", "lm-eval", "llamacpp")  # and "cdr-bf16", "lm-eval-bf16", "cdr-compiled" on request (--engines)
+# Each engine's time is compared with lm-eval's at the same precision.
+LM_EVAL_AT = {"cdr-bf16": "lm-eval-bf16", "lm-eval-bf16": "lm-eval-bf16"}
 
 
 def requests_for(scorer, n: int):
@@ -100,7 +103,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
 
     t0 = time.time()
     backend = "llamacpp" if engine == "llamacpp" else "hf"
-    dtype = "bfloat16" if engine == "cdr-bf16" else "float32"
+    dtype = "bfloat16" if engine in ("cdr-bf16", "lm-eval-bf16") else "float32"
     scorer = ModelScorer(resolve_model(model_name), backend, RewardConfig.from_flat(cache="none", dtype=dtype), None)
     requests = requests_for(scorer, n)
     warmup_s = None
@@ -109,7 +112,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
         t1 = time.time()
         scorer.backend.response_logprobs(requests[:8])
         warmup_s = time.time() - t1
-    if engine == "lm-eval":
+    if engine.startswith("lm-eval"):
         from lm_eval.models.huggingface import HFLM
 
         lm = HFLM(
@@ -124,7 +127,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
     load_s = time.time() - t0
     rss_loaded = status_mib("VmRSS")
     t0 = time.time()
-    if engine == "lm-eval":
+    if engine.startswith("lm-eval"):
         totals = [ll for ll, _ in lm._loglikelihood_tokens(payload, disable_tqdm=True)]
     else:
         totals = [float(lp.sum()) for lp in scorer.backend.response_logprobs(requests)]
@@ -146,7 +149,7 @@ def engine_child(model_name: str, engine: str, n: int, lm_eval_batch: int, out_p
     }
     if engine in ("cdr", "lm-eval"):
         result["useful_flops"], result["flop_notes"] = useful_flops(scorer.backend.model, requests)
-    if engine == "lm-eval":
+    if engine.startswith("lm-eval"):
         result["lm_eval_batch"] = lm_eval_batch
     else:
         result["batch_tokens"] = scorer.backend.options.batch_tokens
@@ -358,7 +361,7 @@ def run_engines(args) -> list[dict]:
                         "model": model,
                         "engine": engine,
                         "error": why,
-                        "lm_eval_batch": args.lm_eval_batch if engine == "lm-eval" else None,
+                        "lm_eval_batch": args.lm_eval_batch if engine.startswith("lm-eval") else None,
                     }
                 )
                 continue
@@ -375,9 +378,12 @@ def run_engines(args) -> list[dict]:
 
 
 def engine_table(results: list[dict], peak: dict | None) -> list[str]:
+    """One row per (model, engine): time against lm-eval at the same precision; score error against lm-eval in
+    float32 (the exact reference); useful FLOP/s against the matmul peak of the engine's own precision."""
     lines = [
-        "| model | engine | responses | tokens | seconds | tokens/s | time vs lm-eval | peak RSS MiB | "
-        "peak over loaded MiB | max abs diff vs lm-eval, nats/token | useful FLOP/s, % of fp32 peak |",
+        "| model | engine | responses | tokens | seconds | tokens/s | time vs lm-eval (same precision) | "
+        "peak RSS MiB | peak over loaded MiB | max abs diff vs lm-eval float32, nats/token (response mean) | "
+        "useful FLOP/s, % of the matmul peak (same precision) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["model"], r["engine"]): r for r in results if "error" not in r}
@@ -386,18 +392,21 @@ def engine_table(results: list[dict], peak: dict | None) -> list[str]:
             batch = f" (batch {r['lm_eval_batch']})" if r.get("lm_eval_batch") else ""
             lines.append(f"| {r['model']} | {r['engine']}{batch} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |")
             continue
-        ref = by.get((r["model"], "lm-eval"))
+        ref = by.get((r["model"], LM_EVAL_AT.get(r["engine"], "lm-eval")))
         ratio = f"{r['seconds'] / ref['seconds']:.2f}x" if ref else "-"
-        if ref:
-            diffs = [abs(a - b) / n for a, b, n in zip(r["totals"], ref["totals"], r["lengths"])]
+        exact = by.get((r["model"], "lm-eval"))
+        if exact:
+            diffs = [abs(a - b) / n for a, b, n in zip(r["totals"], exact["totals"], r["lengths"])]
             diff_text = f"{max(diffs):.1e}"
         else:
             diff_text = "-"
         flops = by.get((r["model"], "cdr"), {}).get("useful_flops")
-        # against the peak measured in the same command as this row when there is one (runs merge into one file)
-        gflops = r.get("matmul_gflops_same_run") or (peak or {}).get("float32_gflops")
+        if r["engine"].endswith("bf16"):  # bf16 F.linear's peak, from the matmul part of the stored report
+            gflops = (peak or {}).get("bfloat16_linear_gflops")
+        else:  # against the peak measured in the same command as this row when there is one (runs merge)
+            gflops = r.get("matmul_gflops_same_run") or (peak or {}).get("float32_gflops")
         mfu = f"{100 * flops / r['seconds'] / (gflops * 1e9):.0f}%" if flops and gflops else "-"
-        engine = f"{r['engine']} (batch {r['lm_eval_batch']})" if r["engine"] == "lm-eval" else r["engine"]
+        engine = f"{r['engine']} (batch {r['lm_eval_batch']})" if r["engine"].startswith("lm-eval") else r["engine"]
         lines.append(
             f"| {r['model']} | {engine} | {r['responses']} | {r['tokens']} | {r['seconds']:.1f} | "
             f"{r['tokens'] / r['seconds']:.0f} | {ratio} | {r['peak_rss_mib']:.0f} | "
@@ -526,8 +535,11 @@ def main() -> None:
     parts = [] if args.print_only else args.parts.split(",")
     if parts:  # each part keeps the command that last measured it; a run of some parts leaves the others' alone
         command = " ".join(["python", "benchmarks/scoring_speed.py", *sys.argv[1:]])
+        from cdr.doctor import machine_summary
+
         report["machine"] = {
             "cpus": os.cpu_count(),
+            "cpu": machine_summary(),  # the last command's machine; each engine row keeps its own
             "commands": report.get("machine", {}).get("commands", {}) | {part: command for part in parts},
         }
     peak_now = matmul_peak() if "matmul" in parts else None
@@ -539,6 +551,7 @@ def main() -> None:
         fresh = run_engines(args)
         for r in fresh:
             r["matmul_gflops_same_run"] = peak_now["float32_gflops"] if peak_now else None
+            r["machine"] = report["machine"]["cpu"]
         done = {(r["model"], r["engine"]) for r in fresh}
         report["engines"] = [r for r in report.get("engines", []) if (r["model"], r["engine"]) not in done] + fresh
         report["engines"].sort(
