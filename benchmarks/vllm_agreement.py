@@ -20,7 +20,8 @@ both models on the same configuration) compared row by row with the pair's hf fl
 `--pair-speed ROWS` runs the whole embedded pair through `cdr score` (one process per configuration, the
 log-prob cache off) on ROWS mini-set rows spread over the set (2 responses each): hf float32, hf bfloat16,
 llamacpp (the GGUF files themselves), vllm float32 and vllm bfloat16, the configurations alternating when
---repeats > 1.
+--repeats > 1. A configuration ending in +overlap scores both models at once (`--overlap`; for vllm with
+`--vllm-multiprocessing`, which in-process engines need).
 Load time (up to cdr's "loaded" line) is reported apart from scoring time (from that line to exit).
 """
 
@@ -251,10 +252,14 @@ def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[
                 for side in ("chosen", "rejected"):
                     f.write(json.dumps({"prompt": row["prompt"], "response": row[side]}) + "\n")
         for repeat in range(repeats):
-            for backend, dtype in configs:
-                out = Path(tmp) / f"{backend}-{dtype}-{repeat}.jsonl"
+            for config in configs:
+                backend, _, rest = config.partition("-")
+                dtype, _, mode = rest.partition("+")
+                out = Path(tmp) / f"{config}-{repeat}.jsonl"
                 cmd = [sys.executable, "-m", "cdr.cli", "score", str(data), "-o", str(out), "--backend", backend]
                 cmd += ["--dtype", dtype, "--cache", "none", "--chunk-rows", str(2 * n_rows), "-q"]
+                if mode == "overlap":  # both models at once; vLLM engines then need processes of their own
+                    cmd += ["--overlap"] + (["--vllm-multiprocessing"] if backend == "vllm" else [])
                 t0 = time.time()
                 proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
                 loaded_at, log = None, []
@@ -263,12 +268,13 @@ def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[
                     if loaded_at is None and " loaded " in line:
                         loaded_at = time.time()
                 if proc.wait() != 0 or loaded_at is None:
-                    raise SystemExit(f"{backend}-{dtype} failed:\n{''.join(log[-20:])}")
+                    raise SystemExit(f"{config} failed:\n{''.join(log[-20:])}")
                 end = time.time()
                 rewards = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
                 decisions = [a > b for a, b in zip(rewards[::2], rewards[1::2])]
                 runs.append(
                     {
+                        "config": config,
                         "backend": backend,
                         "dtype": dtype,
                         "repeat": repeat,
@@ -283,7 +289,7 @@ def pair_speed(rows: list[dict], n_rows: int, repeats: int, configs: list[tuple[
                 save(runs)
                 took = f"load {loaded_at - t0:.1f} s, {len(rewards)} rewards in {end - loaded_at:.1f} s"
                 print(
-                    f"{backend}-{dtype}: {took}",
+                    f"{config}: {took}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -322,7 +328,8 @@ def main() -> None:
     ap.add_argument(
         "--pair-configs",
         default=",".join(f"{b}-{d}" for b, d in PAIR_CONFIGS),
-        help="--pair-speed: BACKEND-DTYPE list, the first is the reference",
+        help="--pair-speed: BACKEND-DTYPE[+overlap] list, the first is the reference (+overlap: both models at once, "
+        "with --vllm-multiprocessing for vllm)",
     )
     ap.add_argument("--child", nargs=4, metavar=("MODEL", "BACKEND", "DTYPE", "RESPONSES"), help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(OUT), help="folder for the per-response files and the summaries")
@@ -360,7 +367,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rows, _ = conversations()
     if args.pair_speed:
-        configs = [tuple(c.split("-", 1)) for c in args.pair_configs.split(",")]
+        configs = args.pair_configs.split(",")
         machine = {"cpu": cpu_info()}
 
         def save(runs):
@@ -374,7 +381,7 @@ def main() -> None:
         base = runs[0]["scoring_s"]
         for r in runs:
             print(
-                f"| {r['backend']} {r['dtype']} | {r['responses']} | {r['load_s']:.1f} | {r['scoring_s']:.1f} | "
+                f"| {r['config']} | {r['responses']} | {r['load_s']:.1f} | {r['scoring_s']:.1f} | "
                 f"{r['rewards_per_s']:.2f} | {base / r['scoring_s']:.2f}x | "
                 f"{100 * r['pair_decisions_agree_with_hf_float32']:.0f}% |"
             )
