@@ -125,3 +125,27 @@ def test_cli_refuses_overlap_with_the_vllm_backend_before_loading(tmp_path):
     assert proc.returncode == 2 and "--vllm-multiprocessing" in proc.stderr and "--overlap" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_overlapping_engine_processes_get_cores_of_their_own(monkeypatch):
+    # measured: with --overlap both engine processes bound their threads to core 0 and took turns on it (0.52x
+    # the sequential speed on 2 cores, docs/benchmarks.md section 13); now the weak one gets the next cores
+    from cdr.reward import overlap_cores
+
+    flat = {"backend": "vllm", "overlap": True, "vllm_multiprocessing": True}
+    config = overlap_cores(RewardConfig.from_flat({**flat, "threads": 2}))
+    assert (config.strong_options.vllm_cpu_cores, config.weak_options.vllm_cpu_cores) == ("0-1", "2-3")
+    one_each = overlap_cores(RewardConfig.from_flat({**flat, "threads": 1}))
+    assert (one_each.strong_options.vllm_cpu_cores, one_each.weak_options.vllm_cpu_cores) == ("0", "1")
+    chosen = overlap_cores(RewardConfig.from_flat({**flat, "threads": 4, "weak_vllm_cpu_cores": "8-11"}))
+    assert chosen.weak_options.vllm_cpu_cores == "8-11" and chosen.strong_options.vllm_cpu_cores is None
+    in_process = overlap_cores(RewardConfig.from_flat({"backend": "hf", "overlap": True, "threads": 1}))
+    assert in_process.weak_options.vllm_cpu_cores is None
+    # what each engine process is started with (the variables are read when it starts)
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    assert VLLMBackend.set_environment(config.weak_options, "cpu")["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+    assert VLLMBackend.set_environment(config.strong_options, "cpu")["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in VLLMBackend.set_environment(config.weak_options, "cuda")
+    with pytest.raises(CdrError, match="weak-vllm-cpu-cores.*e.g. 0-3"):
+        RewardConfig.from_flat(weak_vllm_cpu_cores="first two")

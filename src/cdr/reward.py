@@ -21,6 +21,7 @@ import numpy as np
 
 from cdr._version import __version__
 from cdr.backends import LogprobRequest, load_backend
+from cdr.backends.vllm import core_range
 from cdr.cache import LogprobCache
 from cdr.config import RewardConfig
 from cdr.conversation import Conversation, Message
@@ -204,6 +205,18 @@ class ModelScorer:
         return [self.tokenizer.decode([t]) for t in token_ids]
 
 
+def overlap_cores(config: RewardConfig) -> RewardConfig:
+    """With --overlap, vLLM engine processes on a CPU bind their threads to cores: unless told otherwise, the
+    strong engine gets cores 0..t-1 and the weak one the next t (t = each side's threads), not both the first."""
+    strong, weak = config.strong_options, config.weak_options
+    if not (strong.vllm_multiprocessing and weak.vllm_multiprocessing) or not (strong.threads and weak.threads):
+        return config
+    if strong.vllm_cpu_cores or weak.vllm_cpu_cores:
+        return config
+    first, second = core_range(0, strong.threads), core_range(strong.threads, weak.threads)
+    return config.replace(strong_vllm_cpu_cores=first, weak_vllm_cpu_cores=second)
+
+
 def open_cache(setting: str | None) -> LogprobCache | None:
     if setting in (None, "none", ""):
         return None
@@ -297,6 +310,8 @@ class DensityRatio:
         if config.overlap and config.strong_options.threads is None:
             # torch's thread setting is per process: two models computing at once each get half the cores
             config = config.replace(threads=max(1, (os.cpu_count() or 2) // 2))
+        if config.overlap:
+            config = overlap_cores(config)
         self._build(config, router, open_cache(config.cache), {})
         # an ensemble (--extra-pairs): the further pairs share this one's cache and every model they have in common
         self.pairs_weights = config.weights()

@@ -87,6 +87,15 @@ class BackendOptions:
         help="vllm backend: each engine in its own process, started with spawn (a calling script then needs an "
         "if __name__ == '__main__' guard; needed for --overlap); default: in this process",
     )
+    vllm_cpu_cores: str | None = option(
+        None,
+        per_side=True,
+        pattern=r"\d+(-\d+)?(,\d+(-\d+)?)*",
+        expected="core numbers and ranges, e.g. 0-3 or 0,2,4-7",
+        help="vllm backend on a CPU with --vllm-multiprocessing: the cores the {side} engine's threads are bound to "
+        "(vLLM's VLLM_CPU_OMP_THREADS_BIND); default 0..threads-1, and with --overlap the weak engine on the cores "
+        "after the strong engine's",
+    )
     # remote backends (openai)
     url: str | None = option(
         None,

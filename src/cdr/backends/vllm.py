@@ -28,7 +28,9 @@ from documented options (``BackendOptions.vllm_*``, ``--vllm-*`` on the command 
   thread's first parallel op; so in the first step of a thread other than the one that started the engine
   (Ray Data calls an actor in a thread of its own) the plan saw the default and the kernel torch's count,
   and the kernel stopped the process ("thread_num == thread_num (2 vs. 1)"). With ``vllm_multiprocessing``
-  on a CPU, ``threads`` binds the engine's OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``).
+  on a CPU, ``threads`` binds the engine's OpenMP threads to cores 0..threads-1 (``VLLM_CPU_OMP_THREADS_BIND``),
+  or to ``vllm_cpu_cores``; with ``overlap`` the weak engine gets the cores after the strong one's (both on
+  cores 0.. took turns on the same cores: 0.52x the sequential speed, docs/benchmarks.md section 13).
 * batch size: ``batch_tokens`` is vLLM's ``max_num_batched_tokens``, capped so that one step's
   full-vocabulary prompt log-probs stay within ``LOGIT_BUDGET`` floats (gemma's 262,144-word vocabulary
   would otherwise need 8.6 GB of logits for 8192 tokens).
@@ -86,6 +88,11 @@ def model_paths(source: ModelSource) -> tuple[str, str]:
     if source.kind == "gguf":
         return str(converted_dir(source, "model")), str(converted_dir(source, "tokenizer"))
     return source.path, source.path
+
+
+def core_range(first: int, count: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND's spelling of count cores from first: '0-3', or '5' for one core."""
+    return f"{first}-{first + count - 1}" if count > 1 else str(first)
 
 
 def resolve_dtype(dtype: str, device_type: str) -> str:
@@ -229,8 +236,8 @@ class VLLMBackend(Backend):
     def set_environment(options: BackendOptions, device_type: str) -> dict[str, str]:
         """The environment variables vLLM reads when an engine starts (set before each ``LLM``)."""
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if options.vllm_multiprocessing else "0"}
-        if device_type == "cpu" and options.vllm_multiprocessing and options.threads:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{options.threads - 1}" if options.threads > 1 else "0"
+        if device_type == "cpu" and options.vllm_multiprocessing and (options.vllm_cpu_cores or options.threads):
+            env["VLLM_CPU_OMP_THREADS_BIND"] = options.vllm_cpu_cores or core_range(0, options.threads)
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         os.environ.update(env)
         return env
