@@ -133,12 +133,15 @@ def test_overlapping_engine_processes_get_cores_of_their_own(monkeypatch):
     from cdr.reward import overlap_cores
 
     flat = {"backend": "vllm", "overlap": True, "vllm_multiprocessing": True}
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
     config = overlap_cores(RewardConfig.from_flat({**flat, "threads": 2}))
     assert (config.strong_options.vllm_cpu_cores, config.weak_options.vllm_cpu_cores) == ("0-1", "2-3")
     one_each = overlap_cores(RewardConfig.from_flat({**flat, "threads": 1}))
     assert (one_each.strong_options.vllm_cpu_cores, one_each.weak_options.vllm_cpu_cores) == ("0", "1")
     chosen = overlap_cores(RewardConfig.from_flat({**flat, "threads": 4, "weak_vllm_cpu_cores": "8-11"}))
     assert chosen.weak_options.vllm_cpu_cores == "8-11" and chosen.strong_options.vllm_cpu_cores is None
+    too_few = overlap_cores(RewardConfig.from_flat({**flat, "threads": 3}))  # 6 threads on 4 cores: left alone
+    assert too_few.weak_options.vllm_cpu_cores is None
     in_process = overlap_cores(RewardConfig.from_flat({"backend": "hf", "overlap": True, "threads": 1}))
     assert in_process.weak_options.vllm_cpu_cores is None
     # what each engine process is started with (the variables are read when it starts)

@@ -211,8 +211,8 @@ def overlap_cores(config: RewardConfig) -> RewardConfig:
     strong, weak = config.strong_options, config.weak_options
     if not (strong.vllm_multiprocessing and weak.vllm_multiprocessing) or not (strong.threads and weak.threads):
         return config
-    if strong.vllm_cpu_cores or weak.vllm_cpu_cores:
-        return config
+    if strong.vllm_cpu_cores or weak.vllm_cpu_cores or strong.threads + weak.threads > (os.cpu_count() or 1):
+        return config  # chosen by hand, or not enough cores for two separate sets
     first, second = core_range(0, strong.threads), core_range(strong.threads, weak.threads)
     return config.replace(strong_vllm_cpu_cores=first, weak_vllm_cpu_cores=second)
 
