@@ -86,3 +86,22 @@ def test_top_logprobs_contain_the_greedy_token_and_match_response_logprobs(smol_
     assert (own <= top_lps[:-1, 0] + 1e-6).all()  # no prompt token beats the most likely one
     last_ids, _ = cpp.backend.next_token_top_logprobs(ids, 1, last_only=True)
     assert last_ids.shape == (1, 1) and last_ids[0, 0] == top_ids[-1, 0]
+
+
+def test_no_weight_repacking_on_amx_cpus_and_the_default_params_restored():
+    # llama.cpp's AMX repacking crashed the first decode (SIGSEGV) on a Xeon with amx_int8 (llama.cpp#20824); the
+    # whole llamacpp test file then died there. Where the CPU has AMX, cdr keeps the weights in plain buffers.
+    import llama_cpp.llama as llama_module
+
+    from cdr.backends.llamacpp import model_params, repack_ok
+
+    assert repack_ok(frozenset({"avx2", "avx512f", "avx512_vnni"})) and repack_ok(None)
+    assert not repack_ok(frozenset({"avx512f", "amx_int8", "amx_tile"}))
+    default = llama_module.llama_cpp.llama_model_default_params
+    with model_params(use_extra_bufts=False):
+        assert llama_module.llama_cpp.llama_model_default_params().use_extra_bufts is False
+    assert llama_module.llama_cpp.llama_model_default_params is default
+    assert default().use_extra_bufts is True
+    with pytest.raises(RuntimeError), model_params(use_extra_bufts=False):
+        raise RuntimeError("a failed load")
+    assert llama_module.llama_cpp.llama_model_default_params is default

@@ -13,13 +13,13 @@ import importlib.util
 import math
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass
 
 from cdr._version import __version__
 from cdr.backends import BACKENDS
 from cdr.backends.hf import quantize_int8, resolve_device, resolve_dtype
+from cdr.cpu import lscpu_text, parse_cpu_flags, read_text
 from cdr.errors import CdrError
 
 # The /proc/cpuinfo flags that decide how fast float32, bfloat16 and int8 matrix work runs on x86.
@@ -90,15 +90,6 @@ def check_seconds(seconds: float) -> float:
     return seconds
 
 
-def parse_cpu_flags(text: str) -> set[str] | None:
-    """The CPU flags in /proc/cpuinfo or `lscpu` text ('flags' on x86, 'Features' on Arm); None if it has none."""
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("flags", "features"):
-            return set(value.split())
-    return None
-
-
 def parse_cpu_model(text: str) -> str | None:
     """The 'model name' of /proc/cpuinfo or the 'Model name' of `lscpu` text."""
     for line in text.splitlines():
@@ -113,26 +104,9 @@ def cpu_features(flags: set[str] | None) -> dict[str, bool | None]:
     return {name: None if flags is None else name in flags for name in CPU_FEATURES}
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _lscpu() -> str:
-    try:
-        return subprocess.run(
-            ["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def _memory_gib() -> tuple[float | None, float | None]:
     kib = {}
-    for line in _read("/proc/meminfo").splitlines():
+    for line in read_text("/proc/meminfo").splitlines():
         key, _, value = line.partition(":")
         if key in ("MemTotal", "MemAvailable") and value.split():
             kib[key] = int(value.split()[0])
@@ -151,13 +125,13 @@ def _memory_gib() -> tuple[float | None, float | None]:
 def machine_facts() -> dict:
     import torch
 
-    cpuinfo = _read("/proc/cpuinfo")
+    cpuinfo = read_text("/proc/cpuinfo")
     flags, source = parse_cpu_flags(cpuinfo), "/proc/cpuinfo"
     lscpu = ""
     if flags is None:
-        lscpu = _lscpu()
+        lscpu = lscpu_text()
         flags, source = parse_cpu_flags(lscpu), "lscpu"
-    model = parse_cpu_model(cpuinfo) or parse_cpu_model(lscpu or _lscpu()) or platform.processor() or None
+    model = parse_cpu_model(cpuinfo) or parse_cpu_model(lscpu or lscpu_text()) or platform.processor() or None
     total, available = _memory_gib()
     cuda = torch.cuda.is_available()
     try:

@@ -11,15 +11,51 @@ The context is sized to the longest sequence seen, and grows when a longer one c
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from cdr.backends.base import Backend, BackendOptions, LogprobRequest
+from cdr.cpu import cpu_flags
 from cdr.errors import CdrError, ModelNotAvailable
 from cdr.models import ModelSource
 
 CONTEXT_STEP = 512
+# llama.cpp repacks weights into "extra buffer types" where the CPU has a kernel for them; its AMX one crashed
+# (SIGSEGV in the first decode, llama-cpp-python 0.3.36, SmolLM2's Q4_1 file) on a Xeon with amx_int8: the
+# machine-dependent crash of ggml-org/llama.cpp#20824. On such CPUs the weights stay in llama.cpp's plain CPU
+# buffers (use_extra_bufts off), which scored the same file without error.
+NO_REPACK_CPU_FLAGS = ("amx_int8", "amx_bf16", "amx_tile")
+_PARAMS_LOCK = threading.Lock()
+
+
+def repack_ok(flags: frozenset[str] | None) -> bool:
+    """Whether llama.cpp may repack weights into its extra buffer types on a CPU with these flags."""
+    return not (flags and any(f in flags for f in NO_REPACK_CPU_FLAGS))
+
+
+@contextlib.contextmanager
+def model_params(**fields):
+    """Set llama_model_params fields that llama_cpp.Llama() has no keyword for, while a Llama is built: Llama
+    takes its params from llama_model_default_params(), so that is wrapped for the duration (under a lock)."""
+    import llama_cpp.llama as llama_module
+
+    with _PARAMS_LOCK:
+        default = llama_module.llama_cpp.llama_model_default_params
+
+        def params():
+            p = default()
+            for name, value in fields.items():
+                setattr(p, name, value)
+            return p
+
+        llama_module.llama_cpp.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = default
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -57,14 +93,16 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         self.llm = None  # free the old context first
-        self.llm = Llama(
-            model_path=self.source.path,
-            n_ctx=n_ctx,
-            n_batch=min(n_ctx, 512),
-            logits_all=True,
-            n_threads=self.options.threads,
-            verbose=False,
-        )
+        fields = {} if repack_ok(cpu_flags()) else {"use_extra_bufts": False}
+        with model_params(**fields):
+            self.llm = Llama(
+                model_path=self.source.path,
+                n_ctx=n_ctx,
+                n_batch=min(n_ctx, 512),
+                logits_all=True,
+                n_threads=self.options.threads,
+                verbose=False,
+            )
         self.n_ctx = n_ctx
         self.evaluated = []
         return self.llm
