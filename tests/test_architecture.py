@@ -11,7 +11,16 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = [
     (
         "leaves",
-        ["cdr.errors", "cdr._version", "cdr.log", "cdr.variants", "cdr.options", "cdr.plots", "cdr.gguf_tokenizer"],
+        [
+            "cdr.errors",
+            "cdr._version",
+            "cdr.log",
+            "cdr.variants",
+            "cdr.options",
+            "cdr.plots",
+            "cdr.gguf_tokenizer",
+            "cdr.cpu",
+        ],
     ),
     ("data", ["cdr.conversation", "cdr.data", "cdr.recipes", "cdr.rendering", "cdr.span"]),
     ("models", ["cdr.models", "cdr.backends", "cdr.cache", "cdr.generation", "cdr.doctor"]),
