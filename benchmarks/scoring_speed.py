@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cdr.cpu import cpu_flags
+from cdr.doctor import NATIVE_BF16_CPU_FEATURES
 from proc_status import status_mib
 
 HERE = Path(__file__).resolve().parent
@@ -209,7 +211,7 @@ def matmul_peak(size: int = 2048, repeats: int = 8) -> dict:
     out = {
         "threads": torch.get_num_threads(),
         "size": size,
-        "cpu_bf16_instructions": any(f in open("/proc/cpuinfo").read() for f in ("avx512_bf16", "amx_bf16")),
+        "cpu_bf16_instructions": any(f in (cpu_flags() or ()) for f in NATIVE_BF16_CPU_FEATURES),
     }
     cases = (
         ("float32", torch.float32, size, repeats, torch.mm),

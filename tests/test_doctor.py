@@ -4,6 +4,7 @@ synthetic text, and the precision rule on synthetic facts."""
 import json
 
 from cdr.backends import BACKENDS
+from cdr.cpu import parse_cpu_flags
 from cdr.doctor import (
     BACKEND_NEEDS,
     CHECK_ADVICE,
@@ -11,7 +12,6 @@ from cdr.doctor import (
     MIN_AGREEMENT,
     RECORDED_AGREEMENT,
     cpu_features,
-    parse_cpu_flags,
     parse_cpu_model,
     recommend,
 )

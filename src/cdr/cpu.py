@@ -37,9 +37,16 @@ def lscpu_text() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_flags_and_source() -> tuple[frozenset[str] | None, str | None]:
+    """This machine's CPU flags and where they were read ('/proc/cpuinfo', else 'lscpu'); (None, None) where
+    neither has any."""
+    for source, read in (("/proc/cpuinfo", lambda: read_text("/proc/cpuinfo")), ("lscpu", lscpu_text)):
+        flags = parse_cpu_flags(read())
+        if flags is not None:
+            return frozenset(flags), source
+    return None, None
+
+
 def cpu_flags() -> frozenset[str] | None:
     """This machine's CPU flags, or None where neither source has any."""
-    flags = parse_cpu_flags(read_text("/proc/cpuinfo"))
-    if flags is None:
-        flags = parse_cpu_flags(lscpu_text())
-    return None if flags is None else frozenset(flags)
+    return cpu_flags_and_source()[0]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cdr._version import __version__
 from cdr.backends import BACKENDS
 from cdr.backends.hf import quantize_int8, resolve_device, resolve_dtype
-from cdr.cpu import lscpu_text, parse_cpu_flags, read_text
+from cdr.cpu import cpu_flags_and_source, lscpu_text, read_text
 from cdr.errors import CdrError
 
 # The /proc/cpuinfo flags that decide how fast float32, bfloat16 and int8 matrix work runs on x86.
@@ -125,13 +125,8 @@ def _memory_gib() -> tuple[float | None, float | None]:
 def machine_facts() -> dict:
     import torch
 
-    cpuinfo = read_text("/proc/cpuinfo")
-    flags, source = parse_cpu_flags(cpuinfo), "/proc/cpuinfo"
-    lscpu = ""
-    if flags is None:
-        lscpu = lscpu_text()
-        flags, source = parse_cpu_flags(lscpu), "lscpu"
-    model = parse_cpu_model(cpuinfo) or parse_cpu_model(lscpu or lscpu_text()) or platform.processor() or None
+    flags, source = cpu_flags_and_source()
+    model = parse_cpu_model(read_text("/proc/cpuinfo")) or parse_cpu_model(lscpu_text()) or platform.processor() or None
     total, available = _memory_gib()
     cuda = torch.cuda.is_available()
     try:
