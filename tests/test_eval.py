@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from collections import Counter
 
 import pytest
@@ -166,12 +167,18 @@ def test_eval_killed_mid_run_resumes_to_the_same_scores(tmp_path, tiny_strong, t
     args = eval_args(cut, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5", "-q")
     done = kill_9_after(args, cut / "scores.jsonl.cdr-state.json", rows_done=10)
     assert 10 <= done < 40 and not (cut / "results.json").exists()
+    copied = tmp_path / "copied"  # the half-done folder copied elsewhere, without its times, before resuming
+    shutil.copytree(cut, copied, copy_function=shutil.copy)
     proc = run_cdr(*args)
     assert proc.returncode == 0, proc.stderr
     assert f"resumed after row {done}" in proc.stdout
     assert (cut / "scores.jsonl").read_bytes() == (whole / "scores.jsonl").read_bytes()
     a, b = (json.loads((d / "results.json").read_text()) for d in (whole, cut))
     assert a["variants"] == b["variants"]
+    again = cdr_in_process(*eval_args(copied, tiny_strong, tiny_weak_fast, "--sample", "40", "--chunk-rows", "5"))
+    assert again.returncode == 0, again.stderr
+    assert f"resumed after row {done}" in again.stdout and "the input has the same content" in again.stderr
+    assert (copied / "scores.jsonl").read_bytes() == (whole / "scores.jsonl").read_bytes()
 
 
 def test_eval_errors_are_one_line(tmp_path, tiny_strong, tiny_weak):

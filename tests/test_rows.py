@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter
 
 import pytest
@@ -20,8 +21,11 @@ def test_run_key_is_the_input_as_it_is_the_row_options_then_the_settings(tmp_pat
     src.write_text('{"a": 1}\n')
     key = RunKey.of(src, "skip", None, {"command": "score", "fields": ("messages",)}).as_json()
     st = src.stat()
-    assert list(key) == ["input", "input_size", "input_mtime_ns", "on_error", "limit", "command", "fields"]
+    assert list(key) == [
+        "input", "input_size", "input_mtime_ns", "input_sha256", "on_error", "limit", "command", "fields"
+    ]  # fmt: skip
     assert key["input"] == str(src.resolve()) and key["input_size"] == st.st_size
+    assert key["input_sha256"] == hashlib.sha256(b'{"a": 1}\n').hexdigest()
     assert key["input_mtime_ns"] == st.st_mtime_ns and key["fields"] == ["messages"]  # as it reads back from JSON
 
 

@@ -278,6 +278,83 @@ def test_cli_resume_after_a_truncated_journal_gives_the_full_output(tmp_path, ti
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_a_copied_half_done_run_resumes_where_it_stopped(tmp_path, tiny_strong, tiny_weak_fast):
+    """A run's folder copied elsewhere without its times (cp -r, rsync -r, a git checkout) still resumes: the input
+    is recognised by its bytes, not by its path and mtime."""
+    import shutil
+
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    first.mkdir()
+    src = write_jsonl(first / "in.jsonl", rows(12))
+    models = [*pair_args(tiny_strong, tiny_weak_fast), "--chunk-rows", "1"]
+    reference = tmp_path / "reference.jsonl"
+    assert cdr_in_process("score", str(src), *models, "-o", str(reference)).returncode == 0
+    done = kill_9_after(
+        ["score", str(src), *models, "-o", str(first / "out.jsonl")], first / "out.jsonl.cdr-state.json", 5
+    )
+    assert 5 <= done < 12
+    shutil.copytree(first, copy, copy_function=shutil.copy)  # new paths, new mtimes, the same bytes
+    assert (copy / "in.jsonl").stat().st_mtime_ns != src.stat().st_mtime_ns
+    final = cdr_in_process("score", str(copy / "in.jsonl"), *models, "-o", str(copy / "out.jsonl"))
+    assert final.returncode == 0, final.stderr
+    assert "the input has the same content" in final.stderr and f"was '{src}'" in final.stderr
+    assert f"resuming {copy / 'out.jsonl'} after row {done}" in final.stderr  # nothing finished is done again
+    assert (copy / "out.jsonl").read_bytes() == reference.read_bytes()
+    state = json.loads((copy / "out.jsonl.cdr-state.json").read_text())
+    assert state["key"]["input"] == str((copy / "in.jsonl").resolve())  # the state says where the input is now
+
+
+def test_an_input_edited_in_place_is_refused_even_with_its_size_and_mtime_put_back(
+    tmp_path, tiny_strong, tiny_weak_fast
+):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(12))
+    models = [*pair_args(tiny_strong, tiny_weak_fast), "--chunk-rows", "1"]
+    out = tmp_path / "out.jsonl"
+    kill_9_after(["score", str(src), *models, "-o", str(out)], tmp_path / "out.jsonl.cdr-state.json", 3)
+    st = src.stat()
+    data = src.read_bytes()
+    src.write_bytes(data.replace(b"0", b"1", 1))  # one character of a row: same size
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    (tmp_path / "out.jsonl.cdr-lock").unlink()  # the killed run's lock: the next run takes it over anyway
+    before = tree(tmp_path)
+    again = cdr_in_process("score", str(src), *models, "-o", str(out))
+    assert again.returncode == 2
+    assert "input_sha256 changed; the input file's content is not what the run started from" in again.stderr
+    error = [line for line in again.stderr.splitlines() if not line.startswith("cdr: loaded")]
+    assert len(error) == 1 and "Traceback" not in again.stderr
+    assert tree(tmp_path) == before  # the half-done output, its journal and state: untouched
+
+
+def test_a_state_from_before_input_hashes_still_needs_the_same_path_and_mtime(tmp_path):
+    from cdr.output import check_same_run
+
+    old = {"input": "/a/in.jsonl", "input_size": 10, "input_mtime_ns": 1, "on_error": "skip"}
+    new = {**old, "input_sha256": "ab", "input": "/b/in.jsonl"}
+    with pytest.raises(CdrError, match=r"\(input changed\)"):
+        check_same_run(tmp_path, old, new)
+    assert check_same_run(tmp_path, old, {**old, "input_sha256": "ab"}) is False  # same place: resumes as before
+
+
+def test_ray_state_of_a_moved_input_is_resumed_and_updated(tmp_path):
+    """The Ray engine's state check (no Ray needed): same bytes elsewhere resume, other bytes are refused."""
+    from cdr.output import RunKey
+    from cdr.pipelines.ray_runner import STATE, _load_state
+
+    a, b = write_jsonl(tmp_path / "a.jsonl", rows(2)), tmp_path / "b.jsonl"
+    b.write_bytes(a.read_bytes())
+    out = tmp_path / "out"
+    first = _load_state(out, RunKey.of(a, "skip", None, {"m": 1}).as_json(), overwrite=False)
+    said = []
+    moved = _load_state(out, RunKey.of(b, "skip", None, {"m": 1}).as_json(), overwrite=False, log=said.append)
+    assert moved["key"]["input"] == str(b.resolve()) != first["key"]["input"]
+    assert json.loads((out / STATE).read_text())["key"]["input"] == str(b.resolve())
+    assert len(said) == 1 and "same content" in said[0]
+    b.write_bytes(a.read_bytes().replace(b"0", b"1", 1))
+    with pytest.raises(CdrError, match="input_sha256 changed"):
+        _load_state(out, RunKey.of(b, "skip", None, {"m": 1}).as_json(), overwrite=False)
+
+
 def test_ray_shard_that_fails_its_checksum_is_recomputed(tmp_path):
     from collections import Counter
 

@@ -217,13 +217,18 @@ def check_not_input(input_path: str | Path, output: Path) -> None:
 
 @dataclass(frozen=True)
 class RunKey:
-    """What a run must share with the run that wrote an output to resume it: the input file as it was (resolved
-    path, size, mtime), --on-error, --limit and the pipeline's own ``settings`` (its options and what produces
-    the rewards). Both engines store it, as ``as_json()``, in their state file."""
+    """What a run must share with the run that wrote an output to resume it: the input file's content (its size
+    and sha256), --on-error, --limit and the pipeline's own ``settings`` (its options and what produces the
+    rewards). Both engines store it, as ``as_json()``, in their state file.
+
+    The input's path and mtime are stored too, but only to say where it was: a half-done run whose folder was
+    copied or moved (``cp -r``, rsync without times, a git checkout) resumes when the input's bytes are the same,
+    and an input edited in place is refused even when its size and mtime were put back."""
 
     input: str
     input_size: int
     input_mtime_ns: int
+    input_sha256: str
     on_error: str
     limit: int | None
     settings: dict[str, Any]
@@ -231,7 +236,16 @@ class RunKey:
     @classmethod
     def of(cls, input_path: str | Path, on_error: str, limit: int | None, settings: dict[str, Any]) -> RunKey:
         st = os.stat(input_path)
-        return cls(str(Path(input_path).resolve()), st.st_size, st.st_mtime_ns, on_error, limit, settings)
+        # hashing reads the input once more; the run reads and scores all of it, which costs far more
+        return cls(
+            str(Path(input_path).resolve()),
+            st.st_size,
+            st.st_mtime_ns,
+            file_sha(Path(input_path)),
+            on_error,
+            limit,
+            settings,
+        )
 
     def as_json(self) -> dict[str, Any]:
         """One flat object, the settings last, as the state file holds it."""
@@ -240,6 +254,7 @@ class RunKey:
                 "input": self.input,
                 "input_size": self.input_size,
                 "input_mtime_ns": self.input_mtime_ns,
+                "input_sha256": self.input_sha256,
                 "on_error": self.on_error,
                 "limit": self.limit,
                 **self.settings,
@@ -253,14 +268,33 @@ def json_key(key: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(key, default=str))
 
 
-def check_same_run(output: Path, stored: dict[str, Any], key: dict[str, Any]) -> None:
-    """Refuse to resume an output that a run with other settings wrote, naming the settings that changed."""
-    if stored != key:
-        changed = sorted(k for k in set(key) | set(stored) if key.get(k) != stored.get(k))
+# where the input lies: compared only for a state written before cdr stored the input's sha256
+_INPUT_PLACE = ("input", "input_mtime_ns")
+
+
+def check_same_run(
+    output: Path, stored: dict[str, Any], key: dict[str, Any], log: Callable[[str], None] | None = None
+) -> bool:
+    """Refuse to resume an output that a run with other settings wrote, naming the settings that changed.
+
+    The input is the same when its bytes are (size and sha256), wherever it lies now; a state from before cdr
+    stored the sha256 still needs the same path and mtime. Returns True when the input was found at another
+    path or with another mtime (the caller then records the new place in its state), after saying so in ``log``."""
+    by_content = "input_sha256" in stored
+    ignored = set(_INPUT_PLACE) if by_content else {"input_sha256"}
+    changed = sorted(k for k in set(key) | set(stored) if k not in ignored and key.get(k) != stored.get(k))
+    if changed:
+        edited = "; the input file's content is not what the run started from" if "input_sha256" in changed else ""
         raise CdrError(
-            f"'{output}' belongs to a run with different settings ({', '.join(changed)} changed); "
+            f"'{output}' belongs to a run with different settings ({', '.join(changed)} changed{edited}); "
             "pass --overwrite to start again, or choose another output"
         )
+    moved = by_content and any(key.get(k) != stored.get(k) for k in _INPUT_PLACE)
+    if moved and log is not None:
+        was = stored.get("input")
+        where = f"now '{key.get('input')}', was '{was}'" if was != key.get("input") else "its mtime changed"
+        log(f"cdr: the input has the same content as when '{output}' was started ({where}); resuming")
+    return moved
 
 
 # --- the resumable output ------------------------------------------------------------------------------------
@@ -349,7 +383,8 @@ class ResumableOutput:
             raise CdrError(
                 f"'{self.state_path}' is damaged or not a cdr state file; pass --overwrite to start again"
             ) from None
-        check_same_run(self.path, state.key, key)
+        if check_same_run(self.path, state.key, key, self.log):
+            state.key = key  # the input moved (same bytes): the state says where it is now
         if state.published and not state.complete and not self.journal.exists() and self.path.exists():
             # killed between publishing the output and recording that
             if self.format != "jsonl" or self.path.is_file() and file_sha(self.path) == state.published["sha256"]:

@@ -249,7 +249,9 @@ def _check_out_dir(out_dir: Path) -> None:
         )
 
 
-def _load_state(out_dir: Path, key: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+def _load_state(
+    out_dir: Path, key: dict[str, Any], overwrite: bool, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     state_path = out_dir / STATE
     _check_out_dir(out_dir)
     if overwrite and state_path.exists():
@@ -258,7 +260,9 @@ def _load_state(out_dir: Path, key: dict[str, Any], overwrite: bool) -> dict[str
             p.unlink()
     if state_path.exists():
         state = _read_state(state_path)
-        check_same_run(out_dir, state["key"], key)
+        if check_same_run(out_dir, state["key"], key, log or logger.info):
+            state["key"] = key  # the input moved (same bytes): the state says where it is now
+            _save_state(out_dir, state)
         return state
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"key": key, "complete": False}
@@ -377,7 +381,7 @@ def check_ray_output(input_path, out_dir: Path) -> None:
 def _run_locked(
     input_path, fmt, out_dir, job, config, options, key, on_error, overwrite, progress, limit, log, start
 ) -> RunSummary:
-    state = _load_state(out_dir, key, overwrite)
+    state = _load_state(out_dir, key, overwrite, log)
     _remove_partial_shards(out_dir)
     shards = plan_shards(input_path, fmt, options.shard_rows, options.batch_rows, limit)
     pending = []
