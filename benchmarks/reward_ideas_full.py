@@ -21,7 +21,8 @@ It prints, per configuration: the overall score, each section's paired differenc
 paired difference with its 95% interval and at the Bonferroni level for the number of comparisons, and whether
 #22's rule for a default change holds: the overall interval excludes 0 and no section loses beyond its interval.
 Until every shard is done the table is marked partial and covers the finished shards' subsets only (the rule is
-not applied). The table goes to ``--root``/reward_ideas_full.json and .md.
+not applied). The table goes to ``--root``/reward_ideas_full.json and .md, and a picture of the differences
+(each configuration minus vanilla, overall and per section, with the paired 95% intervals) to .png.
 """
 
 from __future__ import annotations
@@ -198,6 +199,37 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def forest(table: dict, path: Path) -> None:
+    """Each configuration minus vanilla with its paired 95% interval: one panel for the score, one per section;
+    green where the interval is above 0, red where below, grey where it holds 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(table["configurations"].values())
+    columns = ["score", *(s for s in SECTIONS if s in configs[0]["difference"])]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns) + 3, 0.45 * len(configs) + 1.8), sharey=True)
+    y = list(range(len(configs)))[::-1]
+    for ax, column in zip(axes, columns):
+        for yi, c in zip(y, configs):
+            d, lo, hi = c["difference"][column]
+            color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+            ax.errorbar(d, yi, xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title("overall score" if column == "score" else column, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [c["label"] for c in configs], fontsize=8)
+    state = f"all {table['rows']} rows" if table["finished"] else f"PARTIAL: {table['rows']} of {FULL_ROWS} rows"
+    fig.suptitle(
+        f"RewardBench ({state}): each configuration minus vanilla (SmolLM2 over gemma-3-270m), paired bootstrap 95%",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", help="the full RewardBench rows (filtered.jsonl); omit with --report-only")
@@ -230,6 +262,7 @@ def main() -> None:
     print(text)
     (args.root / "reward_ideas_full.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.root / "reward_ideas_full.md").write_text(text)
+    forest(table, args.root / "reward_ideas_full.png")
 
 
 if __name__ == "__main__":
