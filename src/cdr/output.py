@@ -647,6 +647,7 @@ def read_output(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]
 
 def write_if_changed(path: Path, text: str) -> None:
     """Write an input file a pipeline derives (selected rows, expanded demo rows), leaving an identical file
-    alone: its mtime is part of the resume key, so rewriting it would restart the run."""
+    alone (a resume recognises it by its bytes; leaving it keeps its mtime, so tools that go by times, such as
+    make or rsync, see no change either)."""
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
