@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from cdr.pipelines.evaluate import weighted_rewards
+from cdr.plots import difference_panels
 from cdr.rewardbench import (
     SECTIONS,
     SUBSET_MAPPING,
@@ -200,34 +201,16 @@ def markdown(table: dict) -> str:
 
 
 def forest(table: dict, path: Path) -> None:
-    """Each configuration minus vanilla with its paired 95% interval: one panel for the score, one per section;
-    green where the interval is above 0, red where below, grey where it holds 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    configs = list(table["configurations"].values())
-    columns = ["score", *(s for s in SECTIONS if s in configs[0]["difference"])]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns) + 3, 0.45 * len(configs) + 1.8), sharey=True)
-    y = list(range(len(configs)))[::-1]
-    for ax, column in zip(axes, columns):
-        for yi, c in zip(y, configs):
-            d, lo, hi = c["difference"][column]
-            color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
-            ax.errorbar(d, yi, xerr=[[d - lo], [hi - d]], fmt="o", color=color, capsize=3)
-        ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_title("overall score" if column == "score" else column, fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, [c["label"] for c in configs], fontsize=8)
+    """Each configuration minus vanilla with its paired 95% interval: one panel for the score, one per section."""
+    configs = table["configurations"].values()
+    sections = [s for s in SECTIONS if s in next(iter(configs))["difference"]]
     state = f"all {table['rows']} rows" if table["finished"] else f"PARTIAL: {table['rows']} of {FULL_ROWS} rows"
-    fig.suptitle(
+    difference_panels(
+        {c["label"]: c["difference"] for c in configs},
+        {"score": "overall score", **{s: s for s in sections}},
+        path,
         f"RewardBench ({state}): each configuration minus vanilla (SmolLM2 over gemma-3-270m), paired bootstrap 95%",
-        fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:

@@ -94,3 +94,17 @@ def test_compare_refuses_rows_with_the_same_key_but_other_text(tmp_path):
         (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(CdrError, match=r"1 row\(s\) have the same \(subset, id\) but other text.*\('hep-go', '1'\)"):
         compare_runs(a, b, tmp_path / "o", n_bootstrap=10)
+
+
+@pytest.mark.parametrize("columns", [{"score": "overall"}, {"score": "overall", "Chat": "Chat"}])
+def test_difference_panels_draws_one_panel_per_column(tmp_path, columns):
+    from cdr.plots import difference_panels, interval_color
+
+    rows = {
+        "A": {"score": (0.03, 0.01, 0.05), "Chat": (-0.2, -0.3, -0.1)},
+        "B": {"score": (0.0, -0.1, 0.1), "Chat": (0.1, 0.0, 0.2)},
+    }
+    difference_panels(rows, columns, tmp_path / "p.png", "A and B minus vanilla")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "p.png").stat().st_size > 5_000
+    assert [interval_color(*rows["A"][c][1:]) for c in ("score", "Chat")] == ["tab:green", "tab:red"]
+    assert interval_color(-0.1, 0.1) == "tab:gray"

@@ -136,6 +136,11 @@ def gap_scatter(points: Sequence[tuple[str, float, float]], path: Path, xlabel: 
     plt.close(fig)
 
 
+def interval_color(low: float, high: float) -> str:
+    """Green for an interval above 0, red for one below, grey for one that holds 0."""
+    return "tab:green" if low > 0 else "tab:red" if high < 0 else "tab:gray"
+
+
 def difference_bars(differences: Mapping[str, Sequence[float]], path: Path, title: str, xlabel: str) -> None:
     """One horizontal bar per section (and the score): A minus B with its paired 95% interval; 0 marked."""
     plt = _pyplot()
@@ -145,9 +150,7 @@ def difference_bars(differences: Mapping[str, Sequence[float]], path: Path, titl
         [max(0.0, v - differences[n][1]) for n, v in zip(names, values)],
         [max(0.0, differences[n][2] - v) for n, v in zip(names, values)],
     ]
-    colors = [
-        "tab:green" if differences[n][1] > 0 else "tab:red" if differences[n][2] < 0 else "tab:gray" for n in names
-    ]
+    colors = [interval_color(differences[n][1], differences[n][2]) for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 2))
     y = list(range(len(names)))[::-1]
     ax.barh(y, values, xerr=errors, capsize=3, color=colors)
@@ -155,6 +158,31 @@ def difference_bars(differences: Mapping[str, Sequence[float]], path: Path, titl
     ax.set_yticks(y, names)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def difference_panels(
+    rows: Mapping[str, Mapping[str, Sequence[float]]], columns: Mapping[str, str], path: Path, title: str
+) -> None:
+    """A forest plot of several A-minus-B comparisons side by side: one panel per column (``columns`` maps a key
+    of each row's differences to its panel title), one point per row with its interval, 0 marked."""
+    plt = _pyplot()
+    labels = list(rows)
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(3.0 * len(columns) + 3, 0.45 * len(labels) + 1.8), sharey=True, squeeze=False
+    )
+    y = list(range(len(labels)))[::-1]
+    for ax, (column, heading) in zip(axes[0], columns.items()):
+        for yi, label in zip(y, labels):
+            d, low, high = rows[label][column]
+            ax.errorbar(d, yi, xerr=[[d - low], [high - d]], fmt="o", color=interval_color(low, high), capsize=3)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(heading, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, labels, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
